@@ -1,0 +1,80 @@
+"""Helpers shared by every Python test suite: where the built binaries are, free
+loopback ports, and a real cryptoserver process to talk to."""
+
+import contextlib
+import os
+import pathlib
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def binary(name):
+    """Path of a binary built by `cargo build --workspace --bins` (what `cargo xtask ci` runs)."""
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    path = target / os.environ.get("CRYPTOSERVER_PROFILE", "debug") / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: build it with `cargo build --workspace --bins` (or run `cargo xtask ci`)")
+    return path
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, process, url, log_path):
+        self.process = process
+        self.url = url
+        self.log_path = log_path
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_timeout=30):
+    """Starts cryptoserver on a free loopback port, waits until /healthz answers,
+    and stops it (SIGTERM, then SIGKILL) afterwards."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOSERVER_")}
+    env.update(
+        CRYPTOSERVER_MODE=mode,
+        CRYPTOSERVER_SECRETDIR=str(secret_dir),
+        CRYPTOSERVER_BIND=f"127.0.0.1:{port}",
+    )
+    env.update(extra_env or {})
+    log_path = tmp_path / f"server-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([binary("cryptoserver"), *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    server = Server(process, url, log_path)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"cryptoserver exited with {process.returncode} at startup:\n{server.log()}")
+            try:
+                if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"cryptoserver did not answer within {startup_timeout}s:\n{server.log()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
