@@ -2,6 +2,16 @@
 //!
 //! - [`layout`]: the on-disk layout of the secrets and the key-selection rule.
 //! - [`manifest`]: the generator's record of what it wrote.
+//! - [`config`]: the server's flags and environment variables.
+//! - [`keystore`]: the secrets as the server holds them, checked at startup.
+//! - [`mac`]: the HMAC-SHA256 engine.
+//! - [`http`]: the routes and their errors.
+//! - [`server`]: process lifecycle (bind, serve, graceful shutdown).
 
+pub mod config;
+pub mod http;
+pub mod keystore;
 pub mod layout;
+pub mod mac;
 pub mod manifest;
+pub mod server;

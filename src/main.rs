@@ -1,1 +1,55 @@
-fn main() {}
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+use cryptoserver::config::Config;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // One line, whatever RUST_LOG says: clap's first line names the value and the valid ones.
+            let text = error.to_string();
+            eprintln!("cryptoserver: {}", text.lines().next().unwrap_or_default());
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(error) = init_logging() {
+        eprintln!("cryptoserver: error: {error}");
+        return ExitCode::from(2);
+    }
+    match cryptoserver::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cryptoserver: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The seed's rule: no log output unless RUST_LOG is set.
+fn init_logging() -> Result<(), String> {
+    let Some(directives) = std::env::var_os("RUST_LOG") else {
+        return Ok(());
+    };
+    let directives = directives.to_string_lossy();
+    let filter = EnvFilter::try_new(&*directives)
+        .map_err(|error| format!("invalid RUST_LOG '{directives}': {error}; try RUST_LOG=info"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The secrets as the server holds them: checked once at startup (fail closed),
+//! then MODE0/MODE16 keys in memory and MODE32 keys read from disk per request.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::layout::{KeyLocation, Mode, KEY_LEN, MANIFEST_FILE_NAME};
+use crate::mac::{self, Mac, PrecomputedKey};
+use crate::manifest::Manifest;
+
+/// File descriptors kept free for sockets and the rest when all MODE32 files are open.
+const SPARE_FILE_DESCRIPTORS: u64 = 4096;
+
+/// Why the secrets directory cannot be served; always names the path and what to do.
+#[derive(Debug)]
+pub struct SecretsError(String);
+
+impl SecretsError {
+    fn at(path: &Path, problem: impl fmt::Display) -> Self {
+        SecretsError(format!("{}: {problem}", path.display()))
+    }
+}
+
+impl fmt::Display for SecretsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SecretsError {}
+
+/// A MODE32 key could not be read; the request must fail rather than get a wrong MAC.
+#[derive(Debug)]
+pub struct KeyUnavailable {
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
+pub struct KeyStore {
+    mode: Mode,
+    keys: Keys,
+}
+
+enum Keys {
+    /// MODE0 and MODE16: every key, with its HMAC pads already hashed.
+    InMemory(Box<[PrecomputedKey]>),
+    /// MODE32: 128 GiB stays on disk.
+    OnDisk(Arc<KeyFiles>),
+}
+
+impl KeyStore {
+    /// Checks the secrets directory for `mode` and loads it. Blocking: call before serving.
+    pub fn load(mode: Mode, dir: &Path) -> Result<KeyStore, SecretsError> {
+        check_directory(dir)?;
+        let manifest = read_manifest(mode, dir)?;
+        let keys = match mode {
+            Mode::Mode0 | Mode::Mode16 => {
+                Keys::InMemory(load_in_memory(mode, dir, manifest.as_ref())?)
+            }
+            Mode::Mode32 => Keys::OnDisk(Arc::new(KeyFiles::open(dir)?)),
+        };
+        Ok(KeyStore { mode, keys })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The MAC of `message` under the key the layout rule picks for it.
+    pub async fn mac(&self, message: &[u8]) -> Result<Mac, KeyUnavailable> {
+        let location = self.mode.locate(message);
+        match &self.keys {
+            Keys::InMemory(keys) => {
+                Ok(keys[(location.offset / KEY_LEN as u64) as usize].mac(message))
+            }
+            Keys::OnDisk(files) => {
+                let files = Arc::clone(files);
+                // A cold read can take milliseconds: keep it off the async workers.
+                let key = tokio::task::spawn_blocking(move || files.read_key(location))
+                    .await
+                    .expect("key reads do not panic")?;
+                Ok(mac::mac(&key, message))
+            }
+        }
+    }
+
+    /// True while every key can be read: MODE32 files that failed are probed again,
+    /// so readiness comes back by itself once they can be read.
+    pub async fn is_ready(&self) -> bool {
+        match &self.keys {
+            Keys::InMemory(_) => true,
+            Keys::OnDisk(files) if files.failing_count.load(Ordering::Relaxed) == 0 => true,
+            Keys::OnDisk(files) => {
+                let files = Arc::clone(files);
+                tokio::task::spawn_blocking(move || files.probe_failing())
+                    .await
+                    .expect("probes do not panic")
+            }
+        }
+    }
+}
+
+fn check_directory(dir: &Path) -> Result<(), SecretsError> {
+    let metadata = std::fs::metadata(dir).map_err(|error| {
+        SecretsError::at(
+            dir,
+            format!(
+                "cannot use the secrets directory ({error}); create it and generate the secrets"
+            ),
+        )
+    })?;
+    if !metadata.is_dir() {
+        return Err(SecretsError::at(
+            dir,
+            "is not a directory; CRYPTOSERVER_SECRETDIR must name the secrets directory",
+        ));
+    }
+    check_not_writable_by_others(dir, &metadata)
+}
+
+/// Anyone who can write a secret can change every MAC made with it.
+fn check_not_writable_by_others(path: &Path, metadata: &Metadata) -> Result<(), SecretsError> {
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(SecretsError::at(
+            path,
+            format!(
+                "is writable by group or others (mode {mode:04o}); run `chmod go-w {}`",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn read_manifest(mode: Mode, dir: &Path) -> Result<Option<Manifest>, SecretsError> {
+    let manifest = Manifest::read(dir).map_err(|error| SecretsError(error.to_string()))?;
+    match &manifest {
+        None => tracing::warn!(
+            dir = %dir.display(),
+            "no {MANIFEST_FILE_NAME}: serving secrets made by hand; they cannot be checked for changes"
+        ),
+        Some(manifest) if manifest.mode() != mode => {
+            return Err(SecretsError::at(
+                dir,
+                format!(
+                    "holds {} secrets (per {MANIFEST_FILE_NAME}) but the server is configured for {mode}; \
+                     set CRYPTOSERVER_MODE={} or point CRYPTOSERVER_SECRETDIR at a {mode} directory",
+                    manifest.mode(),
+                    manifest.mode()
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    Ok(manifest)
+}
+
+/// Opens a secret file without following a FIFO into a blocking open, and checks
+/// its type, size and permissions. Returns whether others may read it.
+fn open_secret_file(mode: Mode, path: &Path) -> Result<(File, bool), SecretsError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound => SecretsError::at(
+                path,
+                format!(
+                    "is missing; {mode} needs {} file(s) of {} bytes",
+                    mode.file_count(),
+                    mode.file_len()
+                ),
+            ),
+            _ => SecretsError::at(path, format!("cannot open: {error}")),
+        })?;
+    let metadata = file
+        .metadata()
+        .map_err(|error| SecretsError::at(path, format!("cannot stat: {error}")))?;
+    if !metadata.is_file() {
+        return Err(SecretsError::at(path, "is not a regular file"));
+    }
+    if metadata.len() != mode.file_len() {
+        return Err(SecretsError::at(
+            path,
+            format!(
+                "is {} bytes, but {mode} needs exactly {}; a truncated or padded file is not a secret",
+                metadata.len(),
+                mode.file_len()
+            ),
+        ));
+    }
+    check_not_writable_by_others(path, &metadata)?;
+    Ok((file, metadata.permissions().mode() & 0o004 != 0))
+}
+
+fn warn_readable_by_others(count: usize, example: &Path) {
+    if count > 0 {
+        tracing::warn!(
+            files = count,
+            example = %example.display(),
+            "secret files are readable by other users; run `chmod o-r` on them"
+        );
+    }
+}
+
+fn load_in_memory(
+    mode: Mode,
+    dir: &Path,
+    manifest: Option<&Manifest>,
+) -> Result<Box<[PrecomputedKey]>, SecretsError> {
+    let path = dir.join(mode.file_name(0));
+    let (mut file, readable_by_others) = open_secret_file(mode, &path)?;
+    warn_readable_by_others(usize::from(readable_by_others), &path);
+    let mut content = Vec::with_capacity(mode.file_len() as usize);
+    file.read_to_end(&mut content)
+        .map_err(|error| SecretsError::at(&path, format!("cannot read: {error}")))?;
+    if content.len() as u64 != mode.file_len() {
+        return Err(SecretsError::at(&path, "changed size while being read"));
+    }
+    if let Some(slot) = content
+        .chunks_exact(KEY_LEN)
+        .position(|key| key.iter().all(|&b| b == 0))
+    {
+        return Err(SecretsError::at(
+            &path,
+            format!("key slot {slot} is all zeros; a sparse or zero-filled file is not a secret"),
+        ));
+    }
+    if let Some(manifest) = manifest {
+        let expected = &manifest.files[0].sha256;
+        if hex::encode(Sha256::digest(&content)) != *expected {
+            return Err(SecretsError::at(
+                &path,
+                format!(
+                    "content does not match its SHA-256 in {MANIFEST_FILE_NAME}: the secret changed after it was \
+                     generated; restore it from a backup (never regenerate: every MAC issued depends on it)"
+                ),
+            ));
+        }
+    }
+    let keys = content
+        .chunks_exact(KEY_LEN)
+        .map(|key| PrecomputedKey::new(key.try_into().expect("chunks are KEY_LEN long")))
+        .collect();
+    // The raw bytes are no longer needed; do not leave a copy in freed memory.
+    content.fill(0);
+    Ok(keys)
+}
+
+/// The 65,536 MODE32 files.
+struct KeyFiles {
+    dir: PathBuf,
+    access: FileAccess,
+    /// Files whose last read failed; `/readyz` reports 503 while any is listed.
+    failing: Mutex<BTreeSet<usize>>,
+    failing_count: AtomicUsize,
+}
+
+enum FileAccess {
+    /// Every file opened once at startup: a key read is one `pread`.
+    OpenOnce(Box<[File]>),
+    /// RLIMIT_NOFILE is too low to hold every file open: open, `pread`, close.
+    OpenPerRead,
+}
+
+impl KeyFiles {
+    fn open(dir: &Path) -> Result<KeyFiles, SecretsError> {
+        let mode = Mode::Mode32;
+        let wanted = mode.file_count() as u64 + SPARE_FILE_DESCRIPTORS;
+        let limit = raise_open_file_limit(wanted);
+        let keep_open = limit >= wanted;
+        if !keep_open {
+            tracing::warn!(
+                limit,
+                wanted,
+                "RLIMIT_NOFILE is too low to keep all MODE32 files open; each key read will open its file \
+                 (slower). Raise the hard limit (systemd: LimitNOFILE=131072)"
+            );
+        }
+        let mut files = Vec::with_capacity(if keep_open { mode.file_count() } else { 0 });
+        let mut readable_by_others = 0;
+        let mut example = PathBuf::new();
+        for index in 0..mode.file_count() {
+            let path = dir.join(mode.file_name(index));
+            let (file, readable) = open_secret_file(mode, &path)?;
+            if readable {
+                readable_by_others += 1;
+                example = path;
+            }
+            if keep_open {
+                advise_random_access(&file);
+                files.push(file);
+            }
+        }
+        warn_readable_by_others(readable_by_others, &example);
+        Ok(KeyFiles {
+            dir: dir.to_owned(),
+            access: if keep_open {
+                FileAccess::OpenOnce(files.into())
+            } else {
+                FileAccess::OpenPerRead
+            },
+            failing: Mutex::new(BTreeSet::new()),
+            failing_count: AtomicUsize::new(0),
+        })
+    }
+
+    fn path(&self, file: usize) -> PathBuf {
+        self.dir.join(Mode::Mode32.file_name(file))
+    }
+
+    fn read_key(&self, location: KeyLocation) -> Result<[u8; KEY_LEN], KeyUnavailable> {
+        let mut key = [0u8; KEY_LEN];
+        let result = match &self.access {
+            FileAccess::OpenOnce(files) => {
+                files[location.file].read_exact_at(&mut key, location.offset)
+            }
+            FileAccess::OpenPerRead => File::open(self.path(location.file))
+                .and_then(|file| file.read_exact_at(&mut key, location.offset)),
+        };
+        match result {
+            Ok(()) => {
+                if self.failing_count.load(Ordering::Relaxed) > 0 {
+                    self.mark(location.file, false);
+                }
+                Ok(key)
+            }
+            Err(error) => {
+                let path = self.path(location.file);
+                tracing::error!(path = %path.display(), %error, "cannot read a MODE32 key; answering 503");
+                self.mark(location.file, true);
+                Err(KeyUnavailable { path, error })
+            }
+        }
+    }
+
+    fn mark(&self, file: usize, failing: bool) {
+        let mut set = self
+            .failing
+            .lock()
+            .expect("no panics while holding the lock");
+        if failing {
+            set.insert(file);
+        } else {
+            set.remove(&file);
+        }
+        self.failing_count.store(set.len(), Ordering::Relaxed);
+    }
+
+    fn probe_failing(&self) -> bool {
+        let failing: Vec<usize> = self
+            .failing
+            .lock()
+            .expect("no panics while holding the lock")
+            .iter()
+            .copied()
+            .collect();
+        failing
+            .into_iter()
+            .all(|file| self.read_key(KeyLocation { file, offset: 0 }).is_ok())
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE towards `wanted`, as far as the hard limit allows;
+/// returns the soft limit in force afterwards.
+fn raise_open_file_limit(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < wanted {
+            let raised = libc::rlimit {
+                rlim_cur: wanted.min(limit.rlim_max),
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+/// A 32-byte read must not pull a readahead window off the disk.
+fn advise_random_access(file: &File) {
+    // SAFETY: the descriptor is valid for the lifetime of `file`; the call has no memory effects.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM);
+    }
+}
