@@ -81,7 +81,10 @@ impl Mode {
 
     /// Name of file number `index` (`secret`, or four lower-case hex digits).
     pub fn file_name(self, index: usize) -> String {
-        assert!(index < self.file_count(), "{self} has no file number {index}");
+        assert!(
+            index < self.file_count(),
+            "{self} has no file number {index}"
+        );
         match self {
             Mode::Mode0 => MODE0_FILE_NAME.to_owned(),
             Mode::Mode16 | Mode::Mode32 => format!("{index:04x}"),
@@ -186,19 +189,31 @@ mod tests {
     #[test]
     fn key_location_matches_the_rule() {
         // SHA-256("hello world") = b94d27b9...
-        assert_eq!(Mode::Mode0.locate(b"hello world"), KeyLocation { file: 0, offset: 0 });
+        assert_eq!(
+            Mode::Mode0.locate(b"hello world"),
+            KeyLocation { file: 0, offset: 0 }
+        );
         assert_eq!(Mode::Mode16.key_index(b"hello world"), 0xb94d);
         assert_eq!(
             Mode::Mode16.locate(b"hello world"),
-            KeyLocation { file: 0, offset: 32 * 0xb94d }
+            KeyLocation {
+                file: 0,
+                offset: 32 * 0xb94d
+            }
         );
         assert_eq!(Mode::Mode32.key_index(b"hello world"), 0xb94d27b9);
         assert_eq!(
             Mode::Mode32.locate(b"hello world"),
-            KeyLocation { file: 0xb94d, offset: 32 * 0x27b9 }
+            KeyLocation {
+                file: 0xb94d,
+                offset: 32 * 0x27b9
+            }
         );
         // The last slot ends exactly at the end of the file.
         let last = Mode::Mode32.key_location(u32::MAX);
-        assert_eq!((last.file, last.offset + KEY_LEN as u64), (0xffff, KEY_FILE_LEN));
+        assert_eq!(
+            (last.file, last.offset + KEY_LEN as u64),
+            (0xffff, KEY_FILE_LEN)
+        );
     }
 }

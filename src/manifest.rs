@@ -79,21 +79,26 @@ impl Manifest {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(ManifestError::Io(path, error)),
         };
-        let manifest: Manifest =
-            serde_json::from_slice(&text).map_err(|error| ManifestError::Parse(path.clone(), error))?;
+        let manifest: Manifest = serde_json::from_slice(&text)
+            .map_err(|error| ManifestError::Parse(path.clone(), error))?;
         manifest.check_shape(&path)?;
         Ok(Some(manifest))
     }
 
     /// The mode the manifest describes.
     pub fn mode(&self) -> Mode {
-        self.mode.parse().expect("checked when the manifest was read")
+        self.mode
+            .parse()
+            .expect("checked when the manifest was read")
     }
 
     /// A manifest must list exactly the files of its mode, with their sizes, in order.
     fn check_shape(&self, path: &Path) -> Result<(), ManifestError> {
         if self.format_version != FORMAT_VERSION {
-            return Err(ManifestError::UnsupportedVersion(path.to_owned(), self.format_version));
+            return Err(ManifestError::UnsupportedVersion(
+                path.to_owned(),
+                self.format_version,
+            ));
         }
         let invalid = |why: String| Err(ManifestError::Invalid(path.to_owned(), why));
         let mode: Mode = match self.mode.parse() {
@@ -116,8 +121,16 @@ impl Manifest {
                     mode.file_len()
                 ));
             }
-            if file.sha256.len() != 64 || !file.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                return invalid(format!("entry '{}' has no valid lower-case hex SHA-256", file.name));
+            if file.sha256.len() != 64
+                || !file
+                    .sha256
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return invalid(format!(
+                    "entry '{}' has no valid lower-case hex SHA-256",
+                    file.name
+                ));
             }
         }
         Ok(())
