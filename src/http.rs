@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::HttpBody as _;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::header::{CONNECTION, CONTENT_TYPE};
@@ -160,6 +161,9 @@ fn decode_mac_header(value: Option<&HeaderValue>) -> Result<Mac, ApiError> {
 async fn read_message(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut length = 0usize;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(refuse_too_large(body, limit).await);
+    }
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
             ApiError::new(StatusCode::BAD_REQUEST, "could not read the request body")
@@ -169,9 +173,7 @@ async fn read_message(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
         };
         length += chunk.len();
         if length > limit {
-            let drain_budget = limit.saturating_mul(DRAIN_FACTOR);
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain(body, drain_budget)).await;
-            return Err(ApiError::payload_too_large(limit));
+            return Err(refuse_too_large(body, limit).await);
         }
         chunks.push(chunk);
     }
@@ -182,16 +184,25 @@ async fn read_message(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn drain(mut body: Body, mut budget: usize) {
-    while let Some(Ok(frame)) = body.frame().await {
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
-        match budget.checked_sub(chunk.len()) {
-            Some(left) => budget = left,
-            None => return,
-        }
+/// Reads and discards a bounded rest of an oversized body, so the client reads
+/// the 413 instead of a connection reset; a body declared far larger is not waited for.
+async fn refuse_too_large(mut body: Body, limit: usize) -> ApiError {
+    let mut budget = limit.saturating_mul(DRAIN_FACTOR) as u64;
+    if body.size_hint().lower() <= budget {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(chunk) = frame.into_data() else {
+                    continue;
+                };
+                match budget.checked_sub(chunk.len() as u64) {
+                    Some(left) => budget = left,
+                    None => return,
+                }
+            }
+        })
+        .await;
     }
+    ApiError::payload_too_large(limit)
 }
 
 /// An error response: a status and a short JSON body that never echoes the request.

@@ -260,17 +260,12 @@ fn load_in_memory(
 /// The 65,536 MODE32 files.
 struct KeyFiles {
     dir: PathBuf,
-    access: FileAccess,
+    /// Files `0..open.len()`, opened once at startup: a key read is one `pread`.
+    /// All of them when RLIMIT_NOFILE allows; the rest are opened per read.
+    open: Box<[File]>,
     /// Files whose last read failed; `/readyz` reports 503 while any is listed.
     failing: Mutex<BTreeSet<usize>>,
     failing_count: AtomicUsize,
-}
-
-enum FileAccess {
-    /// Every file opened once at startup: a key read is one `pread`.
-    OpenOnce(Box<[File]>),
-    /// RLIMIT_NOFILE is too low to hold every file open: open, `pread`, close.
-    OpenPerRead,
 }
 
 impl KeyFiles {
@@ -278,16 +273,19 @@ impl KeyFiles {
         let mode = Mode::Mode32;
         let wanted = mode.file_count() as u64 + SPARE_FILE_DESCRIPTORS;
         let limit = raise_open_file_limit(wanted);
-        let keep_open = limit >= wanted;
-        if !keep_open {
+        let keep_open = limit
+            .saturating_sub(SPARE_FILE_DESCRIPTORS)
+            .min(mode.file_count() as u64) as usize;
+        if keep_open < mode.file_count() {
             tracing::warn!(
                 limit,
                 wanted,
-                "RLIMIT_NOFILE is too low to keep all MODE32 files open; each key read will open its file \
-                 (slower). Raise the hard limit (systemd: LimitNOFILE=131072)"
+                kept_open = keep_open,
+                "RLIMIT_NOFILE is too low to keep all MODE32 files open; keys in the other files are read by \
+                 opening the file per request (slower). Raise the hard limit (systemd: LimitNOFILE=131072)"
             );
         }
-        let mut files = Vec::with_capacity(if keep_open { mode.file_count() } else { 0 });
+        let mut open = Vec::with_capacity(keep_open);
         let mut readable_by_others = 0;
         let mut example = PathBuf::new();
         for index in 0..mode.file_count() {
@@ -297,19 +295,15 @@ impl KeyFiles {
                 readable_by_others += 1;
                 example = path;
             }
-            if keep_open {
+            if index < keep_open {
                 advise_random_access(&file);
-                files.push(file);
+                open.push(file);
             }
         }
         warn_readable_by_others(readable_by_others, &example);
         Ok(KeyFiles {
             dir: dir.to_owned(),
-            access: if keep_open {
-                FileAccess::OpenOnce(files.into())
-            } else {
-                FileAccess::OpenPerRead
-            },
+            open: open.into(),
             failing: Mutex::new(BTreeSet::new()),
             failing_count: AtomicUsize::new(0),
         })
@@ -321,11 +315,9 @@ impl KeyFiles {
 
     fn read_key(&self, location: KeyLocation) -> Result<[u8; KEY_LEN], KeyUnavailable> {
         let mut key = [0u8; KEY_LEN];
-        let result = match &self.access {
-            FileAccess::OpenOnce(files) => {
-                files[location.file].read_exact_at(&mut key, location.offset)
-            }
-            FileAccess::OpenPerRead => File::open(self.path(location.file))
+        let result = match self.open.get(location.file) {
+            Some(file) => file.read_exact_at(&mut key, location.offset),
+            None => File::open(self.path(location.file))
                 .and_then(|file| file.read_exact_at(&mut key, location.offset)),
         };
         match result {

@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
+mod ci;
+mod process;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", arg_required_else_help = true)]
 struct Cli {
@@ -10,9 +13,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Task {}
+enum Task {
+    /// Run everything CI runs: install the test tools, build, run every test suite
+    Ci,
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.task {}
+    match cli.task {
+        Task::Ci => ci::run_ci(),
+    }
 }

@@ -1,0 +1,110 @@
+"""An independent implementation of cryptoserver's layout rule and MAC, written
+from the README's specification with nothing but Python's hashlib and hmac.
+
+Run as a script, it rewrites tests/vectors.json from the deterministic test keys;
+the tests check that the committed file, this module, the Rust code and the
+running server all agree.
+"""
+
+import hashlib
+import hmac
+import json
+import pathlib
+
+KEY_LEN = 32
+KEYS_PER_FILE = 65536
+FILE_LEN = KEY_LEN * KEYS_PER_FILE
+VECTORS = pathlib.Path(__file__).with_name("vectors.json")
+VECTOR_MESSAGES = [b"", b"\x00", b"hello world", b"apples and pears", bytes(range(256)) * 4]
+
+
+def key_index(mode, message):
+    """0 in MODE0; otherwise the leading 2 (MODE16) or 4 (MODE32) bytes of SHA-256, big-endian."""
+    digest = hashlib.sha256(message).digest()
+    return {"MODE0": 0, "MODE16": int.from_bytes(digest[:2], "big"), "MODE32": int.from_bytes(digest[:4], "big")}[mode]
+
+
+def key_location(mode, message):
+    """(file name, byte offset) of the message's key."""
+    index = key_index(mode, message)
+    if mode == "MODE0":
+        return "secret", 0
+    if mode == "MODE16":
+        return "0000", KEY_LEN * index
+    return f"{index >> 16:04x}", KEY_LEN * (index & 0xFFFF)
+
+
+def read_key(mode, secret_dir, message):
+    name, offset = key_location(mode, message)
+    with open(pathlib.Path(secret_dir) / name, "rb") as file:
+        file.seek(offset)
+        key = file.read(KEY_LEN)
+    assert len(key) == KEY_LEN
+    return key
+
+
+def mac(mode, secret_dir, message):
+    return hmac.new(read_key(mode, secret_dir, message), message, hashlib.sha256).digest()
+
+
+def vector_key(file_index, slot):
+    """The deterministic test key of a slot; never a real secret."""
+    return hashlib.sha256(b"cryptoserver test vector" + file_index.to_bytes(2, "big") + slot.to_bytes(2, "big")).digest()
+
+
+def vector_key_at(mode, index):
+    """The deterministic test key with this key index in `mode`."""
+    return vector_key(index >> 16 if mode == "MODE32" else 0, index & 0xFFFF)
+
+
+def write_vector_secrets(mode, secret_dir, messages=VECTOR_MESSAGES):
+    """Lays out the deterministic test keys for `mode` in `secret_dir`. MODE32 files
+    are sparse: only the slots the messages select hold their keys."""
+    secret_dir = pathlib.Path(secret_dir)
+    secret_dir.mkdir(mode=0o700, exist_ok=True)
+    if mode == "MODE0":
+        (secret_dir / "secret").write_bytes(vector_key(0, 0))
+    elif mode == "MODE16":
+        (secret_dir / "0000").write_bytes(b"".join(vector_key(0, slot) for slot in range(KEYS_PER_FILE)))
+    else:
+        indices = {key_index(mode, message) for message in messages}
+        write_sparse_mode32(secret_dir, {index: vector_key_at(mode, index) for index in indices})
+
+
+def write_sparse_mode32(secret_dir, keys_by_index):
+    """65,536 full-size sparse files; `keys_by_index` maps key indices to the keys to plant."""
+    for file_index in range(KEYS_PER_FILE):
+        with open(secret_dir / f"{file_index:04x}", "wb") as file:
+            file.truncate(FILE_LEN)
+    for index, key in keys_by_index.items():
+        with open(secret_dir / f"{index >> 16:04x}", "r+b") as file:
+            file.seek(KEY_LEN * (index & 0xFFFF))
+            file.write(key)
+
+
+def compute_vectors():
+    vectors = []
+    for mode in ("MODE0", "MODE16", "MODE32"):
+        for message in VECTOR_MESSAGES:
+            index = key_index(mode, message)
+            name, offset = key_location(mode, message)
+            key = vector_key_at(mode, index)
+            vectors.append(
+                {
+                    "mode": mode,
+                    "message_hex": message.hex(),
+                    "key_index": index,
+                    "file": name,
+                    "offset": offset,
+                    "key_hex": key.hex(),
+                    "mac_hex": hmac.new(key, message, hashlib.sha256).hexdigest(),
+                }
+            )
+    return {
+        "key_rule": "key of (file index f, slot s) = SHA-256(b'cryptoserver test vector' || u16be(f) || u16be(s))",
+        "vectors": vectors,
+    }
+
+
+if __name__ == "__main__":
+    VECTORS.write_text(json.dumps(compute_vectors(), indent=1) + "\n")

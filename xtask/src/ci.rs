@@ -1,0 +1,62 @@
+//! `cargo xtask ci`: everything CI runs, on a fresh machine too. It installs what
+//! the tests need (a Python virtual environment with tests/requirements.txt, which
+//! brings moto's server, checkov and shellcheck), builds every binary, then runs
+//! the Rust tests and the end-to-end Python suites.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use crate::process::{cargo, repo_root, run};
+
+pub fn run_ci() -> anyhow::Result<()> {
+    let root = repo_root();
+    run(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("code is not formatted: run `cargo fmt --all`")?;
+    let venv = prepare_python(&root)?;
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    if has_nextest() {
+        run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
+    } else {
+        run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+    }
+    let mut path = std::ffi::OsString::from(venv.join("bin"));
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    run(Command::new(venv.join("bin/python"))
+        .args(["-m", "pytest", "tests", "-ra"])
+        .current_dir(&root)
+        .env("PATH", path))
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// Creates `target/venv` and installs tests/requirements.txt into it, again only
+/// when the requirements changed since the last install.
+fn prepare_python(root: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let venv = root.join("target/venv");
+    let requirements = root.join("tests/requirements.txt");
+    let wanted = hex::encode(Sha256::digest(
+        std::fs::read(&requirements).with_context(|| format!("cannot read {}", requirements.display()))?,
+    ));
+    let stamp = venv.join("requirements.sha256");
+    if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
+        return Ok(venv);
+    }
+    if !venv.join("bin/python").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("cannot create the Python virtual environment: install python3 with its venv module")?;
+    }
+    run(Command::new(venv.join("bin/python"))
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
+    Ok(venv)
+}
