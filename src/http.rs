@@ -1,4 +1,4 @@
-//! HTTP routes: `POST /hmac`, `POST /verify`, `GET /healthz`, `GET /readyz`.
+//! HTTP routes: `POST /hmac`, `POST /hmac/batch`, `POST /verify`, `GET /healthz`, `GET /readyz`.
 //!
 //! Every error becomes a short JSON body `{"error": "..."}` in [`ApiError`]; no
 //! response or log line ever carries a message body, a MAC or key material.
@@ -19,6 +19,7 @@ use base64::Engine as _;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 
+use crate::batch::parse_frames;
 use crate::keystore::KeyStore;
 use crate::mac::{macs_equal, Mac, MAC_LEN};
 
@@ -38,6 +39,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/hmac", post(hmac))
+        .route("/hmac/batch", post(hmac_batch))
         .route("/verify", post(verify))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -97,6 +99,19 @@ async fn hmac(
         Encoding::Hex => ([(CONTENT_TYPE, "text/plain")], hex::encode(mac)).into_response(),
         Encoding::Base64 => ([(CONTENT_TYPE, "text/plain")], BASE64.encode(mac)).into_response(),
     })
+}
+
+/// Nothing is computed unless the whole body frames correctly.
+async fn hmac_batch(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let body = read_message(body, state.max_body).await?;
+    let frames = parse_frames(&body)
+        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error.to_string()))?;
+    let macs = state
+        .keys
+        .mac_batch(body, frames)
+        .await
+        .map_err(|_| ApiError::key_unavailable())?;
+    Ok(([(CONTENT_TYPE, "application/octet-stream")], macs).into_response())
 }
 
 async fn verify(

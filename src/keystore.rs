@@ -5,17 +5,24 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use axum::body::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::layout::{KeyLocation, Mode, KEY_LEN, MANIFEST_FILE_NAME};
 use crate::mac::{self, Mac, PrecomputedKey};
 use crate::manifest::Manifest;
+
+/// A batch is split into at most this many tasks on the blocking thread pool.
+const BATCH_TASKS: usize = 64;
+/// In-memory keys: smaller batches run as one task, as a hand-off costs more than a few MACs.
+const BATCH_MIN_CHUNK_IN_MEMORY: usize = 256;
 
 /// File descriptors kept free for sockets and the rest when all MODE32 files are open.
 const SPARE_FILE_DESCRIPTORS: u64 = 4096;
@@ -45,14 +52,17 @@ pub struct KeyUnavailable {
     pub error: io::Error,
 }
 
+/// Cheap to clone: the keys are shared.
+#[derive(Clone)]
 pub struct KeyStore {
     mode: Mode,
     keys: Keys,
 }
 
+#[derive(Clone)]
 enum Keys {
     /// MODE0 and MODE16: every key, with its HMAC pads already hashed.
-    InMemory(Box<[PrecomputedKey]>),
+    InMemory(Arc<[PrecomputedKey]>),
     /// MODE32: 128 GiB stays on disk.
     OnDisk(Arc<KeyFiles>),
 }
@@ -77,12 +87,10 @@ impl KeyStore {
 
     /// The MAC of `message` under the key the layout rule picks for it.
     pub async fn mac(&self, message: &[u8]) -> Result<Mac, KeyUnavailable> {
-        let location = self.mode.locate(message);
         match &self.keys {
-            Keys::InMemory(keys) => {
-                Ok(keys[(location.offset / KEY_LEN as u64) as usize].mac(message))
-            }
+            Keys::InMemory(_) => self.mac_blocking(message),
             Keys::OnDisk(files) => {
+                let location = self.mode.locate(message);
                 let files = Arc::clone(files);
                 // A cold read can take milliseconds: keep it off the async workers.
                 let key = tokio::task::spawn_blocking(move || files.read_key(location))
@@ -90,6 +98,47 @@ impl KeyStore {
                     .expect("key reads do not panic")?;
                 Ok(mac::mac(&key, message))
             }
+        }
+    }
+
+    /// The MACs of the messages at `frames` in `body`, concatenated in order.
+    /// The work is spread over blocking threads: it uses every core, and MODE32's
+    /// key reads are in flight together instead of one after another.
+    pub async fn mac_batch(
+        &self,
+        body: Bytes,
+        frames: Vec<Range<usize>>,
+    ) -> Result<Vec<u8>, KeyUnavailable> {
+        let min_chunk = match self.keys {
+            Keys::InMemory(_) => BATCH_MIN_CHUNK_IN_MEMORY,
+            Keys::OnDisk(_) => 1,
+        };
+        let chunk_len = frames.len().div_ceil(BATCH_TASKS).max(min_chunk);
+        // Spawned tasks start at once; awaiting them in order keeps the output in order.
+        let tasks: Vec<_> = frames
+            .chunks(chunk_len)
+            .map(|chunk| {
+                let (store, body, chunk) = (self.clone(), body.clone(), chunk.to_vec());
+                tokio::task::spawn_blocking(move || {
+                    chunk
+                        .into_iter()
+                        .map(|range| store.mac_blocking(&body[range]))
+                        .collect::<Result<Vec<Mac>, _>>()
+                })
+            })
+            .collect();
+        let mut macs = Vec::with_capacity(frames.len() * mac::MAC_LEN);
+        for task in tasks {
+            macs.extend(task.await.expect("MAC computations do not panic")?.concat());
+        }
+        Ok(macs)
+    }
+
+    fn mac_blocking(&self, message: &[u8]) -> Result<Mac, KeyUnavailable> {
+        let location = self.mode.locate(message);
+        match &self.keys {
+            Keys::InMemory(keys) => Ok(keys[slot(location)].mac(message)),
+            Keys::OnDisk(files) => Ok(mac::mac(&files.read_key(location)?, message)),
         }
     }
 
@@ -107,6 +156,11 @@ impl KeyStore {
             }
         }
     }
+}
+
+/// Index of an in-memory key: its slot in the one MODE0/MODE16 file.
+fn slot(location: KeyLocation) -> usize {
+    (location.offset / KEY_LEN as u64) as usize
 }
 
 fn check_directory(dir: &Path) -> Result<(), SecretsError> {
@@ -217,7 +271,7 @@ fn load_in_memory(
     mode: Mode,
     dir: &Path,
     manifest: Option<&Manifest>,
-) -> Result<Box<[PrecomputedKey]>, SecretsError> {
+) -> Result<Arc<[PrecomputedKey]>, SecretsError> {
     let path = dir.join(mode.file_name(0));
     let (mut file, readable_by_others) = open_secret_file(mode, &path)?;
     warn_readable_by_others(usize::from(readable_by_others), &path);

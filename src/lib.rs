@@ -5,9 +5,11 @@
 //! - [`config`]: the server's flags and environment variables.
 //! - [`keystore`]: the secrets as the server holds them, checked at startup.
 //! - [`mac`]: the HMAC-SHA256 engine.
+//! - [`batch`]: the `/hmac/batch` frame format.
 //! - [`http`]: the routes and their errors.
 //! - [`server`]: process lifecycle (bind, serve, graceful shutdown).
 
+pub mod batch;
 pub mod config;
 pub mod http;
 pub mod keystore;

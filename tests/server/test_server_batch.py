@@ -1,0 +1,84 @@
+"""POST /hmac/batch agrees with /hmac for every message, in every mode, and
+refuses malformed framing before computing anything."""
+
+import os
+import random
+import struct
+
+import pytest
+import requests
+
+import reference
+from conftest import running_server
+
+MESSAGES = [b"", b"hello world", b"apples and pears"] + [os.urandom(random.randrange(0, 300)) for _ in range(500)]
+
+
+def frames(messages):
+    return b"".join(struct.pack(">I", len(m)) + m for m in messages)
+
+
+def make_secrets(mode, secret_dir):
+    secret_dir.mkdir(mode=0o700)
+    if mode == "MODE0":
+        (secret_dir / "secret").write_bytes(os.urandom(32))
+    elif mode == "MODE16":
+        (secret_dir / "0000").write_bytes(os.urandom(reference.FILE_LEN))
+    else:
+        reference.write_sparse_mode32(secret_dir, {reference.key_index(mode, m): os.urandom(32) for m in MESSAGES})
+
+
+@pytest.mark.parametrize("mode", ["MODE0", "MODE16", "MODE32"])
+def test_batch_agrees_with_single_requests(tmp_path, mode):
+    secret_dir = tmp_path / "secrets"
+    make_secrets(mode, secret_dir)
+    with running_server(tmp_path, mode, secret_dir) as server, requests.Session() as session:
+        response = session.post(f"{server.url}/hmac/batch", data=frames(MESSAGES))
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/octet-stream"
+        batch = [response.content[i : i + 32] for i in range(0, len(response.content), 32)]
+        singles = [session.post(f"{server.url}/hmac", data=m).content for m in MESSAGES]
+        assert batch == singles
+        assert batch == [reference.mac(mode, secret_dir, m) for m in MESSAGES]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    secret_dir = tmp_path_factory.mktemp("batch") / "secrets"
+    make_secrets("MODE16", secret_dir)
+    with running_server(tmp_path_factory.mktemp("log"), "MODE16", secret_dir) as server:
+        server.secret_dir = secret_dir
+        yield server
+
+
+def assert_still_serves(server):
+    response = requests.post(f"{server.url}/hmac/batch", data=frames([b"a", b"b"]))
+    assert response.content == reference.mac("MODE16", server.secret_dir, b"a") + reference.mac("MODE16", server.secret_dir, b"b")
+
+
+def test_empty_batch(server):
+    response = requests.post(f"{server.url}/hmac/batch", data=b"")
+    assert response.status_code == 200 and response.content == b""
+
+
+@pytest.mark.parametrize(
+    "body, offset",
+    [
+        (frames([b"abc"]) + struct.pack(">I", 9) + b"x", "byte offset 7"),
+        (frames([b"abc"]) + b"\x00\x00", "byte offset 7"),
+        (struct.pack(">I", 0xFFFFFFFF), "byte offset 0"),
+        (frames([b""] * 65537), f"byte offset {4 * 65536}"),
+    ],
+    ids=["length-past-end", "trailing-bytes", "huge-length", "too-many-frames"],
+)
+def test_malformed_batch_is_400_naming_the_offset(server, body, offset):
+    response = requests.post(f"{server.url}/hmac/batch", data=body)
+    assert response.status_code == 400
+    assert offset in response.json()["error"]
+    assert_still_serves(server)
+
+
+def test_batch_over_the_body_limit_is_413(server):
+    response = requests.post(f"{server.url}/hmac/batch", data=frames([b"x" * (1 << 20)]))
+    assert response.status_code == 413
+    assert_still_serves(server)
