@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::batch::parse_frames;
 use crate::keystore::KeyStore;
-use crate::mac::{macs_equal, Mac, MAC_LEN};
+use crate::mac::{macs_equal, parse_mac, Mac, BASE64};
 
 /// Header carrying the MAC that `POST /verify` checks.
 pub const MAC_HEADER: &str = "x-cryptoserver-mac";
@@ -141,14 +141,6 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiE
     }
 }
 
-const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-const BASE64_ANY_PADDING: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    base64::engine::GeneralPurposeConfig::new()
-        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-);
-
-/// Accepts the MAC as 64 hex digits (either case) or as standard base64, padded or not.
 fn decode_mac_header(value: Option<&HeaderValue>) -> Result<Mac, ApiError> {
     let value = value.ok_or_else(|| {
         ApiError::new(
@@ -156,20 +148,12 @@ fn decode_mac_header(value: Option<&HeaderValue>) -> Result<Mac, ApiError> {
             "missing X-Cryptoserver-Mac header: send the MAC to check as 64 hex digits or base64",
         )
     })?;
-    let text = value.to_str().unwrap_or_default().trim();
-    let decoded = if text.len() == 2 * MAC_LEN {
-        hex::decode(text).ok()
-    } else {
-        BASE64_ANY_PADDING.decode(text).ok()
-    };
-    decoded
-        .and_then(|bytes| Mac::try_from(bytes).ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "X-Cryptoserver-Mac is neither 64 hex digits nor base64 of 32 bytes",
-            )
-        })
+    parse_mac(value.as_bytes()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "X-Cryptoserver-Mac is neither 64 hex digits nor base64 of 32 bytes",
+        )
+    })
 }
 
 /// Reads the whole body, at most `limit` bytes.

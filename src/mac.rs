@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use base64::Engine as _;
 use hmac::digest::core_api::CoreWrapper;
 use hmac::digest::KeyInit;
 use hmac::{HmacCore, Mac as _};
@@ -44,6 +45,26 @@ pub fn mac(key: &[u8; KEY_LEN], message: &[u8]) -> Mac {
     PrecomputedKey::new(key).mac(message)
 }
 
+/// Standard base64, as `?encoding=base64` writes MACs.
+pub const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+const BASE64_ANY_PADDING: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// Reads a MAC written as 64 hex digits (either case) or as standard base64,
+/// padded or not; surrounding whitespace is ignored.
+pub fn parse_mac(text: &[u8]) -> Option<Mac> {
+    let text = text.trim_ascii();
+    let bytes = if text.len() == 2 * MAC_LEN {
+        hex::decode(text).ok()?
+    } else {
+        BASE64_ANY_PADDING.decode(text).ok()?
+    };
+    Mac::try_from(bytes).ok()
+}
+
 /// Compares two MACs in time independent of where they differ.
 pub fn macs_equal(expected: &Mac, presented: &Mac) -> bool {
     expected.ct_eq(presented).into()
@@ -76,6 +97,29 @@ mod tests {
         assert_eq!(key.mac(b"a"), key.mac(b"a"));
         assert_ne!(key.mac(b"a"), key.mac(b"b"));
         assert_eq!(format!("{key:?}"), "PrecomputedKey(..)");
+    }
+
+    #[test]
+    fn mac_text_forms() {
+        let mac: Mac = std::array::from_fn(|i| i as u8 * 7);
+        assert_eq!(parse_mac(hex::encode(mac).as_bytes()), Some(mac));
+        assert_eq!(parse_mac(hex::encode_upper(mac).as_bytes()), Some(mac));
+        let padded = BASE64.encode(mac);
+        assert_eq!(parse_mac(padded.as_bytes()), Some(mac));
+        assert_eq!(
+            parse_mac(padded.trim_end_matches('=').as_bytes()),
+            Some(mac)
+        );
+        assert_eq!(parse_mac(format!(" {padded}\t").as_bytes()), Some(mac));
+        for bad in [
+            "",
+            "zz",
+            &"g".repeat(64),
+            &BASE64.encode([0u8; 31]),
+            &hex::encode([0u8; 33]),
+        ] {
+            assert_eq!(parse_mac(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]
