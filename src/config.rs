@@ -41,6 +41,82 @@ pub struct Config {
     /// Seconds to let in-flight requests finish after SIGTERM/SIGINT before exiting anyway.
     #[arg(long, env = "CRYPTOSERVER_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
+
+    /// File of allowed bearer tokens, one SHA-256 hex digest per line (`cargo xtask gen-token`
+    /// makes one). When set, every route but /healthz needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "CRYPTOSERVER_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// PEM certificate chain: serve HTTPS (needs --tls-key).
+    #[arg(long, env = "CRYPTOSERVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the certificate.
+    #[arg(long, env = "CRYPTOSERVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: require client certificates signed by them (mTLS).
+    #[arg(long, env = "CRYPTOSERVER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Per-client rate limit as RATE[:BURST] requests per second (batch messages count
+    /// one each), keyed by token when authenticated, else by source IP. Unset: no limit.
+    #[arg(long, env = "CRYPTOSERVER_RATE_LIMIT", value_parser = parse_rate_limit)]
+    pub rate_limit: Option<RateLimit>,
+
+    /// Requests served at once; more are refused with 503 at once rather than queued.
+    #[arg(long, env = "CRYPTOSERVER_MAX_CONCURRENT", default_value = "1024")]
+    pub max_concurrent: usize,
+
+    /// Seconds a client gets to send a request's headers, and that an idle keep-alive connection stays open.
+    #[arg(long, env = "CRYPTOSERVER_HEADER_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub header_timeout: Duration,
+
+    /// Seconds a client gets to send a request's body.
+    #[arg(long, env = "CRYPTOSERVER_BODY_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub body_timeout: Duration,
+
+    /// Largest request head (request line and headers), in bytes or with KiB/MiB.
+    #[arg(long, env = "CRYPTOSERVER_MAX_HEADER", default_value = "16KiB", value_parser = parse_byte_size)]
+    pub max_header: usize,
+
+    /// Serve GET /metrics on this address too, without authentication (keep it private).
+    #[arg(long, env = "CRYPTOSERVER_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+
+    /// Log format: text, or json for journald and CloudWatch.
+    #[arg(long, env = "CRYPTOSERVER_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A token bucket: `per_second` tokens refill each second, up to `burst`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+/// Parses `100` (100 requests/s, burst 100) or `100:500` (burst 500).
+fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
+    let invalid =
+        || format!("'{text}' is not RATE or RATE:BURST with positive numbers, e.g. 100 or 100:500");
+    let (rate, burst) = text.split_once(':').unwrap_or((text, text));
+    let positive = |part: &str| {
+        part.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n > 0.0)
+    };
+    match (positive(rate), positive(burst)) {
+        (Some(per_second), Some(burst)) if burst >= 1.0 => Ok(RateLimit { per_second, burst }),
+        _ => Err(invalid()),
+    }
 }
 
 /// Parses `1048576`, `1024KiB` or `1MiB` into a byte count.
@@ -90,6 +166,27 @@ mod tests {
         assert!(parse_byte_size("0").is_err());
         assert!(parse_byte_size("12 parsecs").is_err());
         assert!(parse_byte_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn rate_limits() {
+        assert_eq!(
+            parse_rate_limit("100"),
+            Ok(RateLimit {
+                per_second: 100.0,
+                burst: 100.0
+            })
+        );
+        assert_eq!(
+            parse_rate_limit("0.5:10"),
+            Ok(RateLimit {
+                per_second: 0.5,
+                burst: 10.0
+            })
+        );
+        for bad in ["", "0", "-1", "10:0.5", "fast", "10:", "nan"] {
+            assert!(parse_rate_limit(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,27 +1,38 @@
-//! HTTP routes: `POST /hmac`, `POST /hmac/batch`, `POST /verify`, `GET /healthz`, `GET /readyz`.
+//! HTTP routes (`POST /hmac`, `POST /hmac/batch`, `POST /verify`, `GET /healthz`,
+//! `GET /readyz`, `GET /metrics`) and the layers that guard them.
 //!
 //! Every error becomes a short JSON body `{"error": "..."}` in [`ApiError`]; no
 //! response or log line ever carries a message body, a MAC or key material.
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::HttpBody as _;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
-use axum::http::header::{CONNECTION, CONTENT_TYPE};
+use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
+use axum::http::header::{
+    HeaderName, AUTHORIZATION, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use http_body_util::BodyExt;
 use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
+use crate::access::Tokens;
 use crate::batch::parse_frames;
 use crate::keystore::KeyStore;
+use crate::limits::{ClientId, RateLimiter, Refusal};
 use crate::mac::{macs_equal, parse_mac, Mac, BASE64};
+use crate::metrics::Metrics;
 
 /// Header carrying the MAC that `POST /verify` checks.
 pub const MAC_HEADER: &str = "x-cryptoserver-mac";
@@ -31,18 +42,56 @@ pub const MAC_HEADER: &str = "x-cryptoserver-mac";
 const DRAIN_FACTOR: usize = 4;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Route patterns, the only values the metrics' `route` label takes.
+const ROUTES: [&str; 6] = [
+    "/hmac",
+    "/hmac/batch",
+    "/verify",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
 pub struct AppState {
     pub keys: KeyStore,
     pub max_body: usize,
+    pub body_timeout: Duration,
+    /// Allowed bearer tokens; `None` leaves the server open, as the seed was.
+    pub tokens: Option<Tokens>,
+    pub rate_limiter: Option<RateLimiter>,
+    /// One permit per request being served; none left means shed load.
+    pub concurrency: Arc<Semaphore>,
+    pub metrics: Metrics,
 }
 
+impl AppState {
+    /// Open, unlimited but for the body size: the seed's behaviour.
+    pub fn open(keys: KeyStore, max_body: usize) -> Self {
+        AppState {
+            keys,
+            max_body,
+            body_timeout: Duration::from_secs(30),
+            tokens: None,
+            rate_limiter: None,
+            concurrency: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+/// Layers, outermost first: observe (request span, metrics), shed load at the
+/// concurrency limit, then on every route but `/healthz`: authorize and rate-limit.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/hmac", post(hmac))
         .route("/hmac/batch", post(hmac_batch))
         .route("/verify", post(verify))
-        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route_layer(from_fn_with_state(Arc::clone(&state), authorize));
+    Router::new()
+        .merge(guarded)
+        .route("/healthz", get(healthz))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -55,7 +104,121 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this route (see the Allow header)",
             )
         })
+        .layer(from_fn_with_state(Arc::clone(&state), shed_load))
+        .layer(from_fn_with_state(Arc::clone(&state), observe))
         .with_state(state)
+}
+
+/// A router serving only `GET /metrics`, for CRYPTOSERVER_METRICS_BIND.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|matched| ROUTES.into_iter().find(|route| *route == matched.as_str()))
+        .unwrap_or("unmatched");
+    let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("request", id, method = %request.method(), route);
+    let started = Instant::now();
+    let in_flight = InFlight::enter(&state.metrics);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    drop(in_flight);
+    let elapsed = started.elapsed();
+    state.metrics.request_latency.observe(elapsed);
+    state
+        .metrics
+        .count_request(route, response.status().as_u16());
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            ?elapsed,
+            "request finished"
+        )
+    });
+    response
+        .headers_mut()
+        .insert("x-request-id", HeaderValue::from(id));
+    response
+}
+
+/// Counts a request in flight until dropped, also when the client goes away mid-request.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Refuses at once beyond the concurrency limit: a queue would only add latency.
+async fn shed_load(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match Arc::clone(&state.concurrency).try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            state.metrics.shed.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is at its concurrency limit (CRYPTOSERVER_MAX_CONCURRENT); retry shortly",
+            )
+            .with_header(RETRY_AFTER, HeaderValue::from_static("1"))
+            .into_response()
+        }
+    }
+}
+
+/// Identifies the client (its token, else its address), checks its token and
+/// takes one request from its rate limit.
+async fn authorize(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let client = match &state.tokens {
+        Some(tokens) => {
+            let authorization = request
+                .headers()
+                .get(AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
+            let Some(digest) = tokens.check(authorization) else {
+                state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::unauthorized());
+            };
+            ClientId::Token(digest)
+        }
+        None => ClientId::Address(
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or([0u8; 4].into(), |ConnectInfo(peer)| peer.ip()),
+        ),
+    };
+    take_rate(&state, client, 1)?;
+    request.extensions_mut().insert(client);
+    Ok(next.run(request).await)
+}
+
+fn take_rate(state: &AppState, client: ClientId, cost: u32) -> Result<(), ApiError> {
+    let Some(limiter) = &state.rate_limiter else {
+        return Ok(());
+    };
+    limiter.take(client, cost).map_err(|refusal| {
+        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        ApiError::rate_limited(refusal)
+    })
 }
 
 #[derive(Deserialize)]
@@ -86,12 +249,8 @@ async fn hmac(
         .0
         .encoding
         .unwrap_or(Encoding::Raw);
-    let message = read_message(body, state.max_body).await?;
-    let mac = state
-        .keys
-        .mac(&message)
-        .await
-        .map_err(|_| ApiError::key_unavailable())?;
+    let message = read_message(body, &state).await?;
+    let mac = mac_of(&state, &message).await?;
     Ok(match encoding {
         Encoding::Raw => {
             ([(CONTENT_TYPE, "application/octet-stream")], mac.to_vec()).into_response()
@@ -101,16 +260,27 @@ async fn hmac(
     })
 }
 
-/// Nothing is computed unless the whole body frames correctly.
-async fn hmac_batch(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
-    let body = read_message(body, state.max_body).await?;
+/// Nothing is computed unless the whole body frames correctly; each message
+/// counts against the rate limit (the request itself took one).
+async fn hmac_batch(
+    State(state): State<Arc<AppState>>,
+    client: Option<Extension<ClientId>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_message(body, &state).await?;
     let frames = parse_frames(&body)
         .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error.to_string()))?;
+    if let Some(Extension(client)) = client {
+        take_rate(&state, client, frames.len().saturating_sub(1) as u32)?;
+    }
+    let hashed: usize = frames.iter().map(|frame| frame.len()).sum();
+    let count = frames.len();
     let macs = state
         .keys
         .mac_batch(body, frames)
         .await
         .map_err(|_| ApiError::key_unavailable())?;
+    record_macs(&state, count, hashed);
     Ok(([(CONTENT_TYPE, "application/octet-stream")], macs).into_response())
 }
 
@@ -120,13 +290,37 @@ async fn verify(
     body: Body,
 ) -> Result<Response, ApiError> {
     let presented = decode_mac_header(headers.get(MAC_HEADER))?;
-    let message = read_message(body, state.max_body).await?;
-    let expected = state
+    let message = read_message(body, &state).await?;
+    let expected = mac_of(&state, &message).await?;
+    Ok(Json(serde_json::json!({ "valid": macs_equal(&expected, &presented) })).into_response())
+}
+
+async fn mac_of(state: &AppState, message: &[u8]) -> Result<Mac, ApiError> {
+    let mac = state
         .keys
-        .mac(&message)
+        .mac(message)
         .await
         .map_err(|_| ApiError::key_unavailable())?;
-    Ok(Json(serde_json::json!({ "valid": macs_equal(&expected, &presented) })).into_response())
+    record_macs(state, 1, message.len());
+    Ok(mac)
+}
+
+fn record_macs(state: &AppState, count: usize, bytes: usize) {
+    state
+        .metrics
+        .macs_computed
+        .fetch_add(count as u64, Ordering::Relaxed);
+    state
+        .metrics
+        .bytes_hashed
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state
+        .metrics
+        .render(state.keys.mode().name(), state.keys.read_stats());
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -156,8 +350,21 @@ fn decode_mac_header(value: Option<&HeaderValue>) -> Result<Mac, ApiError> {
     })
 }
 
-/// Reads the whole body, at most `limit` bytes.
-async fn read_message(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads the whole body, at most `max_body` bytes, within `body_timeout`: a client
+/// trickling bytes cannot hold a connection and a worker for long.
+async fn read_message(body: Body, state: &AppState) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(state.body_timeout, read_limited(body, state.max_body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body was not received in time (CRYPTOSERVER_BODY_TIMEOUT)",
+            )
+            .with_header(CONNECTION, HeaderValue::from_static("close")))
+        })
+}
+
+async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut length = 0usize;
     if body.size_hint().lower() > limit as u64 {
@@ -209,7 +416,7 @@ async fn refuse_too_large(mut body: Body, limit: usize) -> ApiError {
 pub struct ApiError {
     status: StatusCode,
     message: Cow<'static, str>,
-    close_connection: bool,
+    header: Option<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -217,18 +424,23 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
-            close_connection: false,
+            header: None,
+        }
+    }
+
+    fn with_header(self, name: HeaderName, value: HeaderValue) -> Self {
+        ApiError {
+            header: Some((name, value)),
+            ..self
         }
     }
 
     fn payload_too_large(limit: usize) -> Self {
-        ApiError {
-            close_connection: true,
-            ..ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("message is larger than the {limit}-byte limit (CRYPTOSERVER_MAX_BODY)"),
-            )
-        }
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("message is larger than the {limit}-byte limit (CRYPTOSERVER_MAX_BODY)"),
+        )
+        .with_header(CONNECTION, HeaderValue::from_static("close"))
     }
 
     fn key_unavailable() -> Self {
@@ -236,6 +448,31 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "key storage is unavailable; retry later",
         )
+    }
+
+    fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown bearer token: send Authorization: Bearer <token>",
+        )
+        .with_header(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"cryptoserver\""),
+        )
+    }
+
+    fn rate_limited(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::RetryAfter(wait) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate limit exceeded (CRYPTOSERVER_RATE_LIMIT); retry after the Retry-After seconds",
+            )
+            .with_header(RETRY_AFTER, HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64)),
+            Refusal::LargerThanBurst => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "this batch has more messages than the rate limit's burst allows; split it",
+            ),
+        }
     }
 }
 
@@ -246,10 +483,8 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response();
-        if self.close_connection {
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
+        if let Some((name, value)) = self.header {
+            response.headers_mut().insert(name, value);
         }
         response
     }

@@ -6,18 +6,21 @@ use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::layout::{KeyLocation, Mode, KEY_LEN, MANIFEST_FILE_NAME};
 use crate::mac::{self, Mac, PrecomputedKey};
 use crate::manifest::Manifest;
+use crate::metrics::KeyReadStats;
 
 /// A batch is split into at most this many tasks on the blocking thread pool.
 const BATCH_TASKS: usize = 64;
@@ -62,7 +65,7 @@ pub struct KeyStore {
 #[derive(Clone)]
 enum Keys {
     /// MODE0 and MODE16: every key, with its HMAC pads already hashed.
-    InMemory(Arc<[PrecomputedKey]>),
+    InMemory(Arc<KeyTable>),
     /// MODE32: 128 GiB stays on disk.
     OnDisk(Arc<KeyFiles>),
 }
@@ -74,7 +77,7 @@ impl KeyStore {
         let manifest = read_manifest(mode, dir)?;
         let keys = match mode {
             Mode::Mode0 | Mode::Mode16 => {
-                Keys::InMemory(load_in_memory(mode, dir, manifest.as_ref())?)
+                Keys::InMemory(Arc::new(load_in_memory(mode, dir, manifest.as_ref())?))
             }
             Mode::Mode32 => Keys::OnDisk(Arc::new(KeyFiles::open(dir)?)),
         };
@@ -137,8 +140,16 @@ impl KeyStore {
     fn mac_blocking(&self, message: &[u8]) -> Result<Mac, KeyUnavailable> {
         let location = self.mode.locate(message);
         match &self.keys {
-            Keys::InMemory(keys) => Ok(keys[slot(location)].mac(message)),
-            Keys::OnDisk(files) => Ok(mac::mac(&files.read_key(location)?, message)),
+            Keys::InMemory(keys) => Ok(keys.0[slot(location)].mac(message)),
+            Keys::OnDisk(files) => Ok(mac::mac(&*files.read_key(location)?, message)),
+        }
+    }
+
+    /// MODE32's key-read counters; `None` for keys held in memory.
+    pub fn read_stats(&self) -> Option<&KeyReadStats> {
+        match &self.keys {
+            Keys::InMemory(_) => None,
+            Keys::OnDisk(files) => Some(&files.stats),
         }
     }
 
@@ -271,11 +282,11 @@ fn load_in_memory(
     mode: Mode,
     dir: &Path,
     manifest: Option<&Manifest>,
-) -> Result<Arc<[PrecomputedKey]>, SecretsError> {
+) -> Result<KeyTable, SecretsError> {
     let path = dir.join(mode.file_name(0));
     let (mut file, readable_by_others) = open_secret_file(mode, &path)?;
     warn_readable_by_others(usize::from(readable_by_others), &path);
-    let mut content = Vec::with_capacity(mode.file_len() as usize);
+    let mut content = Zeroizing::new(Vec::with_capacity(mode.file_len() as usize));
     file.read_to_end(&mut content)
         .map_err(|error| SecretsError::at(&path, format!("cannot read: {error}")))?;
     if content.len() as u64 != mode.file_len() {
@@ -292,7 +303,7 @@ fn load_in_memory(
     }
     if let Some(manifest) = manifest {
         let expected = &manifest.files[0].sha256;
-        if hex::encode(Sha256::digest(&content)) != *expected {
+        if hex::encode(Sha256::digest(content.as_slice())) != *expected {
             return Err(SecretsError::at(
                 &path,
                 format!(
@@ -306,9 +317,37 @@ fn load_in_memory(
         .chunks_exact(KEY_LEN)
         .map(|key| PrecomputedKey::new(key.try_into().expect("chunks are KEY_LEN long")))
         .collect();
-    // The raw bytes are no longer needed; do not leave a copy in freed memory.
-    content.fill(0);
-    Ok(keys)
+    Ok(KeyTable::locked(keys))
+}
+
+/// The in-memory keys: locked into RAM where permitted (never written to swap),
+/// and overwritten with zeros when dropped.
+pub struct KeyTable(Box<[PrecomputedKey]>);
+
+impl KeyTable {
+    fn locked(keys: Box<[PrecomputedKey]>) -> Self {
+        let (address, length) = (
+            keys.as_ptr().cast::<libc::c_void>(),
+            std::mem::size_of_val(&*keys),
+        );
+        // SAFETY: the range is the live allocation of `keys`.
+        if unsafe { libc::mlock(address, length) } != 0 {
+            tracing::warn!(
+                bytes = length,
+                error = %io::Error::last_os_error(),
+                "cannot lock the keys into memory; they could be swapped out. Raise RLIMIT_MEMLOCK (systemd: LimitMEMLOCK)"
+            );
+        }
+        KeyTable(keys)
+    }
+}
+
+impl Drop for KeyTable {
+    fn drop(&mut self) {
+        for key in self.0.iter_mut() {
+            key.zeroize();
+        }
+    }
 }
 
 /// The 65,536 MODE32 files.
@@ -316,10 +355,12 @@ struct KeyFiles {
     dir: PathBuf,
     /// Files `0..open.len()`, opened once at startup: a key read is one `pread`.
     /// All of them when RLIMIT_NOFILE allows; the rest are opened per read.
-    open: Box<[File]>,
+    /// A file that fails is reopened, so a restored file is picked up.
+    open: Box<[RwLock<File>]>,
     /// Files whose last read failed; `/readyz` reports 503 while any is listed.
     failing: Mutex<BTreeSet<usize>>,
     failing_count: AtomicUsize,
+    stats: KeyReadStats,
 }
 
 impl KeyFiles {
@@ -351,7 +392,7 @@ impl KeyFiles {
             }
             if index < keep_open {
                 advise_random_access(&file);
-                open.push(file);
+                open.push(RwLock::new(file));
             }
         }
         warn_readable_by_others(readable_by_others, &example);
@@ -360,6 +401,7 @@ impl KeyFiles {
             open: open.into(),
             failing: Mutex::new(BTreeSet::new()),
             failing_count: AtomicUsize::new(0),
+            stats: KeyReadStats::default(),
         })
     }
 
@@ -367,13 +409,16 @@ impl KeyFiles {
         self.dir.join(Mode::Mode32.file_name(file))
     }
 
-    fn read_key(&self, location: KeyLocation) -> Result<[u8; KEY_LEN], KeyUnavailable> {
-        let mut key = [0u8; KEY_LEN];
+    fn read_key(&self, location: KeyLocation) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyUnavailable> {
+        let started = Instant::now();
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
         let result = match self.open.get(location.file) {
-            Some(file) => file.read_exact_at(&mut key, location.offset),
-            None => File::open(self.path(location.file))
-                .and_then(|file| file.read_exact_at(&mut key, location.offset)),
+            Some(kept) => self.read_kept(kept, location, &mut key),
+            None => self
+                .reopen(location.file)
+                .and_then(|file| read_checked(&file, location, &mut key)),
         };
+        self.stats.latency.observe(started.elapsed());
         match result {
             Ok(()) => {
                 if self.failing_count.load(Ordering::Relaxed) > 0 {
@@ -384,10 +429,43 @@ impl KeyFiles {
             Err(error) => {
                 let path = self.path(location.file);
                 tracing::error!(path = %path.display(), %error, "cannot read a MODE32 key; answering 503");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 self.mark(location.file, true);
                 Err(KeyUnavailable { path, error })
             }
         }
+    }
+
+    /// Reads from the file kept open; when that fails, the file may have been
+    /// replaced or restored, so it is opened again once.
+    fn read_kept(
+        &self,
+        kept: &RwLock<File>,
+        location: KeyLocation,
+        key: &mut [u8; KEY_LEN],
+    ) -> io::Result<()> {
+        let first_try = read_checked(
+            &kept.read().expect("no panics while holding the lock"),
+            location,
+            key,
+        );
+        if first_try.is_ok() {
+            return first_try;
+        }
+        let reopened = self
+            .reopen(location.file)
+            .map_err(|_| first_try.unwrap_err())?;
+        read_checked(&reopened, location, key)?;
+        advise_random_access(&reopened);
+        *kept.write().expect("no panics while holding the lock") = reopened;
+        Ok(())
+    }
+
+    /// Opens a file again, with the same checks as at startup.
+    fn reopen(&self, file: usize) -> io::Result<File> {
+        open_secret_file(Mode::Mode32, &self.path(file))
+            .map(|(file, _)| file)
+            .map_err(|error| io::Error::other(error.to_string()))
     }
 
     fn mark(&self, file: usize, failing: bool) {
@@ -415,6 +493,27 @@ impl KeyFiles {
             .into_iter()
             .all(|file| self.read_key(KeyLocation { file, offset: 0 }).is_ok())
     }
+}
+
+/// One positioned read, then a check that the file is still the operator's
+/// secret: a deleted file (no links left) or one made unreadable (mode 0) fails,
+/// even though the open descriptor could still read it.
+fn read_checked(file: &File, location: KeyLocation, key: &mut [u8; KEY_LEN]) -> io::Result<()> {
+    file.read_exact_at(key, location.offset)?;
+    let metadata = file.metadata()?;
+    if metadata.nlink() == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the file was deleted",
+        ));
+    }
+    if metadata.permissions().mode() & 0o444 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the file was made unreadable",
+        ));
+    }
+    Ok(())
 }
 
 /// Raises the soft RLIMIT_NOFILE towards `wanted`, as far as the hard limit allows;

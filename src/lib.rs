@@ -5,15 +5,23 @@
 //! - [`config`]: the server's flags and environment variables.
 //! - [`keystore`]: the secrets as the server holds them, checked at startup.
 //! - [`mac`]: the HMAC-SHA256 engine.
+//! - [`access`]: bearer tokens.
+//! - [`limits`]: per-client rate limits.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`tls`]: HTTPS and mTLS with rustls.
 //! - [`batch`]: the `/hmac/batch` frame format.
 //! - [`http`]: the routes and their errors.
 //! - [`server`]: process lifecycle (bind, serve, graceful shutdown).
 
+pub mod access;
 pub mod batch;
 pub mod config;
 pub mod http;
 pub mod keystore;
 pub mod layout;
+pub mod limits;
 pub mod mac;
 pub mod manifest;
+pub mod metrics;
 pub mod server;
+pub mod tls;

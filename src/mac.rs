@@ -33,6 +33,15 @@ impl PrecomputedKey {
     }
 }
 
+impl PrecomputedKey {
+    /// Overwrites the key-derived state with zeros.
+    pub fn zeroize(&mut self) {
+        // SAFETY: HmacCore<Sha256> holds only integer arrays and counters, for
+        // which all-zero bytes are a valid value, and it has no Drop of its own.
+        unsafe { zeroize::zeroize_flat_type(&mut self.0) }
+    }
+}
+
 /// Key material never reaches a log through `{:?}`.
 impl fmt::Debug for PrecomputedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use cryptoserver::config::Config;
+use cryptoserver::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = init_logging() {
+    if let Err(error) = init_logging(config.log_format) {
         eprintln!("cryptoserver: error: {error}");
         return ExitCode::from(2);
     }
@@ -39,17 +39,19 @@ fn main() -> ExitCode {
 }
 
 /// The seed's rule: no log output unless RUST_LOG is set.
-fn init_logging() -> Result<(), String> {
+fn init_logging(format: LogFormat) -> Result<(), String> {
     let Some(directives) = std::env::var_os("RUST_LOG") else {
         return Ok(());
     };
     let directives = directives.to_string_lossy();
     let filter = EnvFilter::try_new(&*directives)
         .map_err(|error| format!("invalid RUST_LOG '{directives}': {error}; try RUST_LOG=info"))?;
-    tracing_subscriber::fmt()
+    let logger = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logger.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logger.json().with_current_span(true).init(),
+    }
     Ok(())
 }

@@ -1,67 +1,241 @@
-//! Process lifecycle: load the secrets (fail closed), bind, serve, drain on SIGTERM/SIGINT.
+//! Process lifecycle: harden the process, load the secrets and every other input
+//! (fail closed), bind, serve HTTP/1.1 (over TLS when configured), and drain on
+//! SIGTERM/SIGINT.
 
-use std::future::IntoFuture;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower_service::Service as _;
 
+use crate::access::Tokens;
 use crate::config::Config;
-use crate::http::{router, AppState};
+use crate::http::{metrics_router, router, AppState};
 use crate::keystore::KeyStore;
+use crate::limits::RateLimiter;
+use crate::metrics::Metrics;
+
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Runs the server until a termination signal; an `Err` means it never served.
 pub fn run(config: Config) -> Result<(), String> {
-    // Everything that can be wrong with the secrets is found before the port is bound.
+    harden_process();
+    // Everything that can be wrong with the inputs is found before the port is bound.
     let keys =
         KeyStore::load(config.mode, &config.secret_dir).map_err(|error| error.to_string())?;
+    let tokens = config
+        .tokens_file
+        .as_deref()
+        .map(Tokens::load)
+        .transpose()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(
+            cert,
+            key,
+            config.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
+    let state = Arc::new(AppState {
+        keys,
+        max_body: config.max_body,
+        body_timeout: config.body_timeout,
+        tokens,
+        rate_limiter: config.rate_limit.map(RateLimiter::new),
+        concurrency: Arc::new(Semaphore::new(
+            config.max_concurrent.clamp(1, Semaphore::MAX_PERMITS),
+        )),
+        metrics: Metrics::default(),
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|error| format!("cannot start the async runtime: {error}"))?;
-    runtime.block_on(serve(config, keys))
+    runtime.block_on(serve(config, state, tls))
 }
 
-async fn serve(config: Config, keys: KeyStore) -> Result<(), String> {
-    let listener = TcpListener::bind(config.bind).await.map_err(|error| {
-        format!(
-            "cannot listen on {} (CRYPTOSERVER_BIND): {error}",
-            config.bind
+/// No core dumps and no ptrace by other processes of the same user: either
+/// would hand out the keys held in memory.
+fn harden_process() {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process with valid arguments.
+    let (core, dumpable) = unsafe {
+        (
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core),
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
         )
-    })?;
+    };
+    if core != 0 || dumpable != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot turn core dumps off");
+    }
+}
+
+async fn serve(
+    config: Config,
+    state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
+) -> Result<(), String> {
+    let listener = bind(config.bind, "CRYPTOSERVER_BIND").await?;
+    let metrics_listener = match config.metrics_bind {
+        Some(address) => Some(bind(address, "CRYPTOSERVER_METRICS_BIND").await?),
+        None => None,
+    };
     let address = listener.local_addr().map_err(|error| error.to_string())?;
-    let listener = listener.tap_io(|tcp| {
-        // Responses are one small write: do not let Nagle hold them back.
-        let _ = tcp.set_nodelay(true);
-    });
     tracing::info!(
-        mode = %keys.mode(),
+        mode = %state.keys.mode(),
         dir = %config.secret_dir.display(),
         addr = %address,
+        tls = tls.is_some(),
         "cryptoserver started"
     );
-    let app = router(Arc::new(AppState {
-        keys,
-        max_body: config.max_body,
-    }));
 
-    let (stopping_tx, mut stopping) = watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        termination_signal().await;
-        tracing::info!("shutting down: no new connections, finishing in-flight requests");
-        let _ = stopping_tx.send(true);
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_header_size(config.max_header)
+        .keep_alive(true);
+    let (stopping_tx, stopping) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let main = accept_loop(
+        listener,
+        tls,
+        (http.clone(), config.header_timeout),
+        router(Arc::clone(&state)),
+        Arc::clone(&graceful),
+        stopping.clone(),
+    );
+    let metrics = metrics_listener.map(|listener| {
+        tokio::spawn(accept_loop(
+            listener,
+            None,
+            (http, config.header_timeout),
+            metrics_router(Arc::clone(&state)),
+            Arc::clone(&graceful),
+            stopping,
+        ))
     });
     tokio::select! {
-        result = server.into_future() => result.map_err(|error| format!("server failed: {error}"))?,
-        _ = async {
-            let _ = stopping.wait_for(|&stopping| stopping).await;
-            tokio::time::sleep(config.shutdown_grace).await;
-        } => tracing::warn!(grace = ?config.shutdown_grace, "in-flight requests outlived the shutdown grace; exiting"),
+        () = main => {}
+        () = termination_signal() => {}
+    }
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    let _ = stopping_tx.send(true);
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
+    let graceful = Arc::into_inner(graceful).expect("the accept loops have ended");
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?config.shutdown_grace, "in-flight requests outlived the shutdown grace; exiting");
     }
     tracing::info!("cryptoserver stopped");
     Ok(())
+}
+
+async fn bind(address: SocketAddr, variable: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("cannot listen on {address} ({variable}): {error}"))
+}
+
+/// Accepts connections until `stopping` turns true; each connection runs in its
+/// own task, watched by `graceful` for the shutdown.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    (http, header_timeout): (http1::Builder, Duration),
+    app: Router,
+    graceful: Arc<GracefulShutdown>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Typically out of file descriptors: keep serving open connections.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = async { let _ = stopping.wait_for(|&stopping| stopping).await; } => return,
+        };
+        // Responses are one small write: do not let Nagle hold them back.
+        let _ = tcp.set_nodelay(true);
+        let connection = Connection {
+            http: http.clone(),
+            header_timeout,
+            app: app.clone(),
+            peer,
+            graceful: Arc::clone(&graceful),
+        };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => connection.serve(tcp).await,
+                Some(tls) => connection.serve_tls(tls, tcp).await,
+            }
+        });
+    }
+}
+
+struct Connection {
+    http: http1::Builder,
+    header_timeout: Duration,
+    app: Router,
+    peer: SocketAddr,
+    graceful: Arc<GracefulShutdown>,
+}
+
+impl Connection {
+    async fn serve_tls(self, tls: TlsAcceptor, tcp: TcpStream) {
+        // The handshake gets the same time as a request head.
+        match tokio::time::timeout(self.header_timeout, tls.accept(tcp)).await {
+            Ok(Ok(stream)) => self.serve(stream).await,
+            Ok(Err(error)) => tracing::debug!(peer = %self.peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+        }
+    }
+
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            http,
+            app,
+            peer,
+            graceful,
+            ..
+        } = self;
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().call(request)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        drop(graceful);
+        if let Err(error) = connection.await {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+    }
 }
 
 async fn termination_signal() {

@@ -1,0 +1,107 @@
+//! Who may call the server: bearer tokens, checked against a file of their SHA-256 digests.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub type TokenDigest = [u8; 32];
+
+/// The allowed tokens, as digests only: the file never holds a token in clear.
+pub struct Tokens {
+    digests: Vec<TokenDigest>,
+}
+
+impl Tokens {
+    /// Reads one lower-case or upper-case SHA-256 hex digest per line; blank lines
+    /// and lines starting with `#` are ignored.
+    pub fn load(path: &Path) -> Result<Tokens, String> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            format!(
+                "{}: cannot read the tokens file (CRYPTOSERVER_TOKENS_FILE): {error}",
+                path.display()
+            )
+        })?;
+        let mut digests = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let digest = hex::decode(line)
+                .ok()
+                .and_then(|bytes| TokenDigest::try_from(bytes).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "{}:{}: not a SHA-256 hex digest (64 hex digits); the file holds token digests, \
+                         never tokens: `cargo xtask gen-token` prints both",
+                        path.display(),
+                        number + 1
+                    )
+                })?;
+            digests.push(digest);
+        }
+        if digests.is_empty() {
+            return Err(format!(
+                "{}: holds no token digest, so nobody could call the server; add one with `cargo xtask gen-token`",
+                path.display()
+            ));
+        }
+        Ok(Tokens { digests })
+    }
+
+    /// The digest of the presented bearer token when it is allowed. Every allowed
+    /// digest is compared, in constant time, whatever matches.
+    pub fn check(&self, authorization: Option<&[u8]>) -> Option<TokenDigest> {
+        let token = bearer_token(authorization?)?;
+        let presented: TokenDigest = Sha256::digest(token).into();
+        let matched = self
+            .digests
+            .iter()
+            .fold(subtle::Choice::from(0), |found, allowed| {
+                found | allowed.ct_eq(&presented)
+            });
+        bool::from(matched).then_some(presented)
+    }
+}
+
+fn bearer_token(authorization: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = authorization.split_at_checked(7)?;
+    (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token.trim_ascii())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens_file(text: &str) -> (tempfile::NamedTempFile, Result<Tokens, String>) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        let tokens = Tokens::load(file.path());
+        (file, tokens)
+    }
+
+    #[test]
+    fn allowed_tokens_pass_and_others_do_not() {
+        let digest = hex::encode(Sha256::digest(b"s3cret-token"));
+        let (_file, tokens) = tokens_file(&format!("# ops team\n\n{digest}\n"));
+        let tokens = tokens.unwrap();
+        assert!(tokens.check(Some(b"Bearer s3cret-token")).is_some());
+        assert!(tokens.check(Some(b"bearer s3cret-token")).is_some());
+        assert!(tokens.check(Some(b"Bearer s3cret-tokem")).is_none());
+        assert!(tokens.check(Some(b"Basic czNjcmV0LXRva2Vu")).is_none());
+        assert!(tokens.check(Some(b"Bearer ")).is_none());
+        assert!(tokens.check(None).is_none());
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_the_line() {
+        let (_file, tokens) = tokens_file("abc\n");
+        assert!(tokens
+            .err()
+            .unwrap()
+            .contains(":1: not a SHA-256 hex digest"));
+        let (_file, tokens) = tokens_file("# nothing\n");
+        assert!(tokens.err().unwrap().contains("holds no token digest"));
+    }
+}
