@@ -65,6 +65,16 @@ impl Tokens {
     }
 }
 
+/// A new random token (32 bytes from the OS CSPRNG, as 64 hex digits) and the
+/// line that allows it in the tokens file (its SHA-256).
+pub fn generate_token() -> Result<(String, String), getrandom::Error> {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(bytes.as_mut())?;
+    let token = hex::encode(bytes.as_ref());
+    let digest = hex::encode(Sha256::digest(token.as_bytes()));
+    Ok((token, digest))
+}
+
 fn bearer_token(authorization: &[u8]) -> Option<&[u8]> {
     let (scheme, token) = authorization.split_at_checked(7)?;
     (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token.trim_ascii())
@@ -92,6 +102,17 @@ mod tests {
         assert!(tokens.check(Some(b"Basic czNjcmV0LXRva2Vu")).is_none());
         assert!(tokens.check(Some(b"Bearer ")).is_none());
         assert!(tokens.check(None).is_none());
+    }
+
+    #[test]
+    fn generated_tokens_pass_with_their_line() {
+        let (token, line) = generate_token().unwrap();
+        let (_file, tokens) = tokens_file(&line);
+        assert!(tokens
+            .unwrap()
+            .check(Some(format!("Bearer {token}").as_bytes()))
+            .is_some());
+        assert_ne!(generate_token().unwrap().0, token);
     }
 
     #[test]

@@ -38,11 +38,19 @@ class Server:
     def log(self):
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def address(self):
+        """(host, port) for raw sockets."""
+        host, port = self.url.split("://")[1].split(":")
+        return host, int(port)
+
 
 @contextlib.contextmanager
-def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_timeout=30):
+def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_timeout=30, https_ca=None, client_cert=None, preexec_fn=None):
     """Starts cryptoserver on a free loopback port, waits until /healthz answers,
-    and stops it (SIGTERM, then SIGKILL) afterwards."""
+    and stops it (SIGTERM, then SIGKILL) afterwards. With `https_ca` (a CA bundle
+    path) the server is expected to speak HTTPS for the name localhost; `client_cert`
+    is the (cert, key) pair to present when it requires one."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOSERVER_")}
     env.update(
@@ -53,8 +61,10 @@ def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_
     env.update(extra_env or {})
     log_path = tmp_path / f"server-{port}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([binary("cryptoserver"), *args], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen(
+            [binary("cryptoserver"), *args], env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+        )
+    url = f"https://localhost:{port}" if https_ca else f"http://127.0.0.1:{port}"
     server = Server(process, url, log_path)
     try:
         deadline = time.monotonic() + startup_timeout
@@ -62,7 +72,7 @@ def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_
             if process.poll() is not None:
                 pytest.fail(f"cryptoserver exited with {process.returncode} at startup:\n{server.log()}")
             try:
-                if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{url}/healthz", timeout=1, verify=https_ca or True, cert=client_cert).status_code == 200:
                     break
             except requests.ConnectionError:
                 pass

@@ -16,11 +16,22 @@ struct Cli {
 enum Task {
     /// Run everything CI runs: install the test tools, build, run every test suite
     Ci,
+    /// Print a new bearer token and the line that allows it in CRYPTOSERVER_TOKENS_FILE
+    GenToken,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::Ci => ci::run_ci(),
+        Task::GenToken => {
+            let (token, line) = cryptoserver::access::generate_token()
+                .map_err(|error| anyhow::anyhow!("the OS random generator failed: {error}"))?;
+            eprintln!("Give the token to one client, keep it secret; it is not stored anywhere:");
+            println!("{token}");
+            eprintln!("Append this line (its SHA-256) to the file CRYPTOSERVER_TOKENS_FILE names:");
+            println!("{line}");
+            Ok(())
+        }
     }
 }

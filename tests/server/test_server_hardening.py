@@ -1,0 +1,238 @@
+"""Access control, abuse limits, timeouts, TLS, metrics and logs (issue 7), each
+against a real server process over real TCP on loopback."""
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import ssl
+import struct
+import time
+
+import pytest
+import requests
+import trustme
+
+from conftest import free_port, running_server
+
+
+@pytest.fixture
+def mode0(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    secret_dir.mkdir(mode=0o700)
+    key = os.urandom(32)
+    (secret_dir / "secret").write_bytes(key)
+    os.chmod(secret_dir / "secret", 0o400)
+    return secret_dir, key
+
+
+def reference(key, message):
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def write_tokens(tmp_path, *tokens):
+    path = tmp_path / "tokens"
+    path.write_text("# allowed clients\n" + "".join(hashlib.sha256(t.encode()).hexdigest() + "\n" for t in tokens))
+    return path
+
+
+def test_bearer_tokens(tmp_path, mode0):
+    secret_dir, key = mode0
+    tokens = write_tokens(tmp_path, "token-one", "token-two")
+    with running_server(tmp_path, "MODE0", secret_dir, {"CRYPTOSERVER_TOKENS_FILE": str(tokens)}) as server:
+        for headers in [{}, {"Authorization": "Bearer token-three"}, {"Authorization": "Basic dG9rZW4tb25l"}]:
+            response = requests.post(f"{server.url}/hmac", data=b"x", headers=headers)
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert "token-" not in response.text
+        for token in ["token-one", "token-two"]:
+            response = requests.post(f"{server.url}/hmac", data=b"x", headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200 and response.content == reference(key, b"x")
+        assert requests.get(f"{server.url}/healthz").status_code == 200
+        assert requests.get(f"{server.url}/readyz").status_code == 401
+        metrics = requests.get(f"{server.url}/metrics", headers={"Authorization": "Bearer token-one"}).text
+        assert "cryptoserver_unauthorized_total 4" in metrics
+
+
+def test_a_tokens_file_with_a_token_in_clear_is_refused(tmp_path, mode0):
+    secret_dir, _ = mode0
+    (tmp_path / "tokens").write_text("token-one\n")
+    env = {"CRYPTOSERVER_TOKENS_FILE": str(tmp_path / "tokens")}
+    with pytest.raises(pytest.fail.Exception, match="tokens:1: not a SHA-256 hex digest"):
+        with running_server(tmp_path, "MODE0", secret_dir, env):
+            pass
+
+
+def test_rate_limit_per_client_and_per_message(tmp_path, mode0):
+    secret_dir, _ = mode0
+    with running_server(tmp_path, "MODE0", secret_dir, {"CRYPTOSERVER_RATE_LIMIT": "0.5:5"}) as server:
+        with requests.Session() as session:
+            statuses = [session.post(f"{server.url}/hmac", data=b"x").status_code for _ in range(6)]
+            assert statuses == [200] * 5 + [429]
+            limited = session.post(f"{server.url}/hmac", data=b"x")
+            assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+            batch = b"".join(struct.pack(">I", 1) + b"m" for _ in range(10))
+            assert session.post(f"{server.url}/hmac/batch", data=batch).status_code == 429
+
+
+def test_batch_messages_count_against_the_rate_limit(tmp_path, mode0):
+    secret_dir, _ = mode0
+    with running_server(tmp_path, "MODE0", secret_dir, {"CRYPTOSERVER_RATE_LIMIT": "0.1:10"}) as server:
+        batch = b"".join(struct.pack(">I", 1) + b"m" for _ in range(8))
+        assert requests.post(f"{server.url}/hmac/batch", data=batch).status_code == 200
+        assert requests.post(f"{server.url}/hmac/batch", data=batch).status_code == 429
+        assert requests.post(f"{server.url}/hmac", data=b"x").status_code == 200
+
+
+def test_load_is_shed_at_the_concurrency_limit(tmp_path, mode0):
+    secret_dir, key = mode0
+    with running_server(tmp_path, "MODE0", secret_dir, {"CRYPTOSERVER_MAX_CONCURRENT": "1"}) as server:
+        with socket.create_connection(server.address, timeout=10) as slow:
+            slow.sendall(b"POST /hmac HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na")
+            time.sleep(0.3)
+            started = time.monotonic()
+            shed = requests.post(f"{server.url}/hmac", data=b"x")
+            assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+            assert time.monotonic() - started < 5, "the excess request was queued, not shed"
+            slow.sendall(b"b")
+            assert reference(key, b"ab") in slow.recv(4096)
+        assert requests.post(f"{server.url}/hmac", data=b"x").status_code == 200
+
+
+def read_until_closed(sock, limit_seconds):
+    sock.settimeout(limit_seconds)
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_timeouts_for_head_body_and_idle_connections(tmp_path, mode0):
+    secret_dir, _ = mode0
+    env = {"CRYPTOSERVER_HEADER_TIMEOUT": "1", "CRYPTOSERVER_BODY_TIMEOUT": "1"}
+    with running_server(tmp_path, "MODE0", secret_dir, env) as server:
+        with socket.create_connection(server.address) as sock:
+            sock.sendall(b"POST /hmac HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            read_until_closed(sock, 10)
+            assert time.monotonic() - started < 5
+        with socket.create_connection(server.address) as sock:
+            sock.sendall(b"POST /hmac HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(3):
+                sock.sendall(b"a")
+                time.sleep(0.5)
+            reply = read_until_closed(sock, 10)
+            assert reply.startswith(b"HTTP/1.1 408")
+        with socket.create_connection(server.address) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            started = time.monotonic()
+            reply = read_until_closed(sock, 10)
+            assert reply.startswith(b"HTTP/1.1 200") and time.monotonic() - started < 5, "idle keep-alive stayed open"
+        assert requests.post(f"{server.url}/hmac", data=b"x").status_code == 200
+
+
+def test_oversized_request_head_is_431(tmp_path, mode0):
+    secret_dir, _ = mode0
+    with running_server(tmp_path, "MODE0", secret_dir) as server:
+        response = requests.post(f"{server.url}/hmac", data=b"x", headers={"X-Padding": "p" * 20000})
+        assert response.status_code == 431
+        assert requests.post(f"{server.url}/hmac", data=b"x").status_code == 200
+
+
+@pytest.fixture
+def certificates(tmp_path):
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("localhost", "127.0.0.1")
+    client_cert = ca.issue_cert("client.example")
+    paths = {name: tmp_path / f"{name}.pem" for name in ["ca", "cert", "key", "client"]}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    server_cert.private_key_pem.write_to_path(str(paths["key"]))
+    for blob in server_cert.cert_chain_pems:
+        blob.write_to_path(str(paths["cert"]), append=True)
+    client_cert.private_key_and_cert_chain_pem.write_to_path(str(paths["client"]))
+    return paths
+
+
+def test_https(tmp_path, mode0, certificates):
+    secret_dir, key = mode0
+    env = {"CRYPTOSERVER_TLS_CERT": str(certificates["cert"]), "CRYPTOSERVER_TLS_KEY": str(certificates["key"])}
+    with running_server(tmp_path, "MODE0", secret_dir, env, https_ca=str(certificates["ca"])) as server:
+        response = requests.post(f"{server.url}/hmac", data=b"over tls", verify=str(certificates["ca"]))
+        assert response.content == reference(key, b"over tls")
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.post(server.url.replace("https", "http") + "/hmac", data=b"plain", timeout=5)
+
+
+def test_mutual_tls(tmp_path, mode0, certificates):
+    secret_dir, key = mode0
+    env = {
+        "CRYPTOSERVER_TLS_CERT": str(certificates["cert"]),
+        "CRYPTOSERVER_TLS_KEY": str(certificates["key"]),
+        "CRYPTOSERVER_TLS_CLIENT_CA": str(certificates["ca"]),
+    }
+    client = str(certificates["client"])
+    with running_server(tmp_path, "MODE0", secret_dir, env, https_ca=str(certificates["ca"]), client_cert=client) as server:
+        response = requests.post(f"{server.url}/hmac", data=b"m", verify=str(certificates["ca"]), cert=client)
+        assert response.content == reference(key, b"m")
+        with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+            requests.post(f"{server.url}/hmac", data=b"m", verify=str(certificates["ca"]), timeout=5)
+        other_ca = trustme.CA().issue_cert("intruder.example")
+        other_ca.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "intruder.pem"))
+        with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+            requests.post(f"{server.url}/hmac", data=b"m", verify=str(certificates["ca"]), cert=str(tmp_path / "intruder.pem"), timeout=5)
+
+
+def test_bad_tls_files_stop_the_server(tmp_path, mode0):
+    secret_dir, _ = mode0
+    (tmp_path / "empty.pem").write_text("")
+    env = {"CRYPTOSERVER_TLS_CERT": str(tmp_path / "empty.pem"), "CRYPTOSERVER_TLS_KEY": str(tmp_path / "empty.pem")}
+    with pytest.raises(pytest.fail.Exception, match="holds no PEM certificate"):
+        with running_server(tmp_path, "MODE0", secret_dir, env):
+            pass
+
+
+def test_metrics(tmp_path, mode0):
+    secret_dir, _ = mode0
+    metrics_port = free_port()
+    env = {"CRYPTOSERVER_METRICS_BIND": f"127.0.0.1:{metrics_port}", "CRYPTOSERVER_TOKENS_FILE": str(write_tokens(tmp_path, "t"))}
+    with running_server(tmp_path, "MODE0", secret_dir, env) as server:
+        auth = {"Authorization": "Bearer t"}
+        for message in [b"a", b"bb", b"ccc"]:
+            requests.post(f"{server.url}/hmac", data=message, headers=auth)
+        requests.post(f"{server.url}/hmac/batch", data=struct.pack(">I", 4) + b"dddd", headers=auth)
+        requests.get(f"{server.url}/nowhere")
+        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    lines = set(text.splitlines())
+    assert 'cryptoserver_requests_total{route="/hmac",status="200"} 3' in lines
+    assert 'cryptoserver_requests_total{route="/hmac/batch",status="200"} 1' in lines
+    assert 'cryptoserver_requests_total{route="unmatched",status="404"} 1' in lines
+    assert "cryptoserver_hashed_bytes_total 10" in lines
+    assert "cryptoserver_macs_total 4" in lines
+    assert any(line.startswith('cryptoserver_build_info{version="') and 'mode="MODE0"' in line for line in lines)
+    count = next(line for line in lines if line.startswith("cryptoserver_request_duration_seconds_count "))
+    assert int(count.split()[1]) >= 5, "every request is timed (health probes too)"
+    assert "cryptoserver_in_flight_requests 0" in lines
+
+
+def test_json_logs_with_request_spans_and_no_secrets(tmp_path, mode0):
+    secret_dir, key = mode0
+    message = b"json-log-marker-message"
+    with running_server(tmp_path, "MODE0", secret_dir, {"RUST_LOG": "trace", "CRYPTOSERVER_LOG_FORMAT": "json"}) as server:
+        mac = requests.post(f"{server.url}/hmac", data=message).content
+    log = server.log()
+    records = [json.loads(line) for line in log.splitlines()]
+    finished = [r for r in records if r.get("fields", {}).get("message") == "request finished"]
+    assert finished and finished[0]["span"]["name"] == "request" and "id" in finished[0]["span"]
+    for secret in [message.decode(), mac.hex(), key.hex()]:
+        assert secret not in log
+
+
+def test_core_dumps_are_off(tmp_path, mode0):
+    secret_dir, _ = mode0
+    with running_server(tmp_path, "MODE0", secret_dir) as server:
+        limits = open(f"/proc/{server.process.pid}/limits").read()
+    core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core
