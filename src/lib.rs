@@ -16,12 +16,17 @@
 pub mod access;
 pub mod batch;
 pub mod config;
+pub mod generate;
 pub mod http;
+pub mod jobs;
 pub mod keystore;
 pub mod layout;
 pub mod limits;
 pub mod mac;
 pub mod manifest;
 pub mod metrics;
+pub mod progress;
+pub mod secret_dir;
 pub mod server;
 pub mod tls;
+pub mod verify;

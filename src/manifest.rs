@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::layout::{Mode, MANIFEST_FILE_NAME};
+use crate::secret_dir::{FileError, Owner, SecretDir};
 
 /// The manifest format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -85,6 +86,44 @@ impl Manifest {
         Ok(Some(manifest))
     }
 
+    /// The manifest of a complete `mode` directory whose files have these
+    /// SHA-256 digests, in [`Mode::file_names`] order, created now by this build.
+    pub fn describe(mode: Mode, digests: &[[u8; 32]]) -> Manifest {
+        assert_eq!(
+            digests.len(),
+            mode.file_count(),
+            "one digest per file of {mode}"
+        );
+        Manifest {
+            format_version: FORMAT_VERSION,
+            mode: mode.name().to_owned(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            tool_version: format!("cryptoserver {}", env!("CARGO_PKG_VERSION")),
+            files: mode
+                .file_names()
+                .zip(digests)
+                .map(|(name, digest)| ManifestFile {
+                    name,
+                    size: mode.file_len(),
+                    sha256: hex::encode(digest),
+                })
+                .collect(),
+        }
+    }
+
+    /// The manifest as it is stored: pretty JSON, one field per line.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut json = serde_json::to_vec_pretty(self).expect("a manifest always serialises");
+        json.push(b'\n');
+        json
+    }
+
+    /// Stores the manifest in `dir` atomically (see [`SecretDir::create_file`]);
+    /// an existing manifest is never replaced.
+    pub fn write(&self, dir: &SecretDir, owner: Option<&Owner>) -> Result<(), FileError> {
+        dir.create_file(MANIFEST_FILE_NAME, &self.to_json(), owner)
+    }
+
     /// The mode the manifest describes.
     pub fn mode(&self) -> Mode {
         self.mode
@@ -134,5 +173,49 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_manifest_reads_back_and_is_never_replaced() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = SecretDir::open_locked(parent.path()).unwrap();
+        assert_eq!(Manifest::read(parent.path()).unwrap(), None);
+
+        let manifest = Manifest::describe(Mode::Mode16, &[[0xab; 32]]);
+        manifest.write(&dir, None).unwrap();
+        let read = Manifest::read(parent.path()).unwrap().unwrap();
+        assert_eq!(read, manifest);
+        assert_eq!(read.mode(), Mode::Mode16);
+        assert_eq!(read.files[0].name, "0000");
+        assert_eq!(read.files[0].size, 2_097_152);
+        assert_eq!(read.files[0].sha256, "ab".repeat(32));
+        assert!(read.tool_version.starts_with("cryptoserver "));
+        assert!(
+            read.created.ends_with('Z') && read.created.len() == 20,
+            "{}",
+            read.created
+        );
+
+        let other = Manifest::describe(Mode::Mode0, &[[0; 32]]);
+        assert!(other.write(&dir, None).is_err());
+        assert_eq!(Manifest::read(parent.path()).unwrap().unwrap(), manifest);
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_fit_its_mode_is_invalid() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut manifest = Manifest::describe(Mode::Mode16, &[[1; 32]]);
+        manifest.mode = "MODE32".to_owned();
+        std::fs::write(Manifest::path(parent.path()), manifest.to_json()).unwrap();
+        let error = Manifest::read(parent.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("MODE32 needs 65536 files but the manifest lists 1"),
+            "{error}"
+        );
     }
 }

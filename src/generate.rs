@@ -1,0 +1,475 @@
+//! The secret generator (`cryptoserver-secrets generate`, `cargo xtask gen-secrets`):
+//! fills a secrets directory for a mode, fast, and never loses a secret.
+//!
+//! A run: lock the directory; check every final file of the mode (a wrong-sized
+//! one, or a manifest of another mode, stops the run before anything is
+//! written); remove temporary files a killed run left; check the free space;
+//! write the missing files in parallel, each durably under a temporary name
+//! (see [`SecretDir::create_file`]); hash the files that already existed; write
+//! the manifest last. Complete files are never touched, so a run killed at any
+//! moment is finished by running the same command again.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use indicatif::HumanBytes;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use sha2::{Digest, Sha256};
+
+use crate::jobs;
+use crate::layout::{Mode, MANIFEST_FILE_NAME};
+use crate::manifest::Manifest;
+use crate::progress::{throughput, Progress, ProgressOutput};
+use crate::secret_dir::{CommandError, FileError, Owner, SecretDir};
+use crate::verify::hash_file;
+
+/// `generate`'s command line, shared by `cryptoserver-secrets` and `cargo xtask gen-secrets`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Mode to generate the secrets of: MODE0 (file `secret`, 32 bytes), MODE16 (file `0000`,
+    /// 2 MiB) or MODE32 (files `0000`..`ffff`, 128 GiB); case-insensitive, as CRYPTOSERVER_MODE.
+    #[arg(long)]
+    pub mode: Mode,
+
+    /// Secrets directory to fill; created with mode 0700 if absent. Complete files in it are
+    /// kept as they are.
+    #[arg(long)]
+    pub dir: PathBuf,
+
+    /// Files written in parallel [default: the number of cores].
+    #[arg(long, short = 'j')]
+    pub jobs: Option<NonZeroUsize>,
+
+    /// User to own the directory and the files: the user the server runs as [default: the
+    /// user running this command].
+    #[arg(long)]
+    pub owner: Option<String>,
+}
+
+/// What a finished run did.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    pub mode: Mode,
+    pub dir: PathBuf,
+    /// Files this run wrote.
+    pub written: usize,
+    /// Files that were complete before this run, kept unchanged.
+    pub kept: usize,
+    /// Temporary files of an interrupted run, removed.
+    pub stale_removed: usize,
+    /// Whether the directory already had its manifest, so nothing was done.
+    pub already_complete: bool,
+    /// Time spent writing the new files.
+    pub writing: Duration,
+}
+
+impl std::fmt::Display for Generated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.dir.display();
+        let mode = self.mode;
+        if self.already_complete {
+            return write!(
+                f,
+                "{dir} already holds all {} {mode} files and its {MANIFEST_FILE_NAME}; nothing to do \
+                 (`cryptoserver-secrets verify --dir {dir}` re-checks their contents)",
+                self.kept
+            );
+        }
+        let bytes = self.written as u64 * mode.file_len();
+        write!(
+            f,
+            "{dir}: {mode} complete: wrote {} files, {}; kept {} existing files; ",
+            self.written,
+            throughput(bytes, self.writing),
+            self.kept
+        )?;
+        if self.stale_removed > 0 {
+            write!(
+                f,
+                "removed {} temporary files of an interrupted run; ",
+                self.stale_removed
+            )?;
+        }
+        write!(f, "wrote {MANIFEST_FILE_NAME}")
+    }
+}
+
+/// Generates every missing file of `args.mode` in `args.dir`, then the manifest.
+pub fn generate(args: &GenerateArgs, output: ProgressOutput) -> Result<Generated, CommandError> {
+    let mode = args.mode;
+    let jobs = args.jobs.unwrap_or_else(jobs::default_jobs);
+    let owner = args.owner.as_deref().map(Owner::lookup).transpose()?;
+    let dir = SecretDir::open_locked(&args.dir)?;
+    let survey = survey(&dir, mode)?;
+    let mut generated = Generated {
+        mode,
+        dir: args.dir.clone(),
+        written: 0,
+        kept: survey.present.len(),
+        stale_removed: 0,
+        already_complete: false,
+        writing: Duration::ZERO,
+    };
+    if check_existing_manifest(&dir, mode, &survey)? {
+        generated.already_complete = true;
+        return Ok(generated);
+    }
+
+    dir.secure(owner.as_ref())?;
+    for name in mode.file_names().chain([MANIFEST_FILE_NAME.to_owned()]) {
+        generated.stale_removed += usize::from(dir.remove_temp(&name)?);
+    }
+    dir.sync()?;
+    check_space(&dir, mode, survey.missing.len())?;
+
+    output.note(&format!(
+        "generating {} of the {} {mode} files ({}) in {} with {jobs} jobs; {} already complete",
+        survey.missing.len(),
+        mode.file_count(),
+        HumanBytes(survey.missing.len() as u64 * mode.file_len()),
+        args.dir.display(),
+        survey.present.len(),
+    ));
+    let (new_digests, writing) =
+        write_files(&dir, mode, &survey.missing, jobs, owner.as_ref(), output)?;
+    generated.written = survey.missing.len();
+    generated.writing = writing;
+
+    let kept_digests = hash_kept_files(&dir, mode, &survey.present, jobs, owner.as_ref(), output)?;
+    let mut digests = vec![[0u8; 32]; mode.file_count()];
+    for (index, digest) in survey
+        .missing
+        .iter()
+        .zip(new_digests)
+        .chain(survey.present.iter().zip(kept_digests))
+    {
+        digests[*index] = digest;
+    }
+    Manifest::describe(mode, &digests).write(&dir, owner.as_ref())?;
+    Ok(generated)
+}
+
+/// Which files of the mode exist complete, and which are missing, by index.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Survey {
+    present: Vec<usize>,
+    missing: Vec<usize>,
+}
+
+/// Looks at every final file of `mode`; a file of the wrong size or type stops
+/// the run here, before anything is written.
+fn survey(dir: &SecretDir, mode: Mode) -> Result<Survey, CommandError> {
+    let mut survey = Survey::default();
+    let mut wrong = Vec::new();
+    for (index, name) in mode.file_names().enumerate() {
+        let path = dir.path().join(&name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.is_file() && metadata.len() == mode.file_len() => {
+                survey.present.push(index)
+            }
+            Ok(metadata) if metadata.is_file() => {
+                wrong.push(format!("{}: is {} bytes", path.display(), metadata.len()))
+            }
+            Ok(_) => wrong.push(format!("{}: is not a regular file", path.display())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                survey.missing.push(index)
+            }
+            Err(error) => Err(FileError::at(&path, "inspect")(error))?,
+        }
+    }
+    match wrong.as_slice() {
+        [] => Ok(survey),
+        [first, rest @ ..] => Err(CommandError(format!(
+            "{first}, but every {mode} secret file is a regular file of {} bytes{}; nothing was written. \
+             The generator never overwrites or repairs a secret: if this directory has never served MACs, \
+             delete it by hand and run again; otherwise restore the file",
+            mode.file_len(),
+            match rest.len() {
+                0 => String::new(),
+                more => format!(" ({more} more files are wrong too)"),
+            },
+        ))),
+    }
+}
+
+/// Refuses a manifest of another mode, or one whose directory lost a file.
+/// Returns whether the directory is already complete (manifest present).
+fn check_existing_manifest(
+    dir: &SecretDir,
+    mode: Mode,
+    survey: &Survey,
+) -> Result<bool, CommandError> {
+    let manifest_path = Manifest::path(dir.path());
+    let manifest = Manifest::read(dir.path()).map_err(|error| {
+        CommandError(format!(
+            "{error}; nothing was written. A manifest is only written once a directory is complete: \
+             check this directory by hand"
+        ))
+    })?;
+    let Some(manifest) = manifest else {
+        return Ok(false);
+    };
+    if manifest.mode() != mode {
+        return Err(CommandError(format!(
+            "{}: this directory holds {} secrets, not {mode}; nothing was written. \
+             Generate {mode} secrets in another directory",
+            manifest_path.display(),
+            manifest.mode()
+        )));
+    }
+    if let Some(&index) = survey.missing.first() {
+        return Err(CommandError(format!(
+            "{}: is missing, but {} records this directory as a complete {mode} set: a finished secret \
+             was deleted. A new one would silently change every MAC made with it, so nothing was written; \
+             restore the file (or, if this directory has never served MACs, delete it by hand and run again)",
+            dir.path().join(mode.file_name(index)).display(),
+            manifest_path.display(),
+        )));
+    }
+    Ok(true)
+}
+
+/// Refuses to start when the filesystem cannot hold the missing files and the manifest.
+fn check_space(dir: &SecretDir, mode: Mode, missing: usize) -> Result<(), CommandError> {
+    let available = dir.available_space()?;
+    let needed = space_needed(mode, missing, available.block_size);
+    if needed.bytes > available.bytes || needed.inodes > available.inodes {
+        return Err(CommandError(format!(
+            "{}: not enough space for {missing} {mode} files and the manifest: they need {} bytes ({}) \
+             and {} inodes, the filesystem has {} bytes ({}) and {} inodes available; nothing was written. \
+             Free space or use a larger volume, then run again",
+            dir.path().display(),
+            needed.bytes,
+            HumanBytes(needed.bytes),
+            needed.inodes,
+            available.bytes,
+            HumanBytes(available.bytes),
+            available.inodes,
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Needed {
+    bytes: u64,
+    inodes: u64,
+}
+
+/// Space `missing` files of `mode` and the manifest take, each rounded up to whole blocks.
+fn space_needed(mode: Mode, missing: usize, block_size: u64) -> Needed {
+    let on_disk = |len: u64| len.div_ceil(block_size) * block_size;
+    let manifest_len = Manifest::describe(mode, &vec![[0; 32]; mode.file_count()])
+        .to_json()
+        .len() as u64;
+    Needed {
+        bytes: missing as u64 * on_disk(mode.file_len()) + on_disk(manifest_len),
+        inodes: missing as u64 + 1,
+    }
+}
+
+/// Fills `secret` with fresh secret bytes: a ChaCha20 stream keyed with 32 bytes
+/// from the operating system's CSPRNG (getrandom). The README explains the choice.
+pub fn fill_secret(secret: &mut [u8]) -> Result<(), CommandError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|error| {
+        CommandError(format!(
+            "cannot read the operating system's random number generator (getrandom): {error}"
+        ))
+    })?;
+    ChaCha20Rng::from_seed(seed).fill_bytes(secret);
+    Ok(())
+}
+
+/// Writes the files of `mode` with these indices into `dir`, `jobs` at a time,
+/// each durably (see [`SecretDir::create_file`]). Returns their SHA-256 digests,
+/// in the order of `indices`, and the time taken. The benchmark drives this over
+/// a subset of MODE32.
+pub fn write_files(
+    dir: &SecretDir,
+    mode: Mode,
+    indices: &[usize],
+    jobs: NonZeroUsize,
+    owner: Option<&Owner>,
+    output: ProgressOutput,
+) -> Result<(Vec<[u8; 32]>, Duration), CommandError> {
+    let file_len = mode.file_len();
+    let progress = Progress::start("generating", indices.len() as u64 * file_len, output);
+    let written = AtomicUsize::new(0);
+    let result = jobs::map::<_, _, CommandError>(
+        jobs,
+        indices.len(),
+        || vec![0u8; file_len as usize],
+        |secret, position| {
+            let name = mode.file_name(indices[position]);
+            fill_secret(secret)?;
+            let digest: [u8; 32] = Sha256::digest(&secret[..]).into();
+            dir.create_file(&name, secret, owner)
+                .map_err(|error| interrupted(dir, &error, written.load(Ordering::Relaxed)))?;
+            written.fetch_add(1, Ordering::Relaxed);
+            progress.add(file_len);
+            Ok(digest)
+        },
+    );
+    let elapsed = progress.finish();
+    Ok((result?, elapsed))
+}
+
+/// The error that ends a run part-way, saying what is kept and how to go on.
+fn interrupted(dir: &SecretDir, error: &FileError, written: usize) -> CommandError {
+    let cause = if error.is_disk_full() {
+        format!(
+            "{}: the filesystem is full (another process may have filled it since the space check)",
+            error.path.display()
+        )
+    } else {
+        error.to_string()
+    };
+    CommandError(format!(
+        "{cause}. This run completed {written} files before stopping; every complete file is kept and \
+         no partial file remains. {}, then run the same command again to resume",
+        if error.is_disk_full() {
+            format!("Free space on the filesystem of {}", dir.path().display())
+        } else {
+            "Fix the cause".to_owned()
+        }
+    ))
+}
+
+/// SHA-256 of the files complete before this run (for the manifest), which are
+/// also given mode 0400 and the owner; their content is only read.
+fn hash_kept_files(
+    dir: &SecretDir,
+    mode: Mode,
+    indices: &[usize],
+    jobs: NonZeroUsize,
+    owner: Option<&Owner>,
+    output: ProgressOutput,
+) -> Result<Vec<[u8; 32]>, CommandError> {
+    if indices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let progress = Progress::start(
+        "hashing the files kept from before",
+        indices.len() as u64 * mode.file_len(),
+        output,
+    );
+    let digests = jobs::map(jobs, indices.len(), Vec::new, |buffer, position| {
+        let name = mode.file_name(indices[position]);
+        dir.secure_file(&name, owner)?;
+        let (digest, len) = hash_file(&dir.path().join(&name), buffer)?;
+        if len != mode.file_len() {
+            return Err(CommandError(format!(
+                "{}: changed size to {len} bytes while this run was hashing it; nothing more was written. \
+                 Stop whatever else writes to this directory and run again",
+                dir.path().join(&name).display()
+            )));
+        }
+        progress.add(len);
+        Ok(digest)
+    })?;
+    progress.finish();
+    Ok(digests)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_needed_counts_whole_blocks_and_the_manifest() {
+        let mode32 = space_needed(Mode::Mode32, 65_536, 4096);
+        assert_eq!(mode32.inodes, 65_537);
+        let manifest = mode32.bytes - (128 << 30);
+        // About 150 bytes a file: a few MiB, rounded to blocks.
+        assert!(
+            manifest % 4096 == 0 && (5 << 20..15 << 20).contains(&manifest),
+            "{manifest}"
+        );
+        // A 32-byte MODE0 secret still takes a whole block.
+        assert_eq!(space_needed(Mode::Mode0, 1, 4096).bytes, 2 * 4096);
+        assert_eq!(space_needed(Mode::Mode16, 0, 4096).inodes, 1);
+    }
+
+    #[test]
+    fn every_secret_is_fresh() {
+        let mut first = vec![0u8; 4096];
+        let mut second = vec![0u8; 4096];
+        fill_secret(&mut first).unwrap();
+        fill_secret(&mut second).unwrap();
+        assert_ne!(first, second);
+        assert!(first
+            .chunks(32)
+            .all(|slot| slot.iter().any(|&byte| byte != 0)));
+    }
+
+    fn args(dir: &std::path::Path, mode: Mode) -> GenerateArgs {
+        GenerateArgs {
+            mode,
+            dir: dir.to_owned(),
+            jobs: NonZeroUsize::new(2),
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn a_run_writes_the_mode_and_a_second_run_changes_nothing() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("secrets");
+        let first = generate(&args(&dir, Mode::Mode16), ProgressOutput::Hidden).unwrap();
+        assert_eq!(
+            (first.written, first.kept, first.already_complete),
+            (1, 0, false)
+        );
+        let secret = std::fs::read(dir.join("0000")).unwrap();
+        let manifest = Manifest::read(&dir).unwrap().unwrap();
+        assert_eq!(
+            manifest.files[0].sha256,
+            hex::encode(Sha256::digest(&secret))
+        );
+
+        let second = generate(&args(&dir, Mode::Mode16), ProgressOutput::Hidden).unwrap();
+        assert!(second.already_complete);
+        assert_eq!(std::fs::read(dir.join("0000")).unwrap(), secret);
+        assert_eq!(Manifest::read(&dir).unwrap().unwrap(), manifest);
+    }
+
+    #[test]
+    fn a_wrong_sized_file_stops_the_run_naming_it() {
+        let parent = tempfile::tempdir().unwrap();
+        std::fs::write(parent.path().join("0000"), b"short").unwrap();
+        let error =
+            generate(&args(parent.path(), Mode::Mode16), ProgressOutput::Hidden).unwrap_err();
+        assert!(error.0.contains("0000: is 5 bytes"), "{error}");
+        assert!(error.0.contains("nothing was written"), "{error}");
+        assert_eq!(std::fs::read(parent.path().join("0000")).unwrap(), b"short");
+        assert!(!Manifest::path(parent.path()).exists());
+    }
+
+    #[test]
+    fn a_manifest_of_another_mode_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        generate(&args(parent.path(), Mode::Mode0), ProgressOutput::Hidden).unwrap();
+        let error =
+            generate(&args(parent.path(), Mode::Mode16), ProgressOutput::Hidden).unwrap_err();
+        assert!(
+            error.0.contains("holds MODE0 secrets, not MODE16"),
+            "{error}"
+        );
+        assert!(!parent.path().join("0000").exists());
+    }
+
+    #[test]
+    fn a_complete_directory_that_lost_a_file_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        generate(&args(parent.path(), Mode::Mode0), ProgressOutput::Hidden).unwrap();
+        std::fs::remove_file(parent.path().join("secret")).unwrap();
+        let error =
+            generate(&args(parent.path(), Mode::Mode0), ProgressOutput::Hidden).unwrap_err();
+        assert!(error.0.contains("secret: is missing"), "{error}");
+        assert!(!parent.path().join("secret").exists());
+    }
+}
