@@ -1,0 +1,170 @@
+"""MODE32 under faults: a key file deleted, made unreadable or failing with a real
+I/O error, and file descriptors running out. The affected requests get 503 and
+never a wrong MAC, /readyz turns 503, other requests keep working, and the server
+recovers by itself once the fault is gone."""
+
+import itertools
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+import reference
+from conftest import running_server
+
+
+def message_in_file(wanted):
+    """A message whose MODE32 key lives in a file for which `wanted(file_index)` holds."""
+    for number in itertools.count():
+        message = f"message-{number}".encode()
+        if wanted(reference.key_index("MODE32", message) >> 16):
+            return message
+
+
+# Low file numbers stay open for the server's lifetime; high ones may be opened
+# per read when RLIMIT_NOFILE is below 65,536 (as on these machines).
+KEPT = message_in_file(lambda file: file < 0x1000)
+HIGH = message_in_file(lambda file: file > 0xF000)
+OTHER = message_in_file(lambda file: 0x8000 <= file < 0x9000)
+
+
+def file_of(message):
+    return f"{reference.key_index('MODE32', message) >> 16:04x}"
+
+
+@pytest.fixture
+def mode32(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    secret_dir.mkdir(mode=0o700)
+    reference.write_sparse_mode32(secret_dir, {reference.key_index("MODE32", m): os.urandom(32) for m in [KEPT, HIGH, OTHER]})
+    return secret_dir
+
+
+def status_and_mac(server, message):
+    response = requests.post(f"{server.url}/hmac", data=message, timeout=10)
+    return response.status_code, response.content
+
+
+def assert_serves(server, secret_dir, *messages):
+    for message in messages:
+        assert status_and_mac(server, message) == (200, reference.mac("MODE32", secret_dir, message))
+
+
+def assert_fails_closed(server, message):
+    status, body = status_and_mac(server, message)
+    assert status == 503, body
+    assert b"error" in body
+    assert requests.get(f"{server.url}/readyz").status_code == 503
+
+
+@pytest.mark.parametrize("message", [KEPT, HIGH], ids=["kept-open", "opened-per-read"])
+def test_deleted_file_then_restored(tmp_path, mode32, message):
+    path = mode32 / file_of(message)
+    with running_server(tmp_path, "MODE32", mode32) as server:
+        assert_serves(server, mode32, message)
+        saved = path.read_bytes()
+        path.unlink()
+        assert_fails_closed(server, message)
+        assert_serves(server, mode32, OTHER)
+        path.write_bytes(saved)
+        assert requests.get(f"{server.url}/readyz").status_code == 200
+        assert_serves(server, mode32, message)
+        metrics = requests.get(f"{server.url}/metrics").text
+        assert "cryptoserver_key_read_errors_total 0" not in metrics
+
+
+@pytest.mark.parametrize("message", [KEPT, HIGH], ids=["kept-open", "opened-per-read"])
+def test_unreadable_file_then_readable_again(tmp_path, mode32, message):
+    path = mode32 / file_of(message)
+    with running_server(tmp_path, "MODE32", mode32) as server:
+        assert_serves(server, mode32, message)
+        os.chmod(path, 0)
+        assert_fails_closed(server, message)
+        assert_serves(server, mode32, OTHER)
+        os.chmod(path, 0o400)
+        assert requests.get(f"{server.url}/readyz").status_code == 200
+        assert_serves(server, mode32, message)
+
+
+def run(*command):
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def failing_disk(tmp_path):
+    """A file on its own loop-mounted filesystem whose device can be made to fail
+    with EIO (by shrinking the backing image) and then be repaired."""
+    if os.geteuid() != 0 or not shutil.which("losetup"):
+        pytest.skip("needs root and losetup to make a real I/O error")
+    image, mount = tmp_path / "disk.img", tmp_path / "disk"
+    mount.mkdir()
+    with open(image, "wb") as file:
+        file.truncate(16 << 20)
+    run("mkfs.ext4", "-q", str(image))
+    device = run("losetup", "--find", "--show", str(image))
+    try:
+        run("mount", "-o", "noatime", device, str(mount))
+        yield image, mount, device
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+def evict(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_io_error_then_repaired(tmp_path, mode32, failing_disk):
+    image, mount, device = failing_disk
+    name = file_of(KEPT)
+    shutil.copyfile(mode32 / name, mount / name)
+    os.sync()
+    (mode32 / name).unlink()
+    (mode32 / name).symlink_to(mount / name)
+    backup = tmp_path / "disk.backup"
+    with running_server(tmp_path, "MODE32", mode32) as server:
+        assert_serves(server, mode32, KEPT)
+        shutil.copyfile(image, backup)
+        evict(mount / name)
+        os.truncate(image, 0)
+        run("losetup", "-c", device)
+        assert_fails_closed(server, KEPT)
+        assert_serves(server, mode32, OTHER)
+        with open(backup, "rb") as source, open(image, "r+b") as target:
+            shutil.copyfileobj(source, target)
+        run("losetup", "-c", device)
+        evict(mount / name)
+        assert requests.get(f"{server.url}/readyz").status_code == 200
+        assert_serves(server, mode32, KEPT)
+
+
+def test_file_descriptors_exhausted_then_recovered(tmp_path, mode32):
+    def low_fd_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    with running_server(tmp_path, "MODE32", mode32, preexec_fn=low_fd_limit) as server:
+        with requests.Session() as session:
+            assert session.post(f"{server.url}/hmac", data=HIGH).content == reference.mac("MODE32", mode32, HIGH)
+            hogs = []
+            try:
+                for _ in range(200):
+                    hogs.append(socket.create_connection(server.address, timeout=5))
+                time.sleep(0.5)
+                response = session.post(f"{server.url}/hmac", data=HIGH)
+                assert response.status_code == 503, "a key read needing a descriptor must fail closed"
+                assert server.process.poll() is None
+            finally:
+                for hog in hogs:
+                    hog.close()
+        time.sleep(0.5)
+        assert_serves(server, mode32, HIGH, OTHER)
+        assert requests.get(f"{server.url}/readyz").status_code == 200
