@@ -3,6 +3,7 @@ I/O error, and file descriptors running out. The affected requests get 503 and
 never a wrong MAC, /readyz turns 503, other requests keep working, and the server
 recovers by itself once the fault is gone."""
 
+import contextlib
 import itertools
 import os
 import resource
@@ -37,9 +38,11 @@ def file_of(message):
     return f"{reference.key_index('MODE32', message) >> 16:04x}"
 
 
-@pytest.fixture
-def mode32(tmp_path):
-    secret_dir = tmp_path / "secrets"
+@pytest.fixture(scope="module")
+def mode32(tmp_path_factory):
+    """One MODE32 directory for the module (65,536 files take seconds to make);
+    each test puts back what it broke."""
+    secret_dir = tmp_path_factory.mktemp("faults") / "secrets"
     secret_dir.mkdir(mode=0o700)
     reference.write_sparse_mode32(secret_dir, {reference.key_index("MODE32", m): os.urandom(32) for m in [KEPT, HIGH, OTHER]})
     return secret_dir
@@ -65,9 +68,9 @@ def assert_fails_closed(server, message):
 @pytest.mark.parametrize("message", [KEPT, HIGH], ids=["kept-open", "opened-per-read"])
 def test_deleted_file_then_restored(tmp_path, mode32, message):
     path = mode32 / file_of(message)
-    with running_server(tmp_path, "MODE32", mode32) as server:
+    saved = path.read_bytes()
+    with running_server(tmp_path, "MODE32", mode32) as server, restored(path, saved):
         assert_serves(server, mode32, message)
-        saved = path.read_bytes()
         path.unlink()
         assert_fails_closed(server, message)
         assert_serves(server, mode32, OTHER)
@@ -81,7 +84,7 @@ def test_deleted_file_then_restored(tmp_path, mode32, message):
 @pytest.mark.parametrize("message", [KEPT, HIGH], ids=["kept-open", "opened-per-read"])
 def test_unreadable_file_then_readable_again(tmp_path, mode32, message):
     path = mode32 / file_of(message)
-    with running_server(tmp_path, "MODE32", mode32) as server:
+    with running_server(tmp_path, "MODE32", mode32) as server, restored(path, path.read_bytes()):
         assert_serves(server, mode32, message)
         os.chmod(path, 0)
         assert_fails_closed(server, message)
@@ -89,6 +92,18 @@ def test_unreadable_file_then_readable_again(tmp_path, mode32, message):
         os.chmod(path, 0o400)
         assert requests.get(f"{server.url}/readyz").status_code == 200
         assert_serves(server, mode32, message)
+
+
+@contextlib.contextmanager
+def restored(path, content):
+    """Puts `path` back as a regular 0400 file holding `content`, whatever the test did."""
+    try:
+        yield
+    finally:
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        path.write_bytes(content)
+        os.chmod(path, 0o400)
 
 
 def run(*command):
@@ -126,12 +141,13 @@ def evict(path):
 def test_io_error_then_repaired(tmp_path, mode32, failing_disk):
     image, mount, device = failing_disk
     name = file_of(KEPT)
+    saved = (mode32 / name).read_bytes()
     shutil.copyfile(mode32 / name, mount / name)
     os.sync()
     (mode32 / name).unlink()
     (mode32 / name).symlink_to(mount / name)
     backup = tmp_path / "disk.backup"
-    with running_server(tmp_path, "MODE32", mode32) as server:
+    with restored(mode32 / name, saved), running_server(tmp_path, "MODE32", mode32) as server:
         assert_serves(server, mode32, KEPT)
         shutil.copyfile(image, backup)
         evict(mount / name)
