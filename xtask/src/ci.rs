@@ -44,18 +44,27 @@ fn prepare_python(root: &Path) -> anyhow::Result<std::path::PathBuf> {
     let venv = root.join("target/venv");
     let requirements = root.join("tests/requirements.txt");
     let wanted = hex::encode(Sha256::digest(
-        std::fs::read(&requirements).with_context(|| format!("cannot read {}", requirements.display()))?,
+        std::fs::read(&requirements)
+            .with_context(|| format!("cannot read {}", requirements.display()))?,
     ));
     let stamp = venv.join("requirements.sha256");
     if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
         return Ok(venv);
     }
     if !venv.join("bin/python").exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
-            .context("cannot create the Python virtual environment: install python3 with its venv module")?;
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context(
+            "cannot create the Python virtual environment: install python3 with its venv module",
+        )?;
     }
     run(Command::new(venv.join("bin/python"))
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
         .arg(&requirements))?;
     std::fs::write(&stamp, wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(venv)

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod ci;
+mod dev;
 mod process;
 
 #[derive(Parser)]
@@ -14,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Run a server on ./dev-secrets (development secrets, made if absent) and print a curl example
+    Dev(dev::DevArgs),
     /// Run everything CI runs: install the test tools, build, run every test suite
     Ci,
     /// Print a new bearer token and the line that allows it in CRYPTOSERVER_TOKENS_FILE
@@ -23,6 +26,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.task {
+        Task::Dev(args) => dev::run_dev(args),
         Task::Ci => ci::run_ci(),
         Task::GenToken => {
             let (token, line) = cryptoserver::access::generate_token()
