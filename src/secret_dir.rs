@@ -142,6 +142,15 @@ impl SecretDir {
     /// Opens `path`, creating it with mode 0700 if absent, and locks it so a
     /// second generator cannot run on it at the same time.
     pub fn open_locked(path: &Path) -> Result<SecretDir, CommandError> {
+        // Missing parents get the usual permissions: only the secrets directory
+        // itself is closed, so the service user can still reach it.
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(FileError::at(parent, "create the parent directory"))?;
+        }
         match std::fs::DirBuilder::new().mode(DIR_MODE).create(path) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
