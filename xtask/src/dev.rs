@@ -34,7 +34,12 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.parent().expect("dev-secrets has a parent"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     generate(
-        &GenerateArgs { mode: args.mode, dir: dir.clone(), jobs: None, owner: None },
+        &GenerateArgs {
+            mode: args.mode,
+            dir: dir.clone(),
+            jobs: None,
+            owner: None,
+        },
         ProgressOutput::Hidden,
     )
     .map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -45,16 +50,34 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("cannot mark {} as development secrets", dir.display()))?;
 
-    run(cargo().args(["build", "--quiet", "--package", "cryptoserver", "--bin", "cryptoserver"]))?;
+    run(cargo().args([
+        "build",
+        "--quiet",
+        "--package",
+        "cryptoserver",
+        "--bin",
+        "cryptoserver",
+    ]))?;
     let server = repo_root().join("target/debug/cryptoserver");
-    eprintln!("Serving {} development secrets from {} on http://{}", args.mode, dir.display(), args.bind);
-    eprintln!("Try:  curl -s --data-binary 'hello world' 'http://{}/hmac?encoding=hex'", args.bind);
+    eprintln!(
+        "Serving {} development secrets from {} on http://{}",
+        args.mode,
+        dir.display(),
+        args.bind
+    );
+    eprintln!(
+        "Try:  curl -s --data-binary 'hello world' 'http://{}/hmac?encoding=hex'",
+        args.bind
+    );
     eprintln!("Stop with Ctrl-C.");
     let error = Command::new(&server)
         .env("CRYPTOSERVER_MODE", args.mode.name())
         .env("CRYPTOSERVER_SECRETDIR", &dir)
         .env("CRYPTOSERVER_BIND", &args.bind)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .exec();
     Err(error).with_context(|| format!("cannot start {}", server.display()))
 }
@@ -62,5 +85,7 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 /// `./dev-secrets/mode16`: one directory per mode, so switching modes never
 /// meets another mode's manifest.
 fn dev_secrets_dir(mode: Mode) -> PathBuf {
-    repo_root().join("dev-secrets").join(mode.name().to_ascii_lowercase())
+    repo_root()
+        .join("dev-secrets")
+        .join(mode.name().to_ascii_lowercase())
 }
