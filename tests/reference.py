@@ -9,6 +9,7 @@ running server all agree.
 import hashlib
 import hmac
 import json
+import os
 import pathlib
 
 KEY_LEN = 32
@@ -69,6 +70,20 @@ def write_vector_secrets(mode, secret_dir, messages=VECTOR_MESSAGES):
     else:
         indices = {key_index(mode, message) for message in messages}
         write_sparse_mode32(secret_dir, {index: vector_key_at(mode, index) for index in indices})
+
+
+def write_random_secrets(mode, secret_dir, messages=()):
+    """A fresh directory (0700) of random secrets for `mode`, files 0400. MODE32
+    files are sparse, with random keys only in the slots `messages` select."""
+    secret_dir = pathlib.Path(secret_dir)
+    secret_dir.mkdir(mode=0o700, parents=True)
+    if mode == "MODE32":
+        write_sparse_mode32(secret_dir, {key_index(mode, message): os.urandom(KEY_LEN) for message in messages})
+        return secret_dir
+    name = "secret" if mode == "MODE0" else "0000"
+    (secret_dir / name).write_bytes(os.urandom(KEY_LEN if mode == "MODE0" else FILE_LEN))
+    os.chmod(secret_dir / name, 0o400)
+    return secret_dir
 
 
 def write_sparse_mode32(secret_dir, keys_by_index):

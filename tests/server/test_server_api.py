@@ -13,6 +13,7 @@ import sys
 import pytest
 import requests
 
+import reference
 from conftest import running_server
 
 SEED_CLIENT = '''
@@ -32,24 +33,20 @@ if __name__ == '__main__':
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    secret_dir = tmp_path_factory.mktemp("mode0") / "secrets"
-    secret_dir.mkdir(mode=0o700)
-    key = os.urandom(32)
-    (secret_dir / "secret").write_bytes(key)
-    os.chmod(secret_dir / "secret", 0o400)
+    secret_dir = reference.write_random_secrets("MODE0", tmp_path_factory.mktemp("mode0") / "secrets")
     with running_server(tmp_path_factory.mktemp("log"), "MODE0", secret_dir) as server:
-        server.key = key
+        server.key = (secret_dir / "secret").read_bytes()
         yield server
 
 
-def reference(server, message):
+def expected_mac(server, message):
     return hmac.new(server.key, message, hashlib.sha256).digest()
 
 
 def assert_still_serves(server):
     response = requests.post(f"{server.url}/hmac", data=b"still here")
     assert response.status_code == 200
-    assert response.content == reference(server, b"still here")
+    assert response.content == expected_mac(server, b"still here")
 
 
 def test_the_seeds_python_client_works_unchanged(server, tmp_path):
@@ -58,7 +55,7 @@ def test_the_seeds_python_client_works_unchanged(server, tmp_path):
     script.write_text(SEED_CLIENT.replace("http://localhost:8080/hmac", f"{server.url.replace('127.0.0.1', 'localhost')}/hmac"))
     output = subprocess.run([sys.executable, script], capture_output=True, check=True, timeout=60).stdout.decode()
     printed = [ast.literal_eval(line) for line in output.splitlines()]
-    assert printed == [reference(server, b"hello world"), reference(server, b"apples and pears")]
+    assert printed == [expected_mac(server, b"hello world"), expected_mac(server, b"apples and pears")]
 
 
 @pytest.mark.parametrize(
@@ -70,18 +67,18 @@ def test_mac_equals_pythons_hmac(server, message):
     response = requests.post(f"{server.url}/hmac", data=message)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/octet-stream"
-    assert response.content == reference(server, message)
+    assert response.content == expected_mac(server, message)
 
 
 def test_chunked_body(server):
     parts = [b"apples ", b"and ", b"pears"]
     response = requests.post(f"{server.url}/hmac", data=iter(parts))
     assert response.request.headers.get("transfer-encoding") == "chunked"
-    assert response.content == reference(server, b"apples and pears")
+    assert response.content == expected_mac(server, b"apples and pears")
 
 
 def test_text_encodings(server):
-    expected = reference(server, b"hello world")
+    expected = expected_mac(server, b"hello world")
     hex_response = requests.post(f"{server.url}/hmac?encoding=hex", data=b"hello world")
     assert hex_response.status_code == 200 and hex_response.text == expected.hex()
     b64_response = requests.post(f"{server.url}/hmac?encoding=base64", data=b"hello world")
@@ -92,7 +89,7 @@ def test_text_encodings(server):
 
 
 def test_verify(server):
-    mac = reference(server, b"hello world")
+    mac = expected_mac(server, b"hello world")
     for header in [mac.hex(), mac.hex().upper(), base64.b64encode(mac).decode(), base64.b64encode(mac).decode().rstrip("=")]:
         response = requests.post(f"{server.url}/verify", data=b"hello world", headers={"X-Cryptoserver-Mac": header})
         assert response.status_code == 200 and response.json() == {"valid": True}, header

@@ -18,20 +18,9 @@ def frames(messages):
     return b"".join(struct.pack(">I", len(m)) + m for m in messages)
 
 
-def make_secrets(mode, secret_dir):
-    secret_dir.mkdir(mode=0o700)
-    if mode == "MODE0":
-        (secret_dir / "secret").write_bytes(os.urandom(32))
-    elif mode == "MODE16":
-        (secret_dir / "0000").write_bytes(os.urandom(reference.FILE_LEN))
-    else:
-        reference.write_sparse_mode32(secret_dir, {reference.key_index(mode, m): os.urandom(32) for m in MESSAGES})
-
-
 @pytest.mark.parametrize("mode", ["MODE0", "MODE16", "MODE32"])
 def test_batch_agrees_with_single_requests(tmp_path, mode):
-    secret_dir = tmp_path / "secrets"
-    make_secrets(mode, secret_dir)
+    secret_dir = reference.write_random_secrets(mode, tmp_path / "secrets", MESSAGES)
     with running_server(tmp_path, mode, secret_dir) as server, requests.Session() as session:
         response = session.post(f"{server.url}/hmac/batch", data=frames(MESSAGES))
         assert response.status_code == 200
@@ -44,8 +33,7 @@ def test_batch_agrees_with_single_requests(tmp_path, mode):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    secret_dir = tmp_path_factory.mktemp("batch") / "secrets"
-    make_secrets("MODE16", secret_dir)
+    secret_dir = reference.write_random_secrets("MODE16", tmp_path_factory.mktemp("batch") / "secrets")
     with running_server(tmp_path_factory.mktemp("log"), "MODE16", secret_dir) as server:
         server.secret_dir = secret_dir
         yield server

@@ -42,10 +42,7 @@ def file_of(message):
 def mode32(tmp_path_factory):
     """One MODE32 directory for the module (65,536 files take seconds to make);
     each test puts back what it broke."""
-    secret_dir = tmp_path_factory.mktemp("faults") / "secrets"
-    secret_dir.mkdir(mode=0o700)
-    reference.write_sparse_mode32(secret_dir, {reference.key_index("MODE32", m): os.urandom(32) for m in [KEPT, HIGH, OTHER]})
-    return secret_dir
+    return reference.write_random_secrets("MODE32", tmp_path_factory.mktemp("faults") / "secrets", [KEPT, HIGH, OTHER])
 
 
 def status_and_mac(server, message):

@@ -4,9 +4,7 @@ against a real server process over real TCP on loopback."""
 import hashlib
 import hmac
 import json
-import os
 import socket
-import ssl
 import struct
 import time
 
@@ -14,20 +12,17 @@ import pytest
 import requests
 import trustme
 
+import reference
 from conftest import free_port, running_server
 
 
 @pytest.fixture
 def mode0(tmp_path):
-    secret_dir = tmp_path / "secrets"
-    secret_dir.mkdir(mode=0o700)
-    key = os.urandom(32)
-    (secret_dir / "secret").write_bytes(key)
-    os.chmod(secret_dir / "secret", 0o400)
-    return secret_dir, key
+    secret_dir = reference.write_random_secrets("MODE0", tmp_path / "secrets")
+    return secret_dir, (secret_dir / "secret").read_bytes()
 
 
-def reference(key, message):
+def expected_mac(key, message):
     return hmac.new(key, message, hashlib.sha256).digest()
 
 
@@ -48,7 +43,7 @@ def test_bearer_tokens(tmp_path, mode0):
             assert "token-" not in response.text
         for token in ["token-one", "token-two"]:
             response = requests.post(f"{server.url}/hmac", data=b"x", headers={"Authorization": f"Bearer {token}"})
-            assert response.status_code == 200 and response.content == reference(key, b"x")
+            assert response.status_code == 200 and response.content == expected_mac(key, b"x")
         assert requests.get(f"{server.url}/healthz").status_code == 200
         assert requests.get(f"{server.url}/readyz").status_code == 401
         metrics = requests.get(f"{server.url}/metrics", headers={"Authorization": "Bearer token-one"}).text
@@ -96,7 +91,7 @@ def test_load_is_shed_at_the_concurrency_limit(tmp_path, mode0):
             assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
             assert time.monotonic() - started < 5, "the excess request was queued, not shed"
             slow.sendall(b"b")
-            assert reference(key, b"ab") in slow.recv(4096)
+            assert expected_mac(key, b"ab") in slow.recv(4096)
         assert requests.post(f"{server.url}/hmac", data=b"x").status_code == 200
 
 
@@ -161,7 +156,7 @@ def test_https(tmp_path, mode0, certificates):
     env = {"CRYPTOSERVER_TLS_CERT": str(certificates["cert"]), "CRYPTOSERVER_TLS_KEY": str(certificates["key"])}
     with running_server(tmp_path, "MODE0", secret_dir, env, https_ca=str(certificates["ca"])) as server:
         response = requests.post(f"{server.url}/hmac", data=b"over tls", verify=str(certificates["ca"]))
-        assert response.content == reference(key, b"over tls")
+        assert response.content == expected_mac(key, b"over tls")
         with pytest.raises(requests.exceptions.ConnectionError):
             requests.post(server.url.replace("https", "http") + "/hmac", data=b"plain", timeout=5)
 
@@ -176,7 +171,7 @@ def test_mutual_tls(tmp_path, mode0, certificates):
     client = str(certificates["client"])
     with running_server(tmp_path, "MODE0", secret_dir, env, https_ca=str(certificates["ca"]), client_cert=client) as server:
         response = requests.post(f"{server.url}/hmac", data=b"m", verify=str(certificates["ca"]), cert=client)
-        assert response.content == reference(key, b"m")
+        assert response.content == expected_mac(key, b"m")
         with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
             requests.post(f"{server.url}/hmac", data=b"m", verify=str(certificates["ca"]), timeout=5)
         other_ca = trustme.CA().issue_cert("intruder.example")

@@ -3,23 +3,19 @@
 import base64
 import hashlib
 import hmac
-import os
 import signal
 import socket
 import time
 
 import requests
 
+import reference
 from conftest import running_server
 
 
 def make_mode0(tmp_path):
-    secret_dir = tmp_path / "secrets"
-    secret_dir.mkdir(mode=0o700)
-    key = os.urandom(32)
-    (secret_dir / "secret").write_bytes(key)
-    os.chmod(secret_dir / "secret", 0o400)
-    return secret_dir, key
+    secret_dir = reference.write_random_secrets("MODE0", tmp_path / "secrets")
+    return secret_dir, (secret_dir / "secret").read_bytes()
 
 
 def test_trace_logs_never_show_bodies_macs_or_keys(tmp_path):

@@ -20,18 +20,13 @@ def macs_from(server, messages):
 
 
 def test_mode16_matches_the_reference(tmp_path):
-    secret_dir = tmp_path / "secrets"
-    secret_dir.mkdir(mode=0o700)
-    (secret_dir / "0000").write_bytes(os.urandom(reference.FILE_LEN))
+    secret_dir = reference.write_random_secrets("MODE16", tmp_path / "secrets")
     with running_server(tmp_path, "Mode16", secret_dir) as server:
         assert macs_from(server, MESSAGES) == [reference.mac("MODE16", secret_dir, m) for m in MESSAGES]
 
 
 def test_mode32_matches_the_reference(tmp_path):
-    secret_dir = tmp_path / "secrets"
-    secret_dir.mkdir(mode=0o700)
-    keys = {reference.key_index("MODE32", m): os.urandom(32) for m in MESSAGES}
-    reference.write_sparse_mode32(secret_dir, keys)
+    secret_dir = reference.write_random_secrets("MODE32", tmp_path / "secrets", MESSAGES)
     with running_server(tmp_path, "mode32", secret_dir) as server:
         assert macs_from(server, MESSAGES) == [reference.mac("MODE32", secret_dir, m) for m in MESSAGES]
         assert requests.get(f"{server.url}/readyz").status_code == 200

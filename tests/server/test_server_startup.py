@@ -29,19 +29,12 @@ def assert_refused(result, *fragments):
 
 @pytest.fixture
 def mode0_dir(tmp_path):
-    secret_dir = tmp_path / "secrets"
-    secret_dir.mkdir(mode=0o700)
-    (secret_dir / "secret").write_bytes(os.urandom(32))
-    os.chmod(secret_dir / "secret", 0o400)
-    return secret_dir
+    return reference.write_random_secrets("MODE0", tmp_path / "secrets")
 
 
 @pytest.fixture
 def mode16_dir(tmp_path):
-    secret_dir = tmp_path / "secrets16"
-    secret_dir.mkdir(mode=0o700)
-    (secret_dir / "0000").write_bytes(os.urandom(reference.FILE_LEN))
-    return secret_dir
+    return reference.write_random_secrets("MODE16", tmp_path / "secrets16")
 
 
 def test_unknown_mode(mode0_dir):
