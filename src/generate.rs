@@ -23,7 +23,7 @@ use crate::jobs;
 use crate::layout::{Mode, MANIFEST_FILE_NAME};
 use crate::manifest::Manifest;
 use crate::progress::{throughput, Progress, ProgressOutput};
-use crate::secret_dir::{CommandError, FileError, Owner, SecretDir};
+use crate::secret_dir::{CommandError, FileError, Owner, PendingFile, SecretDir};
 use crate::verify::hash_file;
 
 /// `generate`'s command line, shared by `cryptoserver-secrets` and `cargo xtask gen-secrets`.
@@ -288,6 +288,10 @@ pub fn fill_secret(secret: &mut [u8]) -> Result<(), CommandError> {
 /// each durably (see [`SecretDir::create_file`]). Returns their SHA-256 digests,
 /// in the order of `indices`, and the time taken. The benchmark drives this over
 /// a subset of MODE32.
+///
+/// Each job keeps one file in flight: it finishes (fsyncs and renames) a file
+/// only after writing the next one, so the disk writes one file back while the
+/// job computes the next, and the run goes at the speed of the slower of the two.
 pub fn write_files(
     dir: &SecretDir,
     mode: Mode,
@@ -296,47 +300,77 @@ pub fn write_files(
     owner: Option<&Owner>,
     output: ProgressOutput,
 ) -> Result<(Vec<[u8; 32]>, Duration), CommandError> {
+    struct Job {
+        secret: Vec<u8>,
+        in_flight: Option<PendingFile>,
+    }
     let file_len = mode.file_len();
     let progress = Progress::start("generating", indices.len() as u64 * file_len, output);
     let written = AtomicUsize::new(0);
-    let result = jobs::map::<_, _, CommandError>(
+    let finish = |pending| -> Result<(), Stop> {
+        dir.finish_file(pending)?;
+        written.fetch_add(1, Ordering::Relaxed);
+        progress.add(file_len);
+        Ok(())
+    };
+    let result = jobs::map_then_finish(
         jobs,
         indices.len(),
-        || vec![0u8; file_len as usize],
-        |secret, position| {
+        || Job {
+            secret: vec![0u8; file_len as usize],
+            in_flight: None,
+        },
+        |job, position| {
+            fill_secret(&mut job.secret).map_err(Stop::Random)?;
             let name = mode.file_name(indices[position]);
-            fill_secret(secret)?;
-            let digest: [u8; 32] = Sha256::digest(&secret[..]).into();
-            dir.create_file(&name, secret, owner)
-                .map_err(|error| interrupted(dir, &error, written.load(Ordering::Relaxed)))?;
-            written.fetch_add(1, Ordering::Relaxed);
-            progress.add(file_len);
+            let pending = dir.start_file(&name, &job.secret, owner)?;
+            let digest: [u8; 32] = Sha256::digest(&job.secret).into();
+            job.in_flight.replace(pending).map_or(Ok(()), finish)?;
             Ok(digest)
         },
+        |job| job.in_flight.map_or(Ok(()), finish),
     );
     let elapsed = progress.finish();
-    Ok((result?, elapsed))
+    match result {
+        Ok(digests) => Ok((digests, elapsed)),
+        Err(stop) => Err(stop.explain(dir, written.into_inner())),
+    }
 }
 
-/// The error that ends a run part-way, saying what is kept and how to go on.
-fn interrupted(dir: &SecretDir, error: &FileError, written: usize) -> CommandError {
-    let cause = if error.is_disk_full() {
-        format!(
-            "{}: the filesystem is full (another process may have filled it since the space check)",
-            error.path.display()
-        )
-    } else {
-        error.to_string()
-    };
-    CommandError(format!(
-        "{cause}. This run completed {written} files before stopping; every complete file is kept and \
-         no partial file remains. {}, then run the same command again to resume",
-        if error.is_disk_full() {
-            format!("Free space on the filesystem of {}", dir.path().display())
-        } else {
-            "Fix the cause".to_owned()
-        }
-    ))
+/// Why writing stopped part-way.
+enum Stop {
+    File(FileError),
+    Random(CommandError),
+}
+
+impl From<FileError> for Stop {
+    fn from(error: FileError) -> Self {
+        Stop::File(error)
+    }
+}
+
+impl Stop {
+    /// The error that ends the run, saying what is kept and how to go on.
+    fn explain(self, dir: &SecretDir, written: usize) -> CommandError {
+        let disk_full = matches!(&self, Stop::File(error) if error.is_disk_full());
+        let cause = match self {
+            Stop::File(error) if disk_full => format!(
+                "{}: the filesystem is full (another process may have filled it since the space check)",
+                error.path.display()
+            ),
+            Stop::File(error) => error.to_string(),
+            Stop::Random(error) => error.0,
+        };
+        CommandError(format!(
+            "{cause}. This run completed {written} files before stopping; every complete file is kept \
+             and no partial file remains. {}, then run the same command again to resume",
+            if disk_full {
+                format!("Free space on the filesystem of {}", dir.path().display())
+            } else {
+                "Fix the cause".to_owned()
+            }
+        ))
+    }
 }
 
 /// SHA-256 of the files complete before this run (for the manifest), which are

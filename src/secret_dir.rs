@@ -72,6 +72,9 @@ impl fmt::Display for FileError {
     }
 }
 
+/// The message already includes the cause, so it is not chained again.
+impl std::error::Error for FileError {}
+
 impl From<FileError> for CommandError {
     fn from(error: FileError) -> Self {
         CommandError(error.to_string())
@@ -203,49 +206,70 @@ impl SecretDir {
     }
 
     /// Creates the file `name` holding exactly `contents`, mode 0400, durably:
-    /// written under [`temp_name`], fsynced, renamed to `name` only if no file of
-    /// that name exists, then the directory fsynced. A crash at any point leaves
-    /// either no file `name` or the complete one. On error the temporary file is removed.
+    /// [`start_file`](Self::start_file) then [`finish_file`](Self::finish_file).
+    /// A crash at any point leaves either no file `name` or the complete one.
     pub fn create_file(
         &self,
         name: &str,
         contents: &[u8],
         owner: Option<&Owner>,
     ) -> Result<(), FileError> {
-        let temp = self.path.join(temp_name(name));
-        let result = self.write_temp(&temp, contents, owner).and_then(|()| {
-            let target = self.path.join(name);
-            rename_no_replace(&temp, &target).map_err(FileError::at(
-                &target,
-                "rename the finished temporary file to",
-            ))
-        });
-        if result.is_err() {
-            // Best effort: the next run removes a leftover temporary file anyway.
-            let _ = std::fs::remove_file(&temp);
-        }
-        result?;
-        self.sync()
+        let pending = self.start_file(name, contents, owner)?;
+        self.finish_file(pending)
     }
 
-    fn write_temp(
+    /// Writes `contents` to a new file under the [`temp_name`] of `name`, mode
+    /// 0400, and starts its write-back, so the disk works while the caller
+    /// computes (the generator hashes the secret meanwhile).
+    pub fn start_file(
         &self,
-        temp: &Path,
+        name: &str,
         contents: &[u8],
         owner: Option<&Owner>,
-    ) -> Result<(), FileError> {
-        let mut file = OpenOptions::new()
+    ) -> Result<PendingFile, FileError> {
+        let temp = self.path.join(temp_name(name));
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(temp)
-            .map_err(FileError::at(temp, "create"))?;
+            .open(&temp)
+            .map_err(FileError::at(&temp, "create"))?;
+        let mut pending = PendingFile {
+            name: name.to_owned(),
+            temp,
+            file: Some(file),
+        };
+        let (temp, file) = (&pending.temp, pending.file.as_mut().expect("just opened"));
         file.write_all(contents)
             .map_err(FileError::at(temp, "write"))?;
         file.set_permissions(Permissions::from_mode(FILE_MODE))
-            .and_then(|()| owner.map_or(Ok(()), |owner| owner.apply(&file)))
+            .and_then(|()| owner.map_or(Ok(()), |owner| owner.apply(file)))
             .map_err(FileError::at(temp, "set the owner and permissions of"))?;
-        file.sync_all().map_err(FileError::at(temp, "fsync"))
+        // SAFETY: sync_file_range on an open descriptor; it only starts write-back.
+        check(unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+        })
+        .map_err(FileError::at(temp, "start writing back"))?;
+        Ok(pending)
+    }
+
+    /// Makes a started file final: fsync, rename to its name only if no file of
+    /// that name exists, fsync of the directory.
+    pub fn finish_file(&self, mut pending: PendingFile) -> Result<(), FileError> {
+        let temp = &pending.temp;
+        pending
+            .file
+            .as_ref()
+            .expect("a pending file is open until finished")
+            .sync_all()
+            .map_err(FileError::at(temp, "fsync"))?;
+        let target = self.path.join(&pending.name);
+        rename_no_replace(temp, &target).map_err(FileError::at(
+            &target,
+            "rename the finished temporary file to",
+        ))?;
+        pending.file = None;
+        self.sync()
     }
 
     /// Makes the directory's entries (renames, removals) durable.
@@ -279,6 +303,24 @@ impl SecretDir {
             inodes: stats.f_favail as u64,
             block_size: stats.f_frsize as u64,
         })
+    }
+}
+
+/// A file [`SecretDir::start_file`] wrote under its temporary name, not yet final.
+/// Dropped unfinished (after an error), its temporary file is removed.
+pub struct PendingFile {
+    name: String,
+    temp: PathBuf,
+    /// Open until the file is renamed to its final name.
+    file: Option<File>,
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Best effort: the next run removes a leftover temporary file anyway.
+            let _ = std::fs::remove_file(&self.temp);
+        }
     }
 }
 

@@ -2,9 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod ci;
 mod dev;
 mod process;
+mod secrets;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", arg_required_else_help = true)]
@@ -19,6 +21,12 @@ enum Task {
     Dev(dev::DevArgs),
     /// Run everything CI runs: install the test tools, build, run every test suite
     Ci,
+    /// Generate the secrets of a mode in a directory (resumable; never overwrites a secret)
+    GenSecrets(cryptoserver::generate::GenerateArgs),
+    /// Re-hash every secret file of a directory against its cryptoserver.manifest
+    VerifySecrets(cryptoserver::verify::VerifyArgs),
+    /// Measure speed goals against baselines measured in the same run
+    Bench(bench::BenchArgs),
     /// Print a new bearer token and the line that allows it in CRYPTOSERVER_TOKENS_FILE
     GenToken,
 }
@@ -28,6 +36,9 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Dev(args) => dev::run_dev(args),
         Task::Ci => ci::run_ci(),
+        Task::GenSecrets(args) => secrets::gen_secrets(&args),
+        Task::VerifySecrets(args) => secrets::verify_secrets(&args),
+        Task::Bench(args) => bench::run_bench(&args),
         Task::GenToken => {
             let (token, line) = cryptoserver::access::generate_token()
                 .map_err(|error| anyhow::anyhow!("the OS random generator failed: {error}"))?;

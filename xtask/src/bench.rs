@@ -1,0 +1,111 @@
+//! `cargo xtask bench <benchmark>`: every speed goal is a ratio against
+//! baselines measured in the same run on the same machine, never an absolute
+//! number. Benchmarks measure optimised code: a debug xtask re-runs itself with
+//! `--release`. Each benchmark lives in its own module under `bench/` and reports
+//! through [`Measurement`] and [`Goal`].
+
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::process::cargo;
+
+mod gen;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    benchmark: Benchmark,
+}
+
+#[derive(clap::Subcommand)]
+enum Benchmark {
+    /// Secret generation against the CSPRNG alone, the disk's write bandwidth and the seed's recipes
+    Gen(gen::GenBenchArgs),
+}
+
+pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("benchmarks measure optimised code: re-running with --release");
+        let error = cargo()
+            .args(["run", "--release", "--quiet", "--package", "xtask", "--"])
+            .args(std::env::args_os().skip(1))
+            .exec();
+        return Err(error).context("cannot re-run the benchmark with cargo --release");
+    }
+    match &args.benchmark {
+        Benchmark::Gen(args) => gen::run(args),
+    }
+}
+
+/// One timed run: `bytes` processed in `elapsed`.
+pub struct Measurement {
+    pub name: String,
+    /// Files written, where that is what the run does.
+    pub files: Option<usize>,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl Measurement {
+    /// Bytes per second.
+    pub fn rate(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Prints `rows` as a Markdown table (ready for the README), each rate also
+/// relative to the row `reference`.
+pub fn print_table(rows: &[Measurement], reference: &Measurement) {
+    println!(
+        "| measurement | files | data | time | MiB/s | relative to {} |",
+        reference.name
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {} | {:.2} GiB | {:.2} s | {:.0} | {:.2}x |",
+            row.name,
+            row.files.map_or("-".to_owned(), |files| files.to_string()),
+            row.bytes as f64 / (1u64 << 30) as f64,
+            row.elapsed.as_secs_f64(),
+            row.rate() / (1u64 << 20) as f64,
+            row.rate() / reference.rate()
+        );
+    }
+}
+
+/// A speed goal: `ratio` must reach `minimum`.
+pub struct Goal {
+    pub what: String,
+    pub ratio: f64,
+    pub minimum: f64,
+}
+
+/// Prints every goal with its verdict; fails naming the missed ones.
+pub fn check_goals(goals: &[Goal]) -> anyhow::Result<()> {
+    println!();
+    for goal in goals {
+        println!(
+            "- {}: {:.2}x (goal >= {:.2}x): {}",
+            goal.what,
+            goal.ratio,
+            goal.minimum,
+            if goal.ratio >= goal.minimum {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+    }
+    let missed: Vec<_> = goals
+        .iter()
+        .filter(|goal| goal.ratio < goal.minimum)
+        .map(|goal| goal.what.as_str())
+        .collect();
+    if !missed.is_empty() {
+        bail!("speed goals missed: {}", missed.join("; "));
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! `cargo xtask bench gen`: the secret generator against its limits and its
+//! predecessors, in one run on one filesystem:
+//! - gen-secrets itself: the library writing the first MODE32 files (>= 4 GiB);
+//! - the CSPRNG alone on every core, output discarded: ChaCha20 as gen-secrets
+//!   uses it, and getrandom directly (the alternative the README weighs);
+//! - the disk's sequential write bandwidth: one file of zeros, then fsync;
+//! - the seed's recipes: its Python `urandom` loop on as many files, and
+//!   `dd if=/dev/urandom bs=32 count=65536` per file on a few files (each
+//!   makes 131,072 system calls, so the full count would take many minutes).
+//!
+//! Goals: gen-secrets >= 0.9x min(CSPRNG, disk), and >= 4x the seed's Python loop.
+
+use std::fs::File;
+use std::io::Write;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cryptoserver::generate::{fill_secret, write_files};
+use cryptoserver::jobs;
+use cryptoserver::layout::{Mode, KEY_FILE_LEN};
+use cryptoserver::progress::ProgressOutput;
+use cryptoserver::secret_dir::SecretDir;
+
+use super::{check_goals, print_table, Goal, Measurement};
+use crate::process::repo_root;
+
+/// The seed's MODE32 loop, unchanged but for stopping after `count` files and
+/// syncing at the end, so its data is on disk like gen-secrets' when the clock stops.
+const SEED_PYTHON_LOOP: &str = r#"
+import os, sys
+from itertools import islice, product
+from os import urandom
+HEXCHARS = "0123456789abcdef"
+def hexchars():
+    for a in HEXCHARS:
+        for b in HEXCHARS:
+            yield a + b
+directory, count = sys.argv[1], int(sys.argv[2])
+for name in islice(product(hexchars(), hexchars()), count):
+    name = "".join(name)
+    with open(f"{directory}/{name}", 'wb') as file:
+        file.write(urandom(32 * 65536))
+os.sync()
+"#;
+
+#[derive(clap::Args)]
+pub struct GenBenchArgs {
+    /// Directory to measure in, on the filesystem of interest; must not exist, and is removed
+    /// afterwards [default: target/bench-gen]
+    #[arg(long)]
+    dir: Option<PathBuf>,
+
+    /// GiB of MODE32 files gen-secrets writes (2 MiB each); the goals are defined for at least 4.
+    #[arg(long, default_value_t = 4)]
+    gib: u64,
+
+    /// Parallel jobs of gen-secrets and of the CSPRNG runs [default: the number of cores].
+    #[arg(long, short = 'j')]
+    jobs: Option<NonZeroUsize>,
+
+    /// Files the seed's dd recipe writes.
+    #[arg(long, default_value_t = 64)]
+    dd_files: usize,
+}
+
+pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
+    if args.gib < 4 {
+        eprintln!(
+            "note: --gib {} is below the 4 GiB the goals are defined for",
+            args.gib
+        );
+    }
+    let jobs = args.jobs.unwrap_or_else(jobs::default_jobs);
+    let files = ((args.gib << 30) / KEY_FILE_LEN) as usize;
+    let bytes = files as u64 * KEY_FILE_LEN;
+    let scratch = Scratch::create(
+        args.dir
+            .clone()
+            .unwrap_or_else(|| repo_root().join("target/bench-gen")),
+    )?;
+    let available = SecretDir::open_locked(&scratch.0)?.available_space()?.bytes;
+    if available < bytes + (256 << 20) {
+        bail!(
+            "{}: the benchmark writes {bytes} bytes at a time but only {available} bytes are available; \
+             free space, choose another --dir or a smaller --gib",
+            scratch.0.display()
+        );
+    }
+    eprintln!(
+        "measuring in {} with {jobs} jobs: {files} files, {} GiB per run (takes a few minutes)",
+        scratch.0.display(),
+        args.gib
+    );
+
+    let chacha = measure(
+        "CSPRNG: ChaCha20 seeded by getrandom (gen-secrets'), all cores",
+        None,
+        bytes,
+        || {
+            fill_in_parallel(jobs, bytes, |chunk| {
+                fill_secret(chunk).map_err(anyhow::Error::from)
+            })
+        },
+    )?;
+    let getrandom = measure("CSPRNG: getrandom directly, all cores", None, bytes, || {
+        fill_in_parallel(jobs, bytes, |chunk| {
+            getrandom::fill(chunk).map_err(|error| anyhow::anyhow!("getrandom failed: {error}"))
+        })
+    })?;
+    let disk = measure("disk: one file of zeros, then fsync", None, bytes, || {
+        write_zeros(&scratch.0.join("zeros"), bytes)
+    })?;
+    scratch.empty()?;
+    let gen = measure(
+        "gen-secrets (library, first MODE32 files)",
+        Some(files),
+        bytes,
+        || {
+            let dir = SecretDir::open_locked(&scratch.0.join("gen"))?;
+            let indices: Vec<usize> = (0..files).collect();
+            write_files(
+                &dir,
+                Mode::Mode32,
+                &indices,
+                jobs,
+                None,
+                ProgressOutput::Hidden,
+            )?;
+            Ok(())
+        },
+    )?;
+    scratch.empty()?;
+    let python = measure(
+        "seed: Python urandom loop (+ final sync)",
+        Some(files),
+        bytes,
+        || {
+            run_quietly(
+                Command::new("python3")
+                    .args(["-c", SEED_PYTHON_LOOP])
+                    .arg(&scratch.0)
+                    .arg(files.to_string()),
+            )
+        },
+    )?;
+    scratch.empty()?;
+    let dd_bytes = args.dd_files as u64 * KEY_FILE_LEN;
+    let dd = measure(
+        "seed: dd bs=32 count=65536 per file (+ final sync)",
+        Some(args.dd_files),
+        dd_bytes,
+        || {
+            for index in 0..args.dd_files {
+                let output = scratch.0.join(Mode::Mode32.file_name(index));
+                let mut dd = Command::new("dd");
+                dd.args(["if=/dev/urandom", "bs=32", "count=65536", "status=none"])
+                    .arg(format!("of={}", output.display()));
+                run_quietly(&mut dd)?;
+            }
+            run_quietly(Command::new("sync").arg("-f").arg(&scratch.0))
+        },
+    )?;
+    scratch.empty()?;
+
+    let rows = [chacha, getrandom, disk, gen, python, dd];
+    let [chacha, _, disk, gen, python, _] = &rows;
+    print_table(&rows, gen);
+    check_goals(&[
+        Goal {
+            what: "gen-secrets vs min(its CSPRNG, disk)".to_owned(),
+            ratio: gen.rate() / chacha.rate().min(disk.rate()),
+            minimum: 0.9,
+        },
+        Goal {
+            what: "gen-secrets vs the seed's Python loop".to_owned(),
+            ratio: gen.rate() / python.rate(),
+            minimum: 4.0,
+        },
+    ])
+}
+
+fn measure(
+    name: &str,
+    files: Option<usize>,
+    bytes: u64,
+    work: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Measurement> {
+    eprintln!("- {name} ...");
+    let started = Instant::now();
+    work().with_context(|| format!("benchmark step '{name}' failed"))?;
+    let elapsed = started.elapsed();
+    eprintln!("  {:.2} s", elapsed.as_secs_f64());
+    Ok(Measurement {
+        name: name.to_owned(),
+        files,
+        bytes,
+        elapsed: elapsed.max(Duration::from_nanos(1)),
+    })
+}
+
+/// Fills `bytes` of 2 MiB buffers with `fill` on `jobs` threads; the output is discarded.
+fn fill_in_parallel(
+    jobs: NonZeroUsize,
+    bytes: u64,
+    fill: impl Fn(&mut [u8]) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    let remaining = AtomicU64::new(bytes / KEY_FILE_LEN);
+    jobs::map::<_, _, anyhow::Error>(
+        jobs,
+        jobs.get(),
+        || vec![0u8; KEY_FILE_LEN as usize],
+        |buffer, _| {
+            while remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok()
+            {
+                fill(buffer)?;
+                std::hint::black_box(&buffer);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+fn write_zeros(path: &Path, bytes: u64) -> anyhow::Result<()> {
+    let zeros = vec![0u8; 8 << 20];
+    let mut file =
+        File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut left = bytes;
+    while left > 0 {
+        let chunk = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..chunk])
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        left -= chunk as u64;
+    }
+    file.sync_all()
+        .with_context(|| format!("cannot fsync {}", path.display()))
+}
+
+fn run_quietly(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {:?}", command.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed with {status}", command.get_program());
+    }
+    Ok(())
+}
+
+/// The benchmark's directory: created empty, emptied between runs, removed at the end
+/// (also on error), so the benchmark leaves nothing behind.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn create(path: PathBuf) -> anyhow::Result<Scratch> {
+        std::fs::create_dir(&path).with_context(|| {
+            format!(
+                "cannot create the benchmark directory {} (it must not exist yet, so that nothing in it is lost)",
+                path.display()
+            )
+        })?;
+        Ok(Scratch(path))
+    }
+
+    /// Removes everything written so far, and waits until the removal is on disk,
+    /// so one run's write-back never slows the next.
+    fn empty(&self) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(&self.0)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            }
+            .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        run_quietly(Command::new("sync").arg("-f").arg(&self.0))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("warning: cannot remove {}: {error}", self.0.display());
+        }
+    }
+}
