@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::jobs;
 use crate::layout::{Mode, MANIFEST_FILE_NAME};
 use crate::manifest::Manifest;
-use crate::progress::{throughput, Progress, ProgressOutput};
+use crate::progress::{count, throughput, Progress, ProgressOutput};
 use crate::secret_dir::{CommandError, FileError, Owner, PendingFile, SecretDir};
 use crate::verify::hash_file;
 
@@ -73,27 +73,19 @@ impl std::fmt::Display for Generated {
         if self.already_complete {
             return write!(
                 f,
-                "{dir} already holds all {} {mode} files and its {MANIFEST_FILE_NAME}; nothing to do \
+                "{dir} already holds all {} and its {MANIFEST_FILE_NAME}; nothing to do \
                  (`cryptoserver-secrets verify --dir {dir}` re-checks their contents)",
-                self.kept
+                count(self.kept, &format!("{mode} file"))
             );
         }
         let bytes = self.written as u64 * mode.file_len();
         write!(
             f,
-            "{dir}: {mode} complete: wrote {} files, {}; kept {} existing files; ",
-            self.written,
+            "{dir}: {mode} complete: wrote {}, {}; kept {} from before; wrote {MANIFEST_FILE_NAME}",
+            count(self.written, "file"),
             throughput(bytes, self.writing),
-            self.kept
-        )?;
-        if self.stale_removed > 0 {
-            write!(
-                f,
-                "removed {} temporary files of an interrupted run; ",
-                self.stale_removed
-            )?;
-        }
-        write!(f, "wrote {MANIFEST_FILE_NAME}")
+            count(self.kept, "file"),
+        )
     }
 }
 
@@ -126,12 +118,20 @@ pub fn generate(args: &GenerateArgs, output: ProgressOutput) -> Result<Generated
     check_space(&dir, mode, survey.missing.len())?;
 
     output.note(&format!(
-        "generating {} of the {} {mode} files ({}) in {} with {jobs} jobs; {} already complete",
+        "generating {} of the {} {mode} files ({}) in {} with {}; {} already complete{}",
         survey.missing.len(),
         mode.file_count(),
         HumanBytes(survey.missing.len() as u64 * mode.file_len()),
         args.dir.display(),
+        count(jobs.get(), "job"),
         survey.present.len(),
+        match generated.stale_removed {
+            0 => String::new(),
+            removed => format!(
+                "; removed {} left by an interrupted run",
+                count(removed, "temporary file")
+            ),
+        },
     ));
     let (new_digests, writing) =
         write_files(&dir, mode, &survey.missing, jobs, owner.as_ref(), output)?;
@@ -238,10 +238,11 @@ fn check_space(dir: &SecretDir, mode: Mode, missing: usize) -> Result<(), Comman
     let needed = space_needed(mode, missing, available.block_size);
     if needed.bytes > available.bytes || needed.inodes > available.inodes {
         return Err(CommandError(format!(
-            "{}: not enough space for {missing} {mode} files and the manifest: they need {} bytes ({}) \
+            "{}: not enough space for {} and the manifest: they need {} bytes ({}) \
              and {} inodes, the filesystem has {} bytes ({}) and {} inodes available; nothing was written. \
              Free space or use a larger volume, then run again",
             dir.path().display(),
+            count(missing, &format!("{mode} file")),
             needed.bytes,
             HumanBytes(needed.bytes),
             needed.inodes,

@@ -115,13 +115,23 @@ fn plain_line(label: &str, bar: &ProgressBar) -> String {
     )
 }
 
-/// `bytes` over `elapsed`, for summaries: "2.00 GiB in 7s (292.57 MiB/s)".
+/// `bytes` over `elapsed`, for summaries: "2.00 GiB in 7.3 s (280.55 MiB/s)".
 pub fn throughput(bytes: u64, elapsed: Duration) -> String {
-    let per_second = bytes as f64 / elapsed.as_secs_f64().max(1e-9);
+    let seconds = elapsed.as_secs_f64();
+    let time = if seconds < 100.0 {
+        format!("{seconds:.1} s")
+    } else {
+        HumanDuration(elapsed).to_string()
+    };
+    let per_second = bytes as f64 / seconds.max(1e-9);
     format!(
-        "{} in {} ({}/s)",
+        "{} in {time} ({}/s)",
         HumanBytes(bytes),
-        HumanDuration(elapsed),
         HumanBytes(per_second as u64)
     )
+}
+
+/// "1 file", "2 files".
+pub fn count(number: usize, noun: &str) -> String {
+    format!("{number} {noun}{}", if number == 1 { "" } else { "s" })
 }

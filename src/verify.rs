@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::jobs;
 use crate::layout::{Mode, MANIFEST_FILE_NAME};
 use crate::manifest::{Manifest, ManifestFile};
-use crate::progress::{throughput, Progress, ProgressOutput};
+use crate::progress::{count, throughput, Progress, ProgressOutput};
 use crate::secret_dir::{CommandError, FileError};
 
 /// Bytes read at a time while hashing.
@@ -51,10 +51,9 @@ impl std::fmt::Display for Verified {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: all {} {} files match {MANIFEST_FILE_NAME} (written {} by {}); read {}",
+            "{}: every file matches {MANIFEST_FILE_NAME} ({}, written {} by {}); read {}",
             self.dir.display(),
-            self.files,
-            self.mode,
+            count(self.files, &format!("{} file", self.mode)),
             self.manifest_created,
             self.manifest_tool,
             throughput(self.bytes, self.elapsed)
@@ -201,7 +200,9 @@ mod tests {
             (verified.mode, verified.files, verified.bytes),
             (Mode::Mode16, 1, 2 << 20)
         );
-        assert!(verified.to_string().contains("all 1 MODE16 files match"));
+        assert!(verified
+            .to_string()
+            .contains("every file matches cryptoserver.manifest (1 MODE16 file,"));
     }
 
     #[test]
