@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod ci;
 mod dev;
+mod dist;
 mod process;
 mod secrets;
 
@@ -29,6 +30,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Print a new bearer token and the line that allows it in CRYPTOSERVER_TOKENS_FILE
     GenToken,
+    /// Build the release tarball the Packer image installs (binaries, systemd units, first-boot script)
+    Dist(dist::DistArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Task::GenSecrets(args) => secrets::gen_secrets(&args),
         Task::VerifySecrets(args) => secrets::verify_secrets(&args),
         Task::Bench(args) => bench::run_bench(&args),
+        Task::Dist(args) => dist::run_dist(&args),
         Task::GenToken => {
             let (token, line) = cryptoserver::access::generate_token()
                 .map_err(|error| anyhow::anyhow!("the OS random generator failed: {error}"))?;
