@@ -1,0 +1,68 @@
+#!/bin/bash
+# Packer runs this as root on the build instance, after the install: it closes every
+# way into an instance launched from the image except the cryptoserver port. Packer's
+# own SSH session keeps working until remove-build-access.sh, the very last step.
+set -euo pipefail
+
+log() { echo "close-doors: $*" >&2; }
+fail() {
+    echo "close-doors: error: $*" >&2
+    exit 1
+}
+installed() { dpkg-query --show --showformat='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# SSH: masked (not only disabled), so that no package update or preset can start it.
+# The running daemon serves Packer until the instance stops.
+systemctl disable ssh.service ssh.socket 2>/dev/null || true
+systemctl mask ssh.service ssh.socket sshd.service
+rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+
+# Remote command channels that do not need SSH, or that feed it keys.
+for package in amazon-ssm-agent ec2-instance-connect ec2-instance-connect-config; do
+    if installed "$package"; then
+        log "removing $package"
+        DEBIAN_FRONTEND=noninteractive apt-get purge --yes "$package"
+    fi
+done
+if command -v snap >/dev/null && snap list amazon-ssm-agent >/dev/null 2>&1; then
+    snap remove --purge amazon-ssm-agent
+fi
+systemctl mask amazon-ssm-agent.service snap.amazon-ssm-agent.amazon-ssm-agent.service
+
+# Consoles: the EC2 serial console and any virtual terminal get no login prompt.
+systemctl mask serial-getty@.service getty@.service console-getty.service
+
+# cloud-init creates no user and installs no SSH key from the instance metadata.
+cat >/etc/cloud/cloud.cfg.d/99-cryptoserver-no-login.cfg <<'EOF'
+# cryptoserver: this host has no login of any kind.
+users: []
+disable_root: true
+ssh_pwauth: false
+allow_public_ssh_keys: false
+ssh_deletekeys: true
+ssh_genkeytypes: []
+EOF
+
+# No account keeps a password (the build user is locked by remove-build-access.sh).
+passwd --lock root >/dev/null
+
+# The image ships no secret and no trace of this build.
+if [[ -n $(ls -A /secrets) ]]; then
+    fail "/secrets is not empty; the image must not carry secrets"
+fi
+cloud-init clean --logs
+truncate --size=0 /etc/machine-id
+journalctl --rotate --vacuum-time=1s >/dev/null 2>&1 || true
+
+# Prove it: each door is shut, or the build fails here.
+for unit in ssh.service ssh.socket sshd.service amazon-ssm-agent.service serial-getty@.service getty@.service; do
+    [[ $(readlink "/etc/systemd/system/$unit") == /dev/null ]] || fail "$unit is not masked"
+done
+for package in amazon-ssm-agent ec2-instance-connect; do
+    ! installed "$package" || fail "$package is still installed"
+done
+! command -v amazon-ssm-agent >/dev/null || fail "an amazon-ssm-agent binary is still installed"
+for unit in cryptoserver-secrets.service cryptoserver.service; do
+    systemctl is-enabled --quiet "$unit" || fail "$unit is not enabled"
+done
+log "every door is closed but Packer's own session"
