@@ -112,9 +112,10 @@ def unmount(mountpoint):
 
 
 @contextlib.contextmanager
-def loop_ext4(tmp_path, size):
-    """An ext4 filesystem of `size` bytes on a sparse image file, loop-mounted: only what is
-    written to it takes real disk space, so it can be as large as MODE32 needs."""
+def loop_ext4(tmp_path, size, inodes):
+    """An ext4 filesystem of `size` bytes and `inodes` inodes on a sparse image file,
+    loop-mounted: only what is written to it takes real disk space, so it can be as
+    large as MODE32 needs."""
     image = tmp_path / "filesystem.img"
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
@@ -122,11 +123,12 @@ def loop_ext4(tmp_path, size):
         file.truncate(size)
     try:
         subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(image)],
+            ["mkfs.ext4", "-q", "-F", "-m", "0", "-N", str(inodes), "-E", "lazy_itable_init=1,lazy_journal_init=1", str(image)],
             check=True,
             capture_output=True,
         )
-        subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True, capture_output=True)
+        # noinit_itable: no background zeroing of inode tables, which would fill the image.
+        subprocess.run(["mount", "-o", "loop,noinit_itable", str(image), str(mountpoint)], check=True, capture_output=True)
         try:
             yield mountpoint
         finally:
