@@ -1,0 +1,238 @@
+# One sealed cryptoserver host: an instance nobody can log into (no key pair, no SSH,
+# no SSM, IMDSv2 only, no public IP, termination protection) and a separate encrypted
+# volume on which the instance generates its secrets at first boot. The volume outlives
+# the instance: replacing the instance (new image, new settings) keeps the secrets.
+
+data "aws_subnet" "this" {
+  id = var.subnet_id
+}
+
+data "aws_partition" "current" {}
+
+locals {
+  mode = upper(var.mode)
+  tags = merge(var.tags, { "cryptoserver:name" = var.name })
+
+  tokens_file = "/etc/cryptoserver/tokens"
+  ports       = merge({ service = var.port }, var.metrics_port == null ? {} : { metrics = var.metrics_port })
+  # One egress rule for all the allowed networks, or none.
+  egress_cidr_blocks = length(var.egress_cidr_blocks) == 0 ? [] : [var.egress_cidr_blocks]
+
+  # /etc/cryptoserver/env, read by both systemd units. Nothing in it is secret.
+  environment = merge(
+    var.environment,
+    {
+      CRYPTOSERVER_MODE              = local.mode
+      CRYPTOSERVER_BIND              = "0.0.0.0:${var.port}"
+      CRYPTOSERVER_SECRETS_VOLUME_ID = aws_ebs_volume.secrets.id
+      CRYPTOSERVER_SECRETS_VERIFY    = var.verify_secrets_on_boot
+    },
+    length(var.token_sha256_digests) == 0 ? {} : { CRYPTOSERVER_TOKENS_FILE = local.tokens_file },
+    var.metrics_port == null ? {} : { CRYPTOSERVER_METRICS_BIND = "0.0.0.0:${var.metrics_port}" },
+  )
+
+  config_files = concat(
+    [{
+      path        = "/etc/cryptoserver/env"
+      owner       = "root:root"
+      permissions = "0644"
+      content     = join("", [for key in sort(keys(local.environment)) : "${key}=${local.environment[key]}\n"])
+    }],
+    length(var.token_sha256_digests) == 0 ? [] : [{
+      path        = local.tokens_file
+      owner       = "root:cryptoserver"
+      permissions = "0640"
+      content     = join("", [for digest in var.token_sha256_digests : "${digest}\n"])
+    }],
+  )
+  user_data = "#cloud-config\n${yamlencode({ write_files = local.config_files })}"
+}
+
+resource "aws_ebs_volume" "secrets" {
+  availability_zone = data.aws_subnet.this.availability_zone
+  size              = var.data_volume_size
+  type              = var.data_volume_type
+  iops              = var.data_volume_iops
+  throughput        = var.data_volume_throughput
+  snapshot_id       = var.data_volume_snapshot_id
+  encrypted         = true
+  kms_key_id        = var.kms_key_arn
+
+  tags = merge(local.tags, {
+    Name                  = "${var.name}-secrets"
+    "cryptoserver:backup" = var.name
+  })
+
+  # The secrets are never rotated: losing this volume breaks every MAC ever made with
+  # it. No plan may delete it; see the README for the deliberate way to do so.
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+resource "aws_security_group" "this" {
+  name_prefix            = "${var.name}-"
+  description            = "cryptoserver ${var.name}: the service port from the named clients, nothing else"
+  vpc_id                 = data.aws_subnet.this.vpc_id
+  revoke_rules_on_delete = true
+
+  dynamic "ingress" {
+    for_each = local.ports
+    content {
+      description      = "cryptoserver ${ingress.key} port from the allowed clients"
+      protocol         = "tcp"
+      from_port        = ingress.value
+      to_port          = ingress.value
+      cidr_blocks      = var.allowed_cidr_blocks
+      ipv6_cidr_blocks = var.allowed_ipv6_cidr_blocks
+      security_groups  = var.allowed_security_group_ids
+    }
+  }
+
+  # Given as an attribute, the list is authoritative: an egress rule added outside
+  # Terraform is removed at the next apply. Empty by default: the host needs none.
+  egress = [for cidr_blocks in(length(var.egress_cidr_blocks) == 0 ? [] : [var.egress_cidr_blocks]) : {
+    description      = "connections the operator allowed (egress_cidr_blocks)"
+    protocol         = "-1"
+    from_port        = 0
+    to_port          = 0
+    cidr_blocks      = cidr_blocks
+    ipv6_cidr_blocks = []
+    prefix_list_ids  = []
+    security_groups  = []
+    self             = false
+  }]
+
+  tags = merge(local.tags, { Name = var.name })
+
+  lifecycle {
+    create_before_destroy = true
+
+    precondition {
+      condition     = length(var.allowed_cidr_blocks) + length(var.allowed_ipv6_cidr_blocks) + length(var.allowed_security_group_ids) > 0
+      error_message = "No client could reach the service: set allowed_cidr_blocks, allowed_ipv6_cidr_blocks or allowed_security_group_ids."
+    }
+  }
+}
+
+resource "aws_instance" "this" {
+  # checkov:skip=CKV2_AWS_41:No instance profile on purpose: the server calls no AWS API, and credentials on a host nobody can log into would only serve an attacker who got in.
+  ami                         = var.ami_id
+  instance_type               = var.instance_type
+  subnet_id                   = var.subnet_id
+  vpc_security_group_ids      = [aws_security_group.this.id]
+  associate_public_ip_address = false
+  # Guards against terminating it by hand; Terraform itself lifts it to replace the instance.
+  disable_api_termination              = true
+  instance_initiated_shutdown_behavior = "stop"
+  ebs_optimized                        = true
+  monitoring                           = var.detailed_monitoring
+  user_data                            = local.user_data
+  # cloud-init writes the files once per instance: new settings take a new instance.
+  user_data_replace_on_change = true
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  root_block_device {
+    volume_type           = "gp3"
+    volume_size           = var.root_volume_size
+    encrypted             = true
+    kms_key_id            = var.kms_key_arn
+    delete_on_termination = true
+    tags                  = merge(local.tags, { Name = "${var.name}-root" })
+  }
+
+  tags = merge(local.tags, {
+    Name                  = var.name
+    "cryptoserver:sealed" = "true"
+  })
+}
+
+# Attached after the instance starts; the first-boot script waits for it. Being a
+# separate attachment, it has DeleteOnTermination=false: terminating the instance
+# never deletes the secrets.
+resource "aws_volume_attachment" "secrets" {
+  device_name = "/dev/sdf"
+  volume_id   = aws_ebs_volume.secrets.id
+  instance_id = aws_instance.this.id
+  # Detaching a mounted volume from a running instance can hang or corrupt it.
+  stop_instance_before_detaching = true
+}
+
+# Optional backups: DLM snapshots the volume tagged cryptoserver:backup = name.
+resource "aws_iam_role" "dlm" {
+  count = var.enable_snapshot_backups ? 1 : 0
+
+  name_prefix = "${var.name}-dlm-"
+  description = "Lets Data Lifecycle Manager snapshot the secrets volume of cryptoserver ${var.name}"
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "dlm.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+    }]
+  })
+  tags = local.tags
+}
+
+resource "aws_iam_role_policy_attachment" "dlm" {
+  count = var.enable_snapshot_backups ? 1 : 0
+
+  role       = aws_iam_role.dlm[0].name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AWSDataLifecycleManagerServiceRole"
+}
+
+# With a customer managed key, snapshotting the volume needs the key too.
+resource "aws_iam_role_policy" "dlm_kms" {
+  count = var.enable_snapshot_backups && var.kms_key_arn != null ? 1 : 0
+
+  name_prefix = "${var.name}-kms-"
+  role        = aws_iam_role.dlm[0].id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect   = "Allow"
+      Action   = ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom", "kms:ReEncryptTo"]
+      Resource = var.kms_key_arn
+    }]
+  })
+}
+
+resource "aws_dlm_lifecycle_policy" "secrets" {
+  count = var.enable_snapshot_backups ? 1 : 0
+
+  # DLM allows only letters, digits, spaces, dashes and underscores in these names.
+  description        = "cryptoserver ${var.name} secrets volume snapshots"
+  execution_role_arn = aws_iam_role.dlm[0].arn
+  state              = "ENABLED"
+
+  policy_details {
+    resource_types = ["VOLUME"]
+    target_tags    = { "cryptoserver:backup" = var.name }
+
+    schedule {
+      name      = "every ${var.snapshot_interval_hours} hours keep ${var.snapshot_retain_count}"
+      copy_tags = true
+
+      create_rule {
+        interval      = var.snapshot_interval_hours
+        interval_unit = "HOURS"
+        times         = [var.snapshot_time]
+      }
+
+      retain_rule {
+        count = var.snapshot_retain_count
+      }
+
+      tags_to_add = { "cryptoserver:snapshot-of" = "secrets" }
+    }
+  }
+
+  tags = local.tags
+}

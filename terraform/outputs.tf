@@ -1,0 +1,39 @@
+output "instance_id" {
+  description = "ID of the sealed instance (for `cargo xtask audit --instance-id`)."
+  value       = aws_instance.this.id
+}
+
+output "private_ip" {
+  description = "Private IPv4 address of the instance; it has no public one."
+  value       = aws_instance.this.private_ip
+}
+
+output "endpoint" {
+  description = "Base URL of the service: POST /hmac, POST /verify, GET /healthz, GET /readyz."
+  value       = "${contains(keys(var.environment), "CRYPTOSERVER_TLS_CERT") ? "https" : "http"}://${aws_instance.this.private_ip}:${var.port}"
+}
+
+output "metrics_endpoint" {
+  description = "URL of the Prometheus metrics, or null when metrics_port is null."
+  value       = var.metrics_port == null ? null : "http://${aws_instance.this.private_ip}:${var.metrics_port}/metrics"
+}
+
+output "security_group_id" {
+  description = "ID of the instance's security group: its only ingress is the service port (and metrics_port) from the allowed clients."
+  value       = aws_security_group.this.id
+}
+
+output "data_volume_id" {
+  description = "ID of the encrypted EBS volume holding the secrets (`cargo xtask audit --secrets-volume`). It is never deleted by Terraform."
+  value       = aws_ebs_volume.secrets.id
+}
+
+output "availability_zone" {
+  description = "Availability zone of the instance and its secrets volume."
+  value       = aws_ebs_volume.secrets.availability_zone
+}
+
+output "snapshot_policy_id" {
+  description = "ID of the DLM snapshot policy, or null when enable_snapshot_backups is false."
+  value       = var.enable_snapshot_backups ? aws_dlm_lifecycle_policy.secrets[0].id : null
+}

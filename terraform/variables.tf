@@ -1,0 +1,299 @@
+variable "name" {
+  type        = string
+  default     = "cryptoserver"
+  description = "Name of this cryptoserver, used in resource names and tags. Unique per account and region: the snapshot policy selects the volume by it."
+
+  validation {
+    condition     = can(regex("^[a-zA-Z0-9][a-zA-Z0-9-]{0,31}$", var.name))
+    error_message = "name is 1 to 32 letters, digits or dashes, starting with a letter or digit (IAM role name prefixes are short)."
+  }
+}
+
+variable "ami_id" {
+  type        = string
+  description = "The cryptoserver image built by packer/cryptoserver.pkr.hcl (its id is in target/dist/packer-manifest.json). A new id replaces the instance; the secrets volume is kept."
+
+  validation {
+    condition     = can(regex("^ami-[0-9a-f]{8}([0-9a-f]{9})?$", var.ami_id))
+    error_message = "ami_id is an image id such as ami-0123456789abcdef0."
+  }
+}
+
+variable "subnet_id" {
+  type        = string
+  description = "Private subnet of the instance; its VPC and availability zone are used for the security group and the secrets volume."
+
+  validation {
+    condition     = can(regex("^subnet-[0-9a-f]{8}([0-9a-f]{9})?$", var.subnet_id))
+    error_message = "subnet_id is a subnet id such as subnet-0123456789abcdef0."
+  }
+}
+
+variable "instance_type" {
+  type        = string
+  default     = "m7i.large"
+  description = "x86_64 Nitro instance type. Nitro, because the first-boot script finds the secrets volume by its NVMe id."
+
+  validation {
+    condition     = !can(regex("^(t1|t2|m1|m2|m3|m4|c1|c3|c4|r3|r4|i2|d2|x1|x1e|g2|g3|p2|h1)\\.", var.instance_type))
+    error_message = "instance_type must be a Nitro type (m7i.large, c7i.large, t3.medium...): on Xen types the secrets volume has no NVMe id to find it by."
+  }
+  validation {
+    condition     = !can(regex("^[a-z]+[0-9]+g[a-z]*\\.", var.instance_type))
+    error_message = "instance_type must be x86_64: the image and its binaries are built for x86_64, not Graviton (arm64)."
+  }
+}
+
+variable "mode" {
+  type        = string
+  default     = "MODE32"
+  description = "How many secrets: MODE0 (one key), MODE16 (65,536 keys in 2 MiB) or MODE32 (2^32 keys, 128 GiB). Fixed for the life of the secrets volume."
+
+  validation {
+    condition     = contains(["MODE0", "MODE16", "MODE32"], upper(var.mode))
+    error_message = "mode is MODE0, MODE16 or MODE32."
+  }
+}
+
+variable "port" {
+  type        = number
+  default     = 8080
+  description = "TCP port the service listens on, the only port open to clients. At least 1024: the server runs without any capability."
+
+  validation {
+    condition     = var.port == floor(var.port) && var.port >= 1024 && var.port <= 65535
+    error_message = "port is a whole number from 1024 to 65535 (the server has no capability to bind lower ports)."
+  }
+}
+
+variable "allowed_cidr_blocks" {
+  type        = list(string)
+  default     = []
+  description = "IPv4 networks of the clients allowed to reach the service port."
+
+  validation {
+    condition     = alltrue([for cidr in var.allowed_cidr_blocks : can(cidrnetmask(cidr))])
+    error_message = "allowed_cidr_blocks holds IPv4 CIDR blocks such as 10.0.0.0/16."
+  }
+}
+
+variable "allowed_ipv6_cidr_blocks" {
+  type        = list(string)
+  default     = []
+  description = "IPv6 networks of the clients allowed to reach the service port (the subnet must have IPv6)."
+
+  validation {
+    condition     = alltrue([for cidr in var.allowed_ipv6_cidr_blocks : can(cidrhost(cidr, 0)) && strcontains(cidr, ":")])
+    error_message = "allowed_ipv6_cidr_blocks holds IPv6 CIDR blocks such as 2001:db8::/56."
+  }
+}
+
+variable "allowed_security_group_ids" {
+  type        = list(string)
+  default     = []
+  description = "Security groups of the clients allowed to reach the service port."
+
+  validation {
+    condition     = alltrue([for id in var.allowed_security_group_ids : can(regex("^sg-[0-9a-f]{8}([0-9a-f]{9})?$", id))])
+    error_message = "allowed_security_group_ids holds security group ids such as sg-0123456789abcdef0."
+  }
+}
+
+variable "metrics_port" {
+  type        = number
+  default     = null
+  description = "Port of the Prometheus metrics endpoint (GET /metrics, no token), open to the same clients as the service; null serves no metrics."
+
+  validation {
+    condition     = var.metrics_port == null || try(var.metrics_port == floor(var.metrics_port) && var.metrics_port >= 1024 && var.metrics_port <= 65535 && var.metrics_port != var.port, false)
+    error_message = "metrics_port is null, or a whole number from 1024 to 65535 other than port."
+  }
+}
+
+variable "token_sha256_digests" {
+  type        = list(string)
+  default     = []
+  description = "SHA-256 digests (hex) of the bearer tokens clients must send, one per client, as printed by `cargo xtask gen-token`. Empty: no token is needed, the security group is the only gate. Digests are not secret; the tokens never reach AWS."
+
+  validation {
+    condition     = alltrue([for digest in var.token_sha256_digests : can(regex("^[0-9a-f]{64}$", digest))])
+    error_message = "token_sha256_digests holds 64 lower-case hex digits per token, the line `cargo xtask gen-token` prints for the tokens file."
+  }
+}
+
+variable "environment" {
+  type        = map(string)
+  default     = {}
+  description = "Further server settings (README.md, Configuration), such as CRYPTOSERVER_RATE_LIMIT = \"200:1000\". Never a secret: user data is readable by anyone who can describe the instance."
+
+  validation {
+    condition     = alltrue([for key, value in var.environment : can(regex("^(CRYPTOSERVER_[A-Z_]+|RUST_LOG)$", key)) && !strcontains(value, "\n")])
+    error_message = "environment keys are CRYPTOSERVER_* settings or RUST_LOG, and values are single lines."
+  }
+  validation {
+    condition     = length(setintersection(keys(var.environment), ["CRYPTOSERVER_MODE", "CRYPTOSERVER_BIND", "CRYPTOSERVER_SECRETDIR", "CRYPTOSERVER_TOKENS_FILE", "CRYPTOSERVER_METRICS_BIND", "CRYPTOSERVER_SECRETS_VOLUME_ID", "CRYPTOSERVER_SECRETS_DEVICE", "CRYPTOSERVER_SECRETS_VERIFY"])) == 0
+    error_message = "environment cannot set what the module manages: use mode, port, token_sha256_digests, metrics_port and verify_secrets_on_boot instead."
+  }
+}
+
+variable "data_volume_size" {
+  type        = number
+  default     = 160
+  description = "Size of the secrets volume in GiB. MODE32 needs at least 130 (128 GiB of secrets in ext4); MODE0 and MODE16 need 1."
+
+  validation {
+    condition     = var.data_volume_size == floor(var.data_volume_size) && var.data_volume_size >= (upper(var.mode) == "MODE32" ? 130 : 1) && var.data_volume_size <= 65536
+    error_message = "data_volume_size is too small for the mode: MODE32 writes 65,536 files of 2 MiB (128 GiB) and needs at least 130 GiB; MODE0 and MODE16 need 1 GiB; the largest volume is 65536 GiB."
+  }
+  validation {
+    condition     = !contains(["io1", "io2"], var.data_volume_type) || var.data_volume_size >= 4
+    error_message = "io1 and io2 volumes are at least 4 GiB."
+  }
+}
+
+variable "data_volume_type" {
+  type        = string
+  default     = "gp3"
+  description = "EBS type of the secrets volume: gp3, gp2, io1 or io2. st1 and sc1 are refused: MODE32 reads 32 random bytes per request, which HDD volumes serve at a few hundred IOPS (see README)."
+
+  validation {
+    condition     = contains(["gp3", "gp2", "io1", "io2"], var.data_volume_type)
+    error_message = "data_volume_type is gp3, gp2, io1 or io2; st1 and sc1 serve random reads far too slowly for MODE32 (see the module README)."
+  }
+}
+
+variable "data_volume_iops" {
+  type        = number
+  default     = null
+  description = "Provisioned IOPS of the secrets volume: required for io1 and io2; optional for gp3 (null: its baseline 3000). In MODE32 each request that misses the page cache is one random read, so IOPS bound the request rate."
+
+  validation {
+    condition     = var.data_volume_iops == null || try(var.data_volume_iops >= 100 && var.data_volume_iops <= 256000, false)
+    error_message = "data_volume_iops is null or from 100 to 256000."
+  }
+  validation {
+    condition     = !contains(["io1", "io2"], var.data_volume_type) || var.data_volume_iops != null
+    error_message = "io1 and io2 volumes need data_volume_iops."
+  }
+  validation {
+    condition     = var.data_volume_iops == null || contains(["gp3", "io1", "io2"], var.data_volume_type)
+    error_message = "data_volume_iops applies to gp3, io1 and io2 only."
+  }
+}
+
+variable "data_volume_throughput" {
+  type        = number
+  default     = null
+  description = "Throughput of a gp3 secrets volume in MiB/s, 125 to 2000 as AWS allows (null: the baseline 125). Generating MODE32 writes 128 GiB once: about 18 minutes at 125 MiB/s, and every verifying boot reads it back."
+
+  validation {
+    condition     = var.data_volume_throughput == null || try(var.data_volume_throughput >= 125 && var.data_volume_throughput <= 2000 && var.data_volume_type == "gp3", false)
+    error_message = "data_volume_throughput is null, or 125 to 2000 MiB/s on a gp3 volume."
+  }
+}
+
+variable "data_volume_snapshot_id" {
+  type        = string
+  default     = null
+  description = "Snapshot to create the secrets volume from, to restore a backup (see README, Backups). null: a blank volume, on which the instance generates new secrets."
+
+  validation {
+    condition     = var.data_volume_snapshot_id == null || can(regex("^snap-[0-9a-f]{8}([0-9a-f]{9})?$", var.data_volume_snapshot_id))
+    error_message = "data_volume_snapshot_id is null or a snapshot id such as snap-0123456789abcdef0."
+  }
+}
+
+variable "kms_key_arn" {
+  type        = string
+  default     = null
+  description = "ARN of the KMS key encrypting the root volume, the secrets volume and its snapshots. null: the account's default EBS key (aws/ebs). A customer managed key lets its key policy decide who can ever read a snapshot."
+
+  validation {
+    condition     = var.kms_key_arn == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/", var.kms_key_arn))
+    error_message = "kms_key_arn is null or a KMS key ARN such as arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab."
+  }
+}
+
+variable "root_volume_size" {
+  type        = number
+  default     = 8
+  description = "Size of the encrypted root volume in GiB (the image needs 8)."
+
+  validation {
+    condition     = var.root_volume_size == floor(var.root_volume_size) && var.root_volume_size >= 8 && var.root_volume_size <= 1024
+    error_message = "root_volume_size is a whole number of GiB from 8 to 1024."
+  }
+}
+
+variable "verify_secrets_on_boot" {
+  type        = string
+  default     = "always"
+  description = "always: re-hash every secret against its manifest at every boot before serving (MODE32 reads 128 GiB: about 18 minutes at gp3's baseline throughput). after-generate: only after the boot that wrote them."
+
+  validation {
+    condition     = contains(["always", "after-generate"], var.verify_secrets_on_boot)
+    error_message = "verify_secrets_on_boot is always or after-generate."
+  }
+}
+
+variable "detailed_monitoring" {
+  type        = bool
+  default     = true
+  description = "CloudWatch metrics every minute instead of every five (a small charge)."
+}
+
+variable "egress_cidr_blocks" {
+  type        = list(string)
+  default     = []
+  description = "Networks the instance may open connections to. The service needs none (Amazon DNS and time sync are link-local); a proxy or NAT for OS updates would go here."
+
+  validation {
+    condition     = alltrue([for cidr in var.egress_cidr_blocks : can(cidrnetmask(cidr))])
+    error_message = "egress_cidr_blocks holds IPv4 CIDR blocks such as 10.0.0.0/16."
+  }
+}
+
+variable "enable_snapshot_backups" {
+  type        = bool
+  default     = false
+  description = "Snapshot the secrets volume on a schedule with a DLM lifecycle policy. Off by default: every snapshot is a full copy of the secrets, readable by whoever can use the KMS key and create a volume from it (see README, Backups)."
+}
+
+variable "snapshot_interval_hours" {
+  type        = number
+  default     = 24
+  description = "Hours between snapshots when enable_snapshot_backups is true."
+
+  validation {
+    condition     = contains([1, 2, 3, 4, 6, 8, 12, 24], var.snapshot_interval_hours)
+    error_message = "snapshot_interval_hours is 1, 2, 3, 4, 6, 8, 12 or 24 (what DLM supports)."
+  }
+}
+
+variable "snapshot_time" {
+  type        = string
+  default     = "03:00"
+  description = "UTC time (HH:MM) of the first snapshot of each day when enable_snapshot_backups is true."
+
+  validation {
+    condition     = can(regex("^([01][0-9]|2[0-3]):[0-5][0-9]$", var.snapshot_time))
+    error_message = "snapshot_time is a UTC time such as 03:00."
+  }
+}
+
+variable "snapshot_retain_count" {
+  type        = number
+  default     = 7
+  description = "How many snapshots to keep when enable_snapshot_backups is true; older ones are deleted."
+
+  validation {
+    condition     = var.snapshot_retain_count == floor(var.snapshot_retain_count) && var.snapshot_retain_count >= 1 && var.snapshot_retain_count <= 1000
+    error_message = "snapshot_retain_count is a whole number from 1 to 1000."
+  }
+}
+
+variable "tags" {
+  type        = map(string)
+  default     = {}
+  description = "Tags added to every resource."
+}

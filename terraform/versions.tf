@@ -1,0 +1,11 @@
+terraform {
+  # 1.9: variable validations that refer to other variables (the volume size to the mode).
+  required_version = ">= 1.9.0"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.0.0, < 7.0.0"
+    }
+  }
+}
