@@ -45,5 +45,5 @@ if [[ $root == / ]]; then
     systemctl daemon-reload
 fi
 systemctl "${on_root[@]}" enable cryptoserver-secrets.service cryptoserver.service
-echo "installed cryptoserver $("$root/usr/local/bin/cryptoserver-secrets" --version) into $root;" \
+echo "installed $("$root/usr/local/bin/cryptoserver" --version) into $root;" \
     "write /etc/cryptoserver/env (see env.example) before the next boot" >&2

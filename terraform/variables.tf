@@ -296,4 +296,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
   description = "Tags added to every resource."
+
+  validation {
+    condition     = alltrue([for key, value in var.tags : length(key) <= 128 && length(value) <= 256 && !startswith(lower(key), "aws:") && !startswith(key, "cryptoserver:")])
+    error_message = "tags keys are at most 128 characters and values 256; keys starting with aws: are AWS's and cryptoserver: the module's own."
+  }
 }

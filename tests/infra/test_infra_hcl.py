@@ -1,0 +1,234 @@
+"""Every Terraform and Packer file parses (python-hcl2), and the sealed host's promises
+hold in what they say: no way in but the service port, IMDSv2 only, encrypted volumes,
+secrets that no plan deletes."""
+
+import re
+
+import pytest
+
+from infra_tools import (
+    DEPLOY,
+    PACKER,
+    REPO,
+    TERRAFORM,
+    blocks,
+    hcl_files,
+    parse_hcl,
+    resources,
+    terraform_files,
+)
+
+
+@pytest.fixture(scope="module")
+def module():
+    """The module's own files (not its examples), merged."""
+    merged = {}
+    for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf"):
+        for kind, entries in parse_hcl(TERRAFORM / name).items():
+            merged.setdefault(kind, []).extend(entries)
+    return merged
+
+
+@pytest.fixture(scope="module")
+def packer():
+    return parse_hcl(PACKER / "cryptoserver.pkr.hcl")
+
+
+def single(mapping):
+    assert len(mapping) == 1, mapping
+    return next(iter(mapping.values()))
+
+
+def test_every_hcl_file_parses():
+    files = hcl_files()
+    assert {path.relative_to(REPO).as_posix() for path in files} >= {
+        "terraform/main.tf",
+        "terraform/variables.tf",
+        "terraform/outputs.tf",
+        "terraform/versions.tf",
+        "terraform/examples/basic/main.tf",
+        "packer/cryptoserver.pkr.hcl",
+    }
+    for path in files:
+        assert parse_hcl(path), path
+
+
+def test_no_key_pair_anywhere():
+    for path in hcl_files():
+        assert not re.search(r"^\s*key_name\s*=", path.read_text(), re.MULTILINE), path
+    for path in terraform_files():
+        assert not resources(parse_hcl(path), "aws_key_pair"), path
+
+
+def test_the_instance_is_sealed(module):
+    instance = single(resources(module, "aws_instance"))
+    assert "key_name" not in instance
+    assert instance["associate_public_ip_address"] is False
+    assert instance["disable_api_termination"] is True
+    assert "iam_instance_profile" not in instance
+    assert instance["tags"].count('"cryptoserver:sealed" = "true"') == 1
+    metadata = single({0: instance["metadata_options"]})[0]
+    assert metadata["http_tokens"] == "required"
+    assert metadata["http_put_response_hop_limit"] == 1
+    assert "ebs_block_device" not in instance, "the secrets volume is a separate attachment"
+    assert instance["user_data_replace_on_change"] is True
+
+
+def test_volumes_are_encrypted_and_the_secrets_cannot_be_destroyed(module):
+    instance = single(resources(module, "aws_instance"))
+    assert instance["root_block_device"][0]["encrypted"] is True
+    volume = single(resources(module, "aws_ebs_volume"))
+    assert volume["encrypted"] is True
+    assert volume["kms_key_id"] == "${var.kms_key_arn}"
+    assert volume["lifecycle"][0]["prevent_destroy"] is True
+    attachment = single(resources(module, "aws_volume_attachment"))
+    assert attachment["volume_id"] == "${aws_ebs_volume.secrets.id}"
+    assert attachment["instance_id"] == "${aws_instance.this.id}"
+    assert attachment["stop_instance_before_detaching"] is True
+
+
+def test_user_data_passes_mode_port_and_volume_id(module):
+    local = {key: value for block in module["locals"] for key, value in block.items()}
+    environment = local["environment"]
+    assert "CRYPTOSERVER_MODE = local.mode" in environment
+    assert 'CRYPTOSERVER_BIND = "0.0.0.0:${var.port}"' in environment
+    assert "CRYPTOSERVER_SECRETS_VOLUME_ID = aws_ebs_volume.secrets.id" in environment
+    assert "/etc/cryptoserver/env" in local["config_files"]
+    assert local["user_data"].startswith("#cloud-config")
+    instance = single(resources(module, "aws_instance"))
+    assert instance["user_data"] == "${local.user_data}"
+
+
+def test_variable_defaults(module):
+    variables = blocks(module, "variable")
+    assert variables["data_volume_size"]["default"] == 160
+    assert variables["data_volume_type"]["default"] == "gp3"
+    assert variables["mode"]["default"] == "MODE32"
+    assert variables["enable_snapshot_backups"]["default"] is False
+    assert variables["egress_cidr_blocks"]["default"] == []
+
+
+def test_every_variable_is_typed_described_and_validated(module):
+    for name, variable in blocks(module, "variable").items():
+        assert variable.get("type"), name
+        assert len(variable.get("description", "")) > 20, name
+        # A boolean has nothing to validate.
+        if variable["type"] != "bool":
+            assert variable.get("validation"), f"variable {name} has no validation"
+
+
+def test_volume_size_is_validated_against_the_mode(module):
+    size = blocks(module, "variable")["data_volume_size"]
+    conditions = " ".join(rule["condition"] for rule in size["validation"])
+    assert "var.mode" in conditions and "130" in conditions
+
+
+def test_every_output_is_described(module):
+    outputs = blocks(module, "output")
+    assert set(outputs) >= {"instance_id", "private_ip", "endpoint", "security_group_id", "data_volume_id"}
+    for name, output in outputs.items():
+        assert output.get("description"), name
+
+
+def test_the_only_ingress_is_the_service_port_and_no_egress_by_default(module):
+    for kind in ("aws_security_group_rule", "aws_vpc_security_group_ingress_rule", "aws_vpc_security_group_egress_rule"):
+        assert not resources(module, kind), f"{kind}: every rule belongs in the one security group"
+    group = single(resources(module, "aws_security_group"))
+    ingress = single({0: group["dynamic"]})[0]["ingress"]
+    assert ingress["for_each"] == "${local.ports}"
+    rule = ingress["content"][0]
+    assert rule["protocol"] == "tcp"
+    assert rule["from_port"] == rule["to_port"] == "${ingress.value}"
+    local = {key: value for block in module["locals"] for key, value in block.items()}
+    assert local["ports"] == "${merge({service = var.port}, var.metrics_port == null ? {} : {metrics = var.metrics_port})}"
+    # Both ports are validated to be 1024 or more, so neither can be 22.
+    variables = blocks(module, "variable")
+    for name in ("port", "metrics_port"):
+        condition = variables[name]["validation"][0]["condition"]
+        assert f"var.{name} >= 1024" in condition, condition
+    assert "egress_cidr_blocks" in group["egress"]
+    assert local["egress_cidr_blocks"].startswith("${length(var.egress_cidr_blocks) == 0 ? [] :")
+
+
+def test_snapshots_are_off_by_default_and_only_through_dlm(module):
+    for kind in ("aws_dlm_lifecycle_policy", "aws_iam_role"):
+        for name, body in resources(module, kind).items():
+            assert body["count"] == "${var.enable_snapshot_backups ? 1 : 0}", (kind, name)
+    for kind in ("aws_ebs_snapshot", "aws_ebs_snapshot_copy", "aws_backup_plan"):
+        assert not resources(module, kind), kind
+
+
+def test_examples_call_the_module(module):
+    for example in ("basic", "complete"):
+        call = blocks(parse_hcl(TERRAFORM / "examples" / example / "main.tf"), "module")["cryptoserver"]
+        assert call["source"] == "../.."
+        required = {name for name, variable in blocks(module, "variable").items() if "default" not in variable}
+        assert required <= set(call), (example, required - set(call))
+
+
+def test_packer_builds_from_a_current_official_image(packer):
+    plugin = packer["packer"][0]["required_plugins"][0]["amazon"]
+    assert plugin["source"] == "github.com/hashicorp/amazon"
+    source = packer["source"][0]["amazon-ebs"]["cryptoserver"]
+    ami_filter = source["source_ami_filter"][0]
+    assert ami_filter["most_recent"] is True
+    assert ami_filter["owners"] == ["${var.base_image_owner}"]
+    assert ami_filter["filters"]["name"] == "${var.base_image_name_filter}"
+    variables = blocks(packer, "variable")
+    assert set(variables) >= {"region", "instance_type", "base_image_name_filter", "ami_name_prefix", "cryptoserver_version"}
+    assert source["imds_support"] == "v2.0"
+    assert source["metadata_options"][0]["http_tokens"] == "required"
+    assert source["temporary_security_group_source_public_ip"] is True
+    assert "ssh_keypair_name" not in source and "ssh_private_key_file" not in source
+
+
+def test_packer_base_image_matches_the_glibc_dist_checks(packer):
+    """`cargo xtask dist` checks the binaries against Debian 12's glibc: the image
+    must be built on Debian 12."""
+    name_filter = blocks(packer, "variable")["base_image_name_filter"]["default"]
+    assert name_filter.startswith("debian-12-")
+    dist = (REPO / "xtask/src/dist.rs").read_text()
+    assert 'const BASE_GLIBC: &str = "2.36";' in dist
+    assert 'const BASE_OS: &str = "Debian 12' in dist
+
+
+def test_packer_installs_the_release_then_closes_every_door_with_its_own_key_last(packer):
+    provisioners = packer["build"][0]["provisioner"]
+    kinds = [next(iter(step)) for step in provisioners]
+    assert kinds == ["file", "shell", "shell", "shell"]
+    upload = provisioners[0]["file"]
+    assert upload["source"] == "${local.dist_tarball}"
+    install = provisioners[1]["shell"]["inline"]
+    assert any("install.sh" in command for command in install)
+    assert not any("generate" in command for command in install), "the image holds no secret"
+    assert provisioners[2]["shell"]["script"] == "${path.root}/close-doors.sh"
+    last = provisioners[3]["shell"]
+    assert last["script"] == "${path.root}/remove-build-access.sh"
+    assert last["skip_clean"] is True
+
+    doors = (PACKER / "close-doors.sh").read_text()
+    for needed in ("systemctl mask ssh.service ssh.socket sshd.service", "amazon-ssm-agent", "ec2-instance-connect",
+                   "allow_public_ssh_keys: false", "users: []", "passwd --lock root", "/secrets is not empty"):
+        assert needed in doors, needed
+    key_removal = (PACKER / "remove-build-access.sh").read_text()
+    for needed in ("authorized_keys", "/etc/sudoers.d/90-cloud-init-users", "usermod --lock", 'rm -f -- "$0"'):
+        assert needed in key_removal, needed
+
+
+def test_units_run_what_the_installer_installs():
+    installer = (DEPLOY / "install.sh").read_text()
+    server = (DEPLOY / "systemd/cryptoserver.service").read_text()
+    secrets = (DEPLOY / "systemd/cryptoserver-secrets.service").read_text()
+    assert "ExecStart=/usr/local/bin/cryptoserver\n" in server
+    assert "ExecStart=/usr/local/sbin/cryptoserver-secrets-setup.sh\n" in secrets
+    assert '"$root/usr/local/bin/"' in installer and '"$root/usr/local/sbin/"' in installer
+    for needed in ("User=cryptoserver", "Requires=cryptoserver-secrets.service", "After=cryptoserver-secrets.service",
+                   "EnvironmentFile=/etc/cryptoserver/env", "Restart=on-failure", "LimitCORE=0",
+                   "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+                   "PrivateDevices=yes", "ReadOnlyPaths=-/secrets", "CapabilityBoundingSet=\n",
+                   "RestrictAddressFamilies=AF_INET AF_INET6", "SystemCallFilter=@system-service",
+                   "MemoryDenyWriteExecute=yes"):
+        assert needed in server, needed
+    # MODE32 keeps 65,536 files open plus room for connections.
+    limit = int(re.search(r"^LimitNOFILE=(\d+)$", server, re.MULTILINE).group(1))
+    assert limit >= 65536 + 4096

@@ -1,0 +1,235 @@
+"""The first-boot script, deploy/cryptoserver-secrets-setup.sh, run for real with the
+built `cryptoserver-secrets` on its PATH: against a plain directory, and against
+loop devices standing in for the EBS volume (formatted only when blank, mounted
+nosuid,nodev,noexec, left read-only, never formatted when it holds anything)."""
+
+import contextlib
+import os
+import pathlib
+import pwd
+import shutil
+import subprocess
+import uuid
+
+import pytest
+import requests
+
+from conftest import binary, running_server
+from infra_tools import DEPLOY
+
+SCRIPT = DEPLOY / "cryptoserver-secrets-setup.sh"
+OWNER = "nobody"
+
+needs_loop_devices = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("losetup") or not os.path.exists("/dev/loop-control"),
+    reason="needs root and loop devices (CI runs as root)",
+)
+
+
+def run_setup(secret_dir, mode="MODE16", device="none", **settings):
+    """Runs the script as systemd would: settings in the environment, the
+    generator on PATH, nothing else."""
+    env = {
+        "PATH": f"{binary('cryptoserver-secrets').parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "CRYPTOSERVER_SECRETDIR": str(secret_dir),
+        "CRYPTOSERVER_SECRETS_OWNER": OWNER,
+    }
+    if mode is not None:
+        env["CRYPTOSERVER_MODE"] = mode
+    if device is not None:
+        env["CRYPTOSERVER_SECRETS_DEVICE"] = str(device)
+    env.update({key: str(value) for key, value in settings.items()})
+    return subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+
+
+def snapshot(secret_dir):
+    """What a re-run must not change: the directory's mode and owner, and each secret
+    file's inode, metadata and bytes (an ext4 volume also holds its lost+found)."""
+    directory = os.stat(secret_dir)
+    files = {
+        path.name: (path.stat().st_ino, path.stat().st_mode, path.stat().st_uid, path.stat().st_mtime_ns, path.read_bytes())
+        for path in pathlib.Path(secret_dir).iterdir()
+        if path.is_file()
+    }
+    return directory.st_mode, directory.st_uid, files
+
+
+def unmount(mountpoint):
+    subprocess.run(["umount", mountpoint], check=True)
+
+
+def assert_ready(result, secret_dir, mode):
+    assert result.returncode == 0, result.stderr
+    assert f"the {mode} secrets in {secret_dir} are ready" in result.stderr
+    manifest = pathlib.Path(secret_dir) / "cryptoserver.manifest"
+    assert f'"mode": "{mode}"' in manifest.read_text() or f'"mode":"{mode}"' in manifest.read_text()
+    uid = pwd.getpwnam(OWNER).pw_uid
+    assert os.stat(secret_dir).st_uid == uid
+    assert os.stat(secret_dir).st_mode & 0o777 == 0o700
+
+
+def test_plain_directory_generates_verifies_and_a_second_run_changes_nothing(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    first = run_setup(secret_dir)
+    assert_ready(first, secret_dir, "MODE16")
+    assert "verifying every secret" in first.stderr
+    assert (secret_dir / "0000").stat().st_size == 2 * 1024 * 1024
+    before = snapshot(secret_dir)
+
+    second = run_setup(secret_dir)
+    assert_ready(second, secret_dir, "MODE16")
+    assert "nothing to do" in second.stderr
+    assert snapshot(secret_dir) == before
+
+
+def test_after_generate_policy_skips_the_rehash_only_when_nothing_was_written(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    first = run_setup(secret_dir, mode="MODE0", CRYPTOSERVER_SECRETS_VERIFY="after-generate")
+    assert_ready(first, secret_dir, "MODE0")
+    assert "verifying every secret" in first.stderr
+    second = run_setup(secret_dir, mode="MODE0", CRYPTOSERVER_SECRETS_VERIFY="after-generate")
+    assert_ready(second, secret_dir, "MODE0")
+    assert "not re-hashing" in second.stderr
+
+
+def test_refuses_a_directory_holding_secrets_of_another_mode(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    assert_ready(run_setup(secret_dir, mode="MODE0"), secret_dir, "MODE0")
+    before = snapshot(secret_dir)
+    refused = run_setup(secret_dir, mode="MODE16")
+    assert refused.returncode != 0
+    assert "holds MODE0 secrets, not MODE16" in refused.stderr
+    assert snapshot(secret_dir) == before
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"mode": None}, "CRYPTOSERVER_MODE is not set"),
+        ({"mode": "MODE64"}, "CRYPTOSERVER_MODE=MODE64 is not a mode"),
+        ({"device": None}, "no secrets volume: set CRYPTOSERVER_SECRETS_VOLUME_ID"),
+        ({"device": None, "CRYPTOSERVER_SECRETS_VOLUME_ID": "vol-xyz"}, "is not an EBS volume id"),
+        ({"CRYPTOSERVER_SECRETS_VOLUME_ID": "vol-0123456789abcdef0"}, "not both"),
+        ({"CRYPTOSERVER_SECRETS_VERIFY": "sometimes"}, "use always or after-generate"),
+    ],
+)
+def test_bad_settings_stop_before_anything_is_written(tmp_path, settings, message):
+    secret_dir = tmp_path / "secrets"
+    result = run_setup(secret_dir, **settings)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not secret_dir.exists()
+
+
+@contextlib.contextmanager
+def loop_device(tmp_path, size=64 << 20):
+    image = tmp_path / f"volume-{uuid.uuid4().hex[:8]}.img"
+    with open(image, "wb") as file:
+        file.truncate(size)
+    device = subprocess.run(["losetup", "--find", "--show", image], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", device], capture_output=True)
+
+
+@contextlib.contextmanager
+def mounted_cleanup(mountpoint):
+    try:
+        yield
+    finally:
+        if os.path.ismount(mountpoint):
+            unmount(mountpoint)
+
+
+def mount_options(mountpoint):
+    return set(subprocess.run(["findmnt", "--noheadings", "--output", "OPTIONS", "--mountpoint", mountpoint],
+                              capture_output=True, text=True, check=True).stdout.strip().split(","))
+
+
+def probe(device):
+    return subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True).stdout
+
+
+@needs_loop_devices
+def test_blank_volume_is_formatted_mounted_read_only_and_serves(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    with loop_device(tmp_path) as device, mounted_cleanup(secret_dir):
+        first = run_setup(secret_dir, device=device)
+        assert_ready(first, secret_dir, "MODE16")
+        assert "is blank: making an ext4 filesystem" in first.stderr
+        assert {"ro", "nosuid", "nodev", "noexec"} <= mount_options(secret_dir)
+        assert "TYPE=ext4" in probe(device)
+        filesystem = probe(device)
+        before = snapshot(secret_dir)
+
+        # The server accepts what the script left: a read-only ext4 root with lost+found.
+        with running_server(tmp_path, "MODE16", secret_dir) as server:
+            assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
+            assert len(requests.post(f"{server.url}/hmac", data=b"hello world", timeout=5).content) == 32
+
+        # Re-run while mounted, then after an unmount (a reboot): never formatted again.
+        again = run_setup(secret_dir, device=device)
+        assert_ready(again, secret_dir, "MODE16")
+        assert snapshot(secret_dir) == before
+        unmount(secret_dir)
+        after_reboot = run_setup(secret_dir, device=device)
+        assert_ready(after_reboot, secret_dir, "MODE16")
+        assert "already holds a signature (TYPE=ext4); not formatting it" in after_reboot.stderr
+        assert probe(device) == filesystem
+        assert snapshot(secret_dir) == before
+        assert "ro" in mount_options(secret_dir)
+
+
+@needs_loop_devices
+def test_a_volume_holding_any_signature_is_never_formatted(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    with loop_device(tmp_path) as device, mounted_cleanup(secret_dir):
+        subprocess.run(["mkswap", device], capture_output=True, check=True)
+        swap = probe(device)
+        result = run_setup(secret_dir, device=device)
+        assert result.returncode != 0
+        assert "already holds a signature (TYPE=swap); not formatting it" in result.stderr
+        assert f"cannot mount {device}" in result.stderr
+        assert probe(device) == swap
+        assert not os.path.ismount(secret_dir)
+
+
+@needs_loop_devices
+def test_a_volume_with_data_but_no_signature_is_refused(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    with loop_device(tmp_path) as device, mounted_cleanup(secret_dir):
+        with open(device, "r+b") as raw:
+            raw.seek(4096)
+            raw.write(os.urandom(4096))
+        result = run_setup(secret_dir, device=device)
+        assert result.returncode != 0
+        assert "has no filesystem signature but its first MiB is not blank" in result.stderr
+        assert probe(device) == ""
+        assert not os.path.ismount(secret_dir)
+
+
+@needs_loop_devices
+def test_finds_the_ebs_volume_by_its_nvme_id_and_waits_for_it(tmp_path):
+    """The NVMe symlink udev makes for an EBS volume, pointing at a loop device."""
+    volume_id = "vol-0" + uuid.uuid4().hex[:16]
+    by_id = pathlib.Path("/dev/disk/by-id")
+    link = by_id / f"nvme-Amazon_Elastic_Block_Store_{volume_id.replace('-', '')}"
+    created = [path for path in (by_id.parent, by_id) if not path.exists()]
+    secret_dir = tmp_path / "secrets"
+    try:
+        missing = run_setup(secret_dir, mode="MODE0", device=None, CRYPTOSERVER_SECRETS_VOLUME_ID=volume_id,
+                            CRYPTOSERVER_SECRETS_WAIT=2)
+        assert missing.returncode != 0
+        assert f"{link} did not appear within 2s: is {volume_id} attached to this instance?" in missing.stderr
+        with loop_device(tmp_path) as device, mounted_cleanup(secret_dir):
+            by_id.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(device)
+            found = run_setup(secret_dir, mode="MODE0", device=None, CRYPTOSERVER_SECRETS_VOLUME_ID=volume_id)
+            assert_ready(found, secret_dir, "MODE0")
+            assert f"(mounted read-only from {device})" in found.stderr
+    finally:
+        link.unlink(missing_ok=True)
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()
