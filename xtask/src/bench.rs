@@ -1,8 +1,9 @@
-//! `cargo xtask bench <benchmark>`: every speed goal is a ratio against
+//! `cargo xtask bench [benchmark]`: every speed goal is a ratio against
 //! baselines measured in the same run on the same machine, never an absolute
 //! number. Benchmarks measure optimised code: a debug xtask re-runs itself with
 //! `--release`. Each benchmark lives in its own module under `bench/` and reports
-//! through [`Measurement`] and [`Goal`].
+//! through [`Measurement`] and [`Goal`]; the server benchmarks print one table of
+//! their own. Without a benchmark named, all of them run.
 
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
@@ -12,17 +13,27 @@ use anyhow::{bail, Context};
 use crate::process::cargo;
 
 mod gen;
+mod mode32;
+mod server;
+mod tools;
+mod wrk;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    benchmark: Benchmark,
+    benchmark: Option<Benchmark>,
 }
 
 #[derive(clap::Subcommand)]
 enum Benchmark {
     /// Secret generation against the CSPRNG alone, the disk's write bandwidth and the seed's recipes
     Gen(gen::GenBenchArgs),
+    /// MODE0 and MODE16 POST /hmac against the HTTP floor (axum answering constant bytes), and MODE16's idle memory
+    Http(server::ServerBenchArgs),
+    /// POST /hmac/batch against the same MACs computed in this process on one core
+    Batch(server::ServerBenchArgs),
+    /// MODE32: startup, idle memory, and key reads from a cold page cache against fio on the same blocks
+    Mode32(server::ServerBenchArgs),
 }
 
 pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
@@ -35,8 +46,38 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         return Err(error).context("cannot re-run the benchmark with cargo --release");
     }
     match &args.benchmark {
-        Benchmark::Gen(args) => gen::run(args),
+        Some(Benchmark::Gen(args)) => gen::run(args),
+        Some(Benchmark::Http(args)) => server::run_parts(&[server::Part::Http], args),
+        Some(Benchmark::Batch(args)) => server::run_parts(&[server::Part::Batch], args),
+        Some(Benchmark::Mode32(args)) => server::run_parts(&[server::Part::Mode32], args),
+        None => run_all(),
     }
+}
+
+/// Every benchmark with its defaults; one failing does not stop the others.
+fn run_all() -> anyhow::Result<()> {
+    let results = [
+        ("gen", gen::run(&default_args())),
+        (
+            "http, batch, mode32",
+            server::run_parts(&server::Part::ALL, &default_args()),
+        ),
+    ];
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|(name, result)| result.err().map(|error| format!("{name}: {error:#}")))
+        .collect();
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
+/// A benchmark's arguments as `cargo xtask bench <benchmark>` alone gives them.
+fn default_args<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("bench"));
+    T::from_arg_matches(&command.get_matches_from(["bench"]))
+        .expect("every benchmark option has a default")
 }
 
 /// One timed run: `bytes` processed in `elapsed`.

@@ -302,10 +302,10 @@ fn run_quietly(command: &mut Command) -> anyhow::Result<()> {
 
 /// The benchmark's directory: created empty, emptied between runs, removed at the end
 /// (also on error), so the benchmark leaves nothing behind.
-struct Scratch(PathBuf);
+pub(super) struct Scratch(pub(super) PathBuf);
 
 impl Scratch {
-    fn create(path: PathBuf) -> anyhow::Result<Scratch> {
+    pub(super) fn create(path: PathBuf) -> anyhow::Result<Scratch> {
         std::fs::create_dir(&path).with_context(|| {
             format!(
                 "cannot create the benchmark directory {} (it must not exist yet, so that nothing in it is lost)",

@@ -1,0 +1,289 @@
+//! A MODE32 directory that fits this disk, and the disk's own speed on it.
+//!
+//! All 65,536 files have their full 2 MiB size but are sparse, except for the
+//! 4 KiB blocks that hold the keys of the benchmark's "cold" messages: those are
+//! real random data on disk, one block per message, so every cold request costs
+//! one device read once the files are evicted from the page cache. fio then
+//! reads exactly those blocks, with direct I/O, at the same concurrency.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use cryptoserver::generate::fill_secret;
+use cryptoserver::layout::{KeyLocation, Mode, KEY_FILE_LEN, MODE32_FILE_COUNT};
+
+use super::tools::ensure_installed;
+
+/// The unit the disk reads: the page a 32-byte key read pulls in.
+pub const BLOCK_LEN: u64 = 4096;
+/// Length of every benchmark message.
+pub const MESSAGE_LEN: usize = 64;
+pub type Message = [u8; MESSAGE_LEN];
+/// Files one fio job opens at once: below RLIMIT_NOFILE (20,000 here).
+const FILES_PER_FIO_JOB: usize = 12_000;
+
+/// The benchmark's MODE32 directory.
+pub struct Mode32Dir {
+    pub path: PathBuf,
+    /// Messages whose key blocks hold data on disk, each in its own block.
+    pub cold: Vec<Message>,
+    /// Messages whose keys fall into holes of the sparse files: reading them
+    /// costs no device read, so they warm the server up without warming `cold`.
+    pub warm_up: Vec<Message>,
+}
+
+impl Mode32Dir {
+    /// Writes the directory at `path` (which must not exist) with `cold` planted
+    /// messages and `warm_up` others, then flushes it to disk.
+    pub fn create(path: PathBuf, cold: usize, warm_up: usize) -> anyhow::Result<Mode32Dir> {
+        let (cold, warm_up) = distinct_block_messages(cold, warm_up)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut planted: Vec<KeyLocation> = cold.iter().map(|m| block_of(m)).collect();
+        planted.sort_by_key(|location| (location.file, location.offset));
+        let mut data = vec![0u8; BLOCK_LEN as usize];
+        let mut blocks = planted.iter().peekable();
+        for file in 0..MODE32_FILE_COUNT {
+            let name = path.join(Mode::Mode32.file_name(file));
+            let handle = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&name)
+                .with_context(|| format!("cannot create {}", name.display()))?;
+            handle.set_len(KEY_FILE_LEN)?;
+            while let Some(block) = blocks.next_if(|block| block.file == file) {
+                fill_secret(&mut data)?;
+                handle
+                    .write_all_at(&data, block.offset)
+                    .with_context(|| format!("cannot write {}", name.display()))?;
+            }
+            handle.set_permissions(std::fs::Permissions::from_mode(0o400))?;
+        }
+        let dir = File::open(&path)?;
+        // SAFETY: syncfs on a valid descriptor; no memory is passed.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot flush {} to disk", path.display()));
+        }
+        Ok(Mode32Dir {
+            path,
+            cold,
+            warm_up,
+        })
+    }
+
+    /// Drops every file's pages from the page cache (they are clean: the
+    /// directory was flushed), so the next key reads go to the device.
+    pub fn evict(&self) -> anyhow::Result<()> {
+        for file in Mode::Mode32.file_names() {
+            let path = self.path.join(file);
+            let handle =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            // SAFETY: a valid descriptor; the call has no memory effects.
+            let error =
+                unsafe { libc::posix_fadvise(handle.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            if error != 0 {
+                return Err(std::io::Error::from_raw_os_error(error))
+                    .with_context(|| format!("cannot evict {}", path.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// fio reading every cold message's block once, 4 KiB direct reads with
+    /// `concurrency` in flight (libaio), in the order of `cold`.
+    pub fn fio_random_reads(&self, concurrency: usize, work: &Path) -> anyhow::Result<IoRate> {
+        ensure_installed("fio", "fio")?;
+        // One job per range of files, run one after another, so no job opens
+        // more files than RLIMIT_NOFILE allows.
+        let mut job_file =
+            format!("[global]\ndirect=1\nioengine=libaio\niodepth={concurrency}\nstonewall\n");
+        let mut first_file = 0;
+        while first_file < MODE32_FILE_COUNT {
+            let files = first_file..(first_file + FILES_PER_FIO_JOB).min(MODE32_FILE_COUNT);
+            let log = work.join(format!("reads-{first_file:04x}.iolog"));
+            let mut text = String::from("fio version 2 iolog\n");
+            let names: Vec<String> = files
+                .clone()
+                .map(|file| Mode::Mode32.file_name(file))
+                .collect();
+            for action in ["add", "open"] {
+                for name in &names {
+                    text.push_str(&format!("{name} {action}\n"));
+                }
+            }
+            for block in self.cold.iter().map(|m| block_of(m)) {
+                if files.contains(&block.file) {
+                    text.push_str(&format!(
+                        "{} read {} {BLOCK_LEN}\n",
+                        Mode::Mode32.file_name(block.file),
+                        block.offset
+                    ));
+                }
+            }
+            std::fs::write(&log, text)
+                .with_context(|| format!("cannot write {}", log.display()))?;
+            job_file.push_str(&format!(
+                "[files-{first_file:04x}]\nread_iolog={}\n",
+                log.display()
+            ));
+            first_file = files.end;
+        }
+        let job_path = work.join("cold-reads.fio");
+        std::fs::write(&job_path, job_file)
+            .with_context(|| format!("cannot write {}", job_path.display()))?;
+        let output = Command::new("fio")
+            .args(["--output-format=terse", "--terse-version=3"])
+            .arg(&job_path)
+            .current_dir(&self.path)
+            .output()
+            .context("cannot run fio")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!(
+                "fio failed with {}: {}{}",
+                output.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let (rate, jobs) = parse_fio_terse(&stdout)?;
+        // fio's replay leaves the last reads in flight of each job uncounted.
+        let uncounted = jobs * (concurrency as u64 - 1);
+        if rate.reads + uncounted < self.cold.len() as u64 {
+            bail!(
+                "fio read {} blocks, but {} were planted",
+                rate.reads,
+                self.cold.len()
+            );
+        }
+        Ok(rate)
+    }
+}
+
+/// Random reads done in a time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IoRate {
+    pub reads: u64,
+    pub elapsed: Duration,
+}
+
+impl IoRate {
+    pub fn per_second(&self) -> f64 {
+        self.reads as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The 4 KiB block holding `message`'s MODE32 key.
+fn block_of(message: &[u8]) -> KeyLocation {
+    let key = Mode::Mode32.locate(message);
+    KeyLocation {
+        file: key.file,
+        offset: key.offset / BLOCK_LEN * BLOCK_LEN,
+    }
+}
+
+/// `cold + warm_up` random messages whose keys all lie in different blocks.
+fn distinct_block_messages(
+    cold: usize,
+    warm_up: usize,
+) -> anyhow::Result<(Vec<Message>, Vec<Message>)> {
+    let mut seen = HashSet::with_capacity(cold + warm_up);
+    let mut messages = Vec::with_capacity(cold + warm_up);
+    let mut random = vec![0u8; (cold + warm_up) * MESSAGE_LEN];
+    while messages.len() < cold + warm_up {
+        fill_secret(&mut random)?;
+        for chunk in random.chunks_exact(MESSAGE_LEN) {
+            let block = block_of(chunk);
+            if messages.len() < cold + warm_up && seen.insert((block.file, block.offset)) {
+                messages.push(chunk.try_into().expect("chunks are MESSAGE_LEN long"));
+            }
+        }
+    }
+    let warm_up_messages = messages.split_off(cold);
+    Ok((messages, warm_up_messages))
+}
+
+/// Sums the reads and run times of the jobs in fio's terse (version 3) output
+/// (field 6 is the KiB read, field 9 the run time in milliseconds); also returns
+/// the number of jobs.
+fn parse_fio_terse(output: &str) -> anyhow::Result<(IoRate, u64)> {
+    let mut kib = 0u64;
+    let mut millis = 0u64;
+    let mut jobs = 0;
+    for line in output.lines().filter(|line| line.starts_with("3;")) {
+        let fields: Vec<&str> = line.split(';').collect();
+        let number = |index: usize| -> anyhow::Result<u64> {
+            fields
+                .get(index)
+                .and_then(|field| field.parse().ok())
+                .with_context(|| {
+                    format!(
+                        "fio's terse line has no number in field {}: {line}",
+                        index + 1
+                    )
+                })
+        };
+        kib += number(5)?;
+        millis += number(8)?;
+        jobs += 1;
+    }
+    if jobs == 0 {
+        bail!("fio printed no terse result line: {output}");
+    }
+    let rate = IoRate {
+        reads: kib * 1024 / BLOCK_LEN,
+        elapsed: Duration::from_millis(millis.max(1)),
+    };
+    Ok((rate, jobs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_fio_jobs() {
+        let output = "3;fio-3.33;files-0000;0;0;48000;192000;48000;1000;4;29201;8.9\n\
+                      3;fio-3.33;files-2ee0;0;0;16000;160000;40000;100;4;29201;8.9\n";
+        assert_eq!(
+            parse_fio_terse(output).unwrap(),
+            (
+                IoRate {
+                    reads: 16_000,
+                    elapsed: Duration::from_millis(1100)
+                },
+                2
+            )
+        );
+        assert!(parse_fio_terse("fio: some error").is_err());
+        assert!(parse_fio_terse("3;fio-3.33;x;0;0;many").is_err());
+    }
+
+    #[test]
+    fn messages_land_in_distinct_blocks() {
+        let (cold, warm_up) = distinct_block_messages(300, 100).unwrap();
+        assert_eq!((cold.len(), warm_up.len()), (300, 100));
+        let blocks: HashSet<_> = cold
+            .iter()
+            .chain(&warm_up)
+            .map(|m| {
+                let block = block_of(m);
+                (block.file, block.offset)
+            })
+            .collect();
+        assert_eq!(blocks.len(), 400);
+        let key = Mode::Mode32.locate(&cold[0]);
+        let block = block_of(&cold[0]);
+        assert!(key.offset - block.offset < BLOCK_LEN && block.offset.is_multiple_of(BLOCK_LEN));
+    }
+}

@@ -1,0 +1,624 @@
+//! `cargo xtask bench http|batch|mode32`: the release server over real TCP on
+//! loopback, each figure next to a baseline measured in the same run:
+//! - `http`: MODE0 and MODE16 `POST /hmac` against the HTTP floor
+//!   (`examples/floor.rs`, axum answering 32 constant bytes), 64-byte messages,
+//!   64 keep-alive connections; plus MODE16's idle memory;
+//! - `batch`: `POST /hmac/batch` MACs/s against the same MACs computed in this
+//!   process on one core;
+//! - `mode32`: startup with all 65,536 files checked, idle memory, and key reads
+//!   from a cold page cache against fio reading the same blocks from the disk.
+//!
+//! The floor and the servers run side by side and are measured in interleaved
+//! rounds, so load from elsewhere on the machine drifts into all of them alike;
+//! each figure is the median of its rounds.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::process::Command;
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cryptoserver::batch::encode_frames;
+use cryptoserver::generate::{fill_secret, generate, GenerateArgs};
+use cryptoserver::keystore::KeyStore;
+use cryptoserver::layout::Mode;
+use cryptoserver::progress::ProgressOutput;
+
+use super::gen::Scratch;
+use super::mode32::{Mode32Dir, MESSAGE_LEN};
+use super::tools::{free_address, Server};
+use super::wrk::{Load, LoadResult, Wrk};
+use crate::process::{cargo, repo_root, run};
+
+/// Concurrent requests of the per-request measurements.
+const CONCURRENCY: usize = 64;
+/// One wrk thread: on two cores a second one only takes CPU from the server.
+const PER_REQUEST_LOAD: Load = Load {
+    connections: CONCURRENCY,
+    threads: 1,
+};
+/// Distinct messages cycled through by the in-memory measurements.
+const MESSAGES: usize = 4096;
+/// Messages per `/hmac/batch` request.
+const BATCH_LEN: usize = 4096;
+/// Batches in flight: enough to keep every core busy while bodies travel.
+const BATCH_LOAD: Load = Load {
+    connections: 4,
+    threads: 1,
+};
+const WARM_UP: Duration = Duration::from_secs(1);
+/// Starts of the MODE32 server timed; the median is reported.
+const STARTS: usize = 3;
+
+#[derive(clap::Args, Clone)]
+pub struct ServerBenchArgs {
+    /// Seconds each measured run lasts.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+
+    /// Interleaved rounds of each measurement; the median round is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+
+    /// MODE32 messages whose keys are planted on disk, one 4 KiB block each (1 GiB
+    /// for the default); the cold run stops before the server could run out of them.
+    #[arg(long, default_value_t = 262_144)]
+    cold_keys: usize,
+}
+
+/// Which of the server benchmarks to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Http,
+    Batch,
+    Mode32,
+}
+
+impl Part {
+    pub const ALL: [Part; 3] = [Part::Http, Part::Batch, Part::Mode32];
+}
+
+/// Runs `parts`, prints one table of their results and fails if a goal was missed.
+pub fn run_parts(parts: &[Part], args: &ServerBenchArgs) -> anyhow::Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "--bin",
+        "cryptoserver",
+        "--example",
+        "floor",
+    ]))?;
+    let scratch = Scratch::create(repo_root().join("target/bench-server"))?;
+    let bench = Bench {
+        work: scratch.0.clone(),
+        wrk: Wrk::prepare(&scratch.0)?,
+        args: args.clone(),
+    };
+    let mut report = Report::default();
+    for part in parts {
+        match part {
+            Part::Http => bench.http(&mut report)?,
+            Part::Batch => bench.batch(&mut report)?,
+            Part::Mode32 => bench.mode32(&mut report)?,
+        }
+    }
+    print!("{}", report.table(&machine()));
+    report.check()
+}
+
+struct Bench {
+    work: PathBuf,
+    wrk: Wrk,
+    args: ServerBenchArgs,
+}
+
+impl Bench {
+    fn seconds(&self) -> Duration {
+        Duration::from_secs(self.args.seconds)
+    }
+
+    fn http(&self, report: &mut Report) -> anyhow::Result<()> {
+        eprintln!("http: MODE0 and MODE16 POST /hmac against the HTTP floor");
+        let messages = self.write_file("messages-64.bin", &random_messages(MESSAGES)?)?;
+        let floor = self.start_floor()?;
+        let mode0 = self
+            .start_server(Mode::Mode0, &self.secrets(Mode::Mode0)?)?
+            .0;
+        let (mode16, _) = self.start_server(Mode::Mode16, &self.secrets(Mode::Mode16)?)?;
+        let mode16_rss = mode16.resident_bytes()?;
+        let targets = [&floor, &mode0, &mode16];
+        for target in targets {
+            self.load(
+                target,
+                "/hmac",
+                &messages,
+                MESSAGE_LEN,
+                PER_REQUEST_LOAD,
+                WARM_UP,
+            )?;
+        }
+        let mut results: [Vec<LoadResult>; 3] = Default::default();
+        for round in 1..=self.args.rounds {
+            for (target, results) in targets.iter().zip(&mut results) {
+                let result = self.load(
+                    target,
+                    "/hmac",
+                    &messages,
+                    MESSAGE_LEN,
+                    PER_REQUEST_LOAD,
+                    self.seconds(),
+                )?;
+                eprintln!(
+                    "  round {round}: {:<8} {:>7.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+                    target.name,
+                    result.per_second(),
+                    millis(result.p50),
+                    millis(result.p99)
+                );
+                results.push(result);
+            }
+        }
+        let [floor_results, mode0_results, mode16_results] = &results;
+        let floor_rate = median(floor_results.iter().map(LoadResult::per_second));
+        let floor_p50 = median(floor_results.iter().map(|r| millis(r.p50)));
+        let floor_p99 = median(floor_results.iter().map(|r| millis(r.p99)));
+        for (mode, results) in [(Mode::Mode0, mode0_results), (Mode::Mode16, mode16_results)] {
+            let rate = median(results.iter().map(LoadResult::per_second));
+            let p50 = median(results.iter().map(|r| millis(r.p50)));
+            let p99 = median(results.iter().map(|r| millis(r.p99)));
+            report.row(
+                format!("{mode} POST /hmac, requests/s (64 B, {CONCURRENCY} connections)"),
+                thousands(rate),
+                format!("floor {}", thousands(floor_rate)),
+                Some(Goal::RatioAtLeast(rate / floor_rate, 0.95)),
+            );
+            report.row(
+                format!("{mode} p50 latency"),
+                format!("{p50:.2} ms"),
+                format!("floor {floor_p50:.2} ms"),
+                Some(Goal::RatioInfo(p50 / floor_p50)),
+            );
+            report.row(
+                format!("{mode} p99 latency"),
+                format!("{p99:.2} ms"),
+                format!("floor {floor_p99:.2} ms"),
+                Some(Goal::RatioAtMost(p99 / floor_p99, 1.1)),
+            );
+        }
+        report.row(
+            "MODE16 idle RSS".to_owned(),
+            mebibytes(mode16_rss),
+            String::new(),
+            Some(Goal::Below(mode16_rss as f64 / MIB, 30.0, "MiB")),
+        );
+        Ok(())
+    }
+
+    fn batch(&self, report: &mut Report) -> anyhow::Result<()> {
+        eprintln!("batch: POST /hmac/batch against the same MACs in this process on one core");
+        let dir = self.secrets(Mode::Mode16)?;
+        let messages = random_messages(BATCH_LEN)?;
+        let messages: Vec<&[u8]> = messages.chunks_exact(MESSAGE_LEN).collect();
+        let body = encode_frames(&messages);
+        let body_file = self.write_file("batch.bin", &body)?;
+        let store = KeyStore::load(Mode::Mode16, &dir)
+            .map_err(|error| anyhow::anyhow!("cannot load the MODE16 secrets: {error}"))?;
+        let (server, _) = self.start_server(Mode::Mode16, &dir)?;
+        self.load(
+            &server,
+            "/hmac/batch",
+            &body_file,
+            body.len(),
+            BATCH_LOAD,
+            WARM_UP,
+        )?;
+        let (mut over_http, mut in_process) = (Vec::new(), Vec::new());
+        for round in 1..=self.args.rounds {
+            let local = macs_per_second_in_process(&store, &messages, self.seconds());
+            let result = self.load(
+                &server,
+                "/hmac/batch",
+                &body_file,
+                body.len(),
+                BATCH_LOAD,
+                self.seconds(),
+            )?;
+            let remote = result.per_second() * BATCH_LEN as f64;
+            eprintln!(
+                "  round {round}: {remote:.0} MACs/s over HTTP, {local:.0} MACs/s in process"
+            );
+            over_http.push(remote);
+            in_process.push(local);
+        }
+        let (remote, local) = (median(over_http), median(in_process));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        report.row(
+            format!(
+                "MODE16 POST /hmac/batch, MACs/s ({BATCH_LEN} x 64 B, {} connections)",
+                BATCH_LOAD.connections
+            ),
+            thousands(remote),
+            format!("in process, 1 core: {}", thousands(local)),
+            Some(Goal::PerCoreAtLeast(
+                remote / cores as f64 / local,
+                cores,
+                0.5,
+            )),
+        );
+        Ok(())
+    }
+
+    fn mode32(&self, report: &mut Report) -> anyhow::Result<()> {
+        eprintln!(
+            "mode32: writing 65,536 sparse files with {} planted key blocks",
+            self.args.cold_keys
+        );
+        let started = Instant::now();
+        let dir = Mode32Dir::create(self.work.join("mode32"), self.args.cold_keys, MESSAGES)?;
+        eprintln!(
+            "  written and flushed in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let cold_file = self.write_file("mode32-cold.bin", &dir.cold.concat())?;
+        let warm_up_file = self.write_file("mode32-warm-up.bin", &dir.warm_up.concat())?;
+
+        let mut startups = Vec::new();
+        for _ in 1..STARTS {
+            startups.push(self.start_server(Mode::Mode32, &dir.path)?.1);
+        }
+        let (server, startup) = self.start_server(Mode::Mode32, &dir.path)?;
+        startups.push(startup);
+        let startup = median(startups.iter().map(Duration::as_secs_f64));
+        let rss = server.resident_bytes()?;
+        let kept_open = server.open_files_under(&dir.path)?;
+
+        eprintln!("  fio: the same blocks, 4 KiB direct reads, {CONCURRENCY} in flight");
+        dir.evict()?;
+        let fio = dir.fio_random_reads(CONCURRENCY, &self.work)?;
+        eprintln!("  fio: {:.0} reads/s", fio.per_second());
+
+        self.load(
+            &server,
+            "/hmac",
+            &warm_up_file,
+            MESSAGE_LEN,
+            PER_REQUEST_LOAD,
+            WARM_UP,
+        )?;
+        dir.evict()?;
+        // Stop well before the server could run out of cold keys, even at 1.5x fio's rate.
+        let duration = self.seconds().min(Duration::from_secs_f64(
+            dir.cold.len() as f64 / (1.5 * fio.per_second()),
+        ));
+        let cold = self.load(
+            &server,
+            "/hmac",
+            &cold_file,
+            MESSAGE_LEN,
+            PER_REQUEST_LOAD,
+            duration,
+        )?;
+        if cold.repeated > 0 {
+            bail!(
+                "the cold run reused keys it had already read; raise --cold-keys above {}",
+                self.args.cold_keys
+            );
+        }
+        eprintln!(
+            "  cryptoserver: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms",
+            cold.per_second(),
+            millis(cold.p50),
+            millis(cold.p99)
+        );
+        report.row(
+            format!("MODE32 cold page cache, requests/s ({CONCURRENCY} connections)"),
+            thousands(cold.per_second()),
+            format!(
+                "fio 4 KiB direct, {CONCURRENCY} in flight: {}",
+                thousands(fio.per_second())
+            ),
+            Some(Goal::RatioAtLeast(
+                cold.per_second() / fio.per_second(),
+                0.8,
+            )),
+        );
+        report.row(
+            "MODE32 cold p50 / p99 latency".to_owned(),
+            format!("{:.2} / {:.2} ms", millis(cold.p50), millis(cold.p99)),
+            String::new(),
+            None,
+        );
+        report.row(
+            format!(
+                "MODE32 startup, 65,536 files checked ({kept_open} kept open, the rest opened per read)"
+            ),
+            format!("{startup:.2} s"),
+            String::new(),
+            Some(Goal::Below(startup, 1.0, "s")),
+        );
+        report.row(
+            "MODE32 idle RSS".to_owned(),
+            mebibytes(rss),
+            String::new(),
+            Some(Goal::Below(rss as f64 / MIB, 50.0, "MiB")),
+        );
+        Ok(())
+    }
+
+    fn load(
+        &self,
+        server: &Server,
+        path: &str,
+        bodies: &Path,
+        body_len: usize,
+        load: Load,
+        duration: Duration,
+    ) -> anyhow::Result<LoadResult> {
+        self.wrk
+            .run(&server.url(path), bodies, body_len, load, duration)
+    }
+
+    /// Development secrets of `mode`, made on first use in the work directory.
+    fn secrets(&self, mode: Mode) -> anyhow::Result<PathBuf> {
+        let dir = self.work.join(mode.name().to_ascii_lowercase());
+        generate(
+            &GenerateArgs {
+                mode,
+                dir: dir.clone(),
+                jobs: None,
+                owner: None,
+            },
+            ProgressOutput::Hidden,
+        )?;
+        Ok(dir)
+    }
+
+    fn start_floor(&self) -> anyhow::Result<Server> {
+        let address = free_address()?;
+        let binary = repo_root().join("target/release/examples/floor");
+        let mut command = Command::new(binary);
+        command.arg(address.to_string());
+        Ok(Server::start("floor", &mut command, address, &self.work.join("floor.log"))?.0)
+    }
+
+    /// Starts the release server; returns it with the time until it accepted a connection.
+    fn start_server(&self, mode: Mode, dir: &Path) -> anyhow::Result<(Server, Duration)> {
+        let address = free_address()?;
+        let mut command = Command::new(repo_root().join("target/release/cryptoserver"));
+        command
+            .env_clear()
+            .env("CRYPTOSERVER_MODE", mode.name())
+            .env("CRYPTOSERVER_SECRETDIR", dir)
+            .env("CRYPTOSERVER_BIND", address.to_string());
+        let log = self
+            .work
+            .join(format!("{}.log", mode.name().to_ascii_lowercase()));
+        Server::start(mode.name(), &mut command, address, &log)
+    }
+
+    fn write_file(&self, name: &str, content: &[u8]) -> anyhow::Result<PathBuf> {
+        let path = self.work.join(name);
+        std::fs::write(&path, content)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// `count` random messages of MESSAGE_LEN bytes, concatenated.
+fn random_messages(count: usize) -> anyhow::Result<Vec<u8>> {
+    let mut messages = vec![0u8; count * MESSAGE_LEN];
+    fill_secret(&mut messages)?;
+    Ok(messages)
+}
+
+/// The MACs `/hmac/batch` computes for `messages`, computed here through the
+/// server's own key store on this thread, for at least `duration`.
+fn macs_per_second_in_process(store: &KeyStore, messages: &[&[u8]], duration: Duration) -> f64 {
+    let started = Instant::now();
+    let mut count = 0u64;
+    while started.elapsed() < duration {
+        for message in messages {
+            let mac = completed(store.mac(std::hint::black_box(message)))
+                .expect("MODE16 keys are in memory");
+            std::hint::black_box(mac);
+        }
+        count += messages.len() as u64;
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The output of a future that completes when first polled, as the key store's
+/// in-memory MACs do; no runtime needed.
+fn completed<F: Future>(future: F) -> F::Output {
+    match pin!(future).poll(&mut TaskContext::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("an in-memory MAC never waits"),
+    }
+}
+
+const MIB: f64 = (1 << 20) as f64;
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB)
+}
+
+/// `31234.6` as `31,235`.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    assert!(!values.is_empty(), "a median needs at least one value");
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
+}
+
+/// A goal from the issue, judged on one row.
+enum Goal {
+    /// The ratio to the baseline must reach the minimum.
+    RatioAtLeast(f64, f64),
+    /// The ratio to the baseline must stay at or below the maximum.
+    RatioAtMost(f64, f64),
+    /// A ratio shown without a goal.
+    RatioInfo(f64),
+    /// Ratio per server core (the figure divided by the core count, over the baseline).
+    PerCoreAtLeast(f64, usize, f64),
+    /// An absolute figure that must stay below a limit, in a unit.
+    Below(f64, f64, &'static str),
+}
+
+impl Goal {
+    /// (ratio column, goal column, met)
+    fn judge(&self) -> (String, String, Option<bool>) {
+        match *self {
+            Goal::RatioAtLeast(ratio, minimum) => (
+                format!("{ratio:.2}x"),
+                format!(">= {minimum}x"),
+                Some(ratio >= minimum),
+            ),
+            Goal::RatioAtMost(ratio, maximum) => (
+                format!("{ratio:.2}x"),
+                format!("<= {maximum}x"),
+                Some(ratio <= maximum),
+            ),
+            Goal::RatioInfo(ratio) => (format!("{ratio:.2}x"), String::new(), None),
+            Goal::PerCoreAtLeast(ratio, cores, minimum) => (
+                format!("{ratio:.2}x per core ({cores} cores)"),
+                format!(">= {minimum}x per core"),
+                Some(ratio >= minimum),
+            ),
+            Goal::Below(value, limit, unit) => (
+                String::new(),
+                format!("< {limit} {unit}"),
+                Some(value < limit),
+            ),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<[String; 5]>,
+    missed: Vec<String>,
+}
+
+impl Report {
+    fn row(&mut self, what: String, value: String, baseline: String, goal: Option<Goal>) {
+        let (ratio, goal_text, met) = goal.map_or_else(Default::default, |goal| goal.judge());
+        let verdict = match met {
+            Some(true) => "met".to_owned(),
+            Some(false) => {
+                self.missed.push(what.clone());
+                "MISSED".to_owned()
+            }
+            None => String::new(),
+        };
+        let goal_column = if goal_text.is_empty() {
+            String::new()
+        } else {
+            format!("{goal_text}: {verdict}")
+        };
+        self.rows.push([what, value, baseline, ratio, goal_column]);
+    }
+
+    /// A Markdown table, ready for the README, under a line naming the machine.
+    fn table(&self, machine: &str) -> String {
+        let mut out = format!("\n{machine}\n\n");
+        out.push_str("| measurement | cryptoserver | baseline (same run) | ratio | goal |\n");
+        out.push_str("|---|---:|---:|---:|---|\n");
+        for row in &self.rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        out
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.missed.is_empty() {
+            bail!("speed goals missed: {}", self.missed.join("; "));
+        }
+        Ok(())
+    }
+}
+
+/// Cores, CPU model and kernel, for the table's heading.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown kernel".to_owned(), |r| r.trim().to_owned());
+    format!("Machine: {cores} cores ({cpu}), Linux {kernel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(thousands(31234.6), "31,235");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1_000_000.0), "1,000,000");
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn missed_goals_fail_the_report() {
+        let mut report = Report::default();
+        report.row(
+            "fast".into(),
+            "2".into(),
+            "1".into(),
+            Some(Goal::RatioAtLeast(2.0, 0.95)),
+        );
+        report.row(
+            "small".into(),
+            "60 MiB".into(),
+            String::new(),
+            Some(Goal::Below(60.0, 50.0, "MiB")),
+        );
+        let table = report.table("Machine: test");
+        assert!(
+            table.contains("| fast | 2 | 1 | 2.00x | >= 0.95x: met |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| small | 60 MiB |  |  | < 50 MiB: MISSED |"),
+            "{table}"
+        );
+        let error = report.check().unwrap_err().to_string();
+        assert!(
+            error.contains("small") && !error.contains("fast"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! The programs the server benchmarks drive, installed from Debian's packages
+//! when missing, and the processes they start, stopped on every exit path.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::process::run;
+
+/// Installs Debian package `package` unless `program` is already on PATH.
+pub fn ensure_installed(program: &str, package: &str) -> anyhow::Result<()> {
+    if is_installed(program) {
+        return Ok(());
+    }
+    eprintln!("{program} is missing: installing Debian's {package} package");
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "--yes", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    // A fresh machine has no package lists yet.
+    if install().is_err() {
+        run(Command::new("apt-get").arg("update"))?;
+        install()?;
+    }
+    if !is_installed(program) {
+        bail!("installing {package} did not provide {program}; install it by hand");
+    }
+    Ok(())
+}
+
+fn is_installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_address() -> anyhow::Result<SocketAddr> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .context("cannot find a free port on 127.0.0.1")
+}
+
+/// A server process started by the benchmark; stopped (SIGTERM, then SIGKILL)
+/// when dropped, so no exit path leaves it running.
+pub struct Server {
+    pub name: String,
+    pub address: SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    /// Starts `command` (which must listen on `address`) and waits until it
+    /// accepts connections; returns it with the time that took.
+    pub fn start(
+        name: &str,
+        command: &mut Command,
+        address: SocketAddr,
+        log: &Path,
+    ) -> anyhow::Result<(Server, Duration)> {
+        let log_file = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let started = Instant::now();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
+        let mut server = Server {
+            name: name.to_owned(),
+            address,
+            child,
+        };
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            if TcpStream::connect(address).is_ok() {
+                return Ok((server, started.elapsed()));
+            }
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "{name} exited with {status} before listening on {address}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default().trim()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not listen on {address} within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Resident memory now, from /proc/PID/status.
+    pub fn resident_bytes(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        parse_vm_rss(&status).with_context(|| format!("no VmRSS line in {path}"))
+    }
+
+    /// How many files under `dir` the server holds open, from /proc/PID/fd.
+    pub fn open_files_under(&self, dir: &Path) -> anyhow::Result<usize> {
+        let fds = format!("/proc/{}/fd", self.child.id());
+        let entries = std::fs::read_dir(&fds).with_context(|| format!("cannot list {fds}"))?;
+        Ok(entries
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signals our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("warning: {} ignored SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `VmRSS:   12345 kB` in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_vm_rss() {
+        let status = "Name:\tcryptoserver\nVmPeak:\t  100 kB\nVmRSS:\t    9876 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(9876 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+    }
+}
