@@ -376,8 +376,8 @@ fn mac_header() -> impl Strategy<Value = Vec<u8>> {
     let mac = prop::array::uniform32(any::<u8>());
     prop_oneof![
         header_bytes(),
-        mac.clone().prop_map(|mac| hex::encode(mac).into_bytes()),
-        mac.clone().prop_map(|mac| BASE64.encode(mac).into_bytes()),
+        mac.prop_map(|mac| hex::encode(mac).into_bytes()),
+        mac.prop_map(|mac| BASE64.encode(mac).into_bytes()),
         (mac, any::<prop::sample::Index>(), any::<u8>()).prop_map(|(mac, at, byte)| {
             let mut text = BASE64.encode(mac).into_bytes();
             let at = at.index(text.len());
