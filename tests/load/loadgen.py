@@ -23,6 +23,7 @@ SERVER_ENV = {"CRYPTOSERVER_MAX_BODY": str(MAX_BODY)}
 # A cap on each client loop, far above what a client reaches in its time.
 MAX_REQUESTS_PER_CLIENT = 100_000
 SOCKET_TIMEOUT = 10
+MAX_RESPONSE_HEAD = 64 * 1024
 
 
 @dataclass
@@ -93,6 +94,8 @@ def read_response(sock):
     the connection without answering."""
     data = b""
     while b"\r\n\r\n" not in data:
+        if len(data) > MAX_RESPONSE_HEAD:
+            raise OSError(f"no end to the response head after {len(data)} bytes")
         chunk = sock.recv(65536)
         if not chunk:
             return None
