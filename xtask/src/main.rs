@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod aws;
 mod bench;
 mod ci;
 mod dev;
@@ -32,6 +33,10 @@ enum Task {
     GenToken,
     /// Build the release tarball the Packer image installs (binaries, systemd units, first-boot script)
     Dist(dist::DistArgs),
+    /// Check, read-only, that an EC2 instance is sealed (runs xtask-aws; see `cargo xtask audit --help`)
+    Audit(aws::AwsArgs),
+    /// Seal an EC2 instance, then audit it (runs xtask-aws; see `cargo xtask seal --help`)
+    Seal(aws::AwsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +48,8 @@ fn main() -> anyhow::Result<()> {
         Task::VerifySecrets(args) => secrets::verify_secrets(&args),
         Task::Bench(args) => bench::run_bench(&args),
         Task::Dist(args) => dist::run_dist(&args),
+        Task::Audit(args) => aws::forward("audit", &args),
+        Task::Seal(args) => aws::forward("seal", &args),
         Task::GenToken => {
             let (token, line) = cryptoserver::access::generate_token()
                 .map_err(|error| anyhow::anyhow!("the OS random generator failed: {error}"))?;

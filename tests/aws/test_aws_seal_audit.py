@@ -1,0 +1,449 @@
+"""`seal` and `audit` against moto's EC2 emulator, started on a loopback port by
+these tests: a loose host is audited, sealed, audited again, sealed again.
+Every request goes to 127.0.0.1 with fake credentials; nothing reaches AWS."""
+
+import contextlib
+import http.server
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import boto3
+import pytest
+import requests
+
+from conftest import REPO, binary, free_port
+
+REGION = "us-east-1"
+SERVICE_PORT = 8080
+
+
+def moto_server_command():
+    """moto_server from the virtual environment running the tests, else from PATH."""
+    beside_python = pathlib.Path(sys.executable).parent / "moto_server"
+    found = beside_python if beside_python.exists() else shutil.which("moto_server")
+    if not found:
+        pytest.fail("moto_server is missing: `pip install -r tests/requirements.txt` (or run `cargo xtask ci`)")
+    return str(found)
+
+
+@pytest.fixture(scope="module")
+def moto_url(tmp_path_factory):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [moto_server_command(), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"moto_server exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                requests.get(f"{url}/moto-api/", timeout=1)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not answer within 60s:\n{log_path.read_text()}")
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def ec2(moto_url):
+    """A boto3 client on a freshly reset emulator."""
+    requests.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
+    return boto3.client(
+        "ec2",
+        endpoint_url=moto_url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def tool_env(tmp_path, endpoint_url=None):
+    """Fake credentials, and no AWS setting of this machine (profiles, CA bundles, real endpoints)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION=REGION,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
+    )
+    if endpoint_url:
+        env["AWS_ENDPOINT_URL"] = endpoint_url
+    return env
+
+
+def run_tool(tmp_path, endpoint_url, command, instance_id, *args):
+    assert endpoint_url.startswith("http://127.0.0.1:"), "tests must only ever talk to loopback"
+    result = subprocess.run(
+        [binary("xtask-aws"), command, "--instance-id", instance_id, "--endpoint-url", endpoint_url, *args],
+        env=tool_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    print(result.stdout, result.stderr)
+    return result
+
+
+class Scenario:
+    """A host set up by hand the loose way: SSH open, a key pair, broad rules."""
+
+    def __init__(self, ec2):
+        self.ec2 = ec2
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+        self.prefix_list = ec2.create_managed_prefix_list(
+            PrefixListName="office", MaxEntries=5, AddressFamily="IPv4", Entries=[{"Cidr": "198.51.100.0/24"}]
+        )["PrefixList"]["PrefixListId"]
+        ec2.create_key_pair(KeyName="admin-laptop")
+        self.admins = ec2.create_security_group(GroupName="admins", Description="admin hosts", VpcId=vpc)["GroupId"]
+        self.service = ec2.create_security_group(GroupName="cryptoserver", Description="service", VpcId=vpc)["GroupId"]
+        self.broad = ec2.create_security_group(GroupName="broad", Description="broad", VpcId=vpc)["GroupId"]
+        ec2.authorize_security_group_ingress(
+            GroupId=self.service,
+            IpPermissions=[
+                tcp(SERVICE_PORT, SERVICE_PORT, IpRanges=[{"CidrIp": "10.0.0.0/16", "Description": "clients"}]),
+                tcp(22, 22, IpRanges=[{"CidrIp": "0.0.0.0/0", "Description": "ssh"}]),
+                tcp(22, 22, Ipv6Ranges=[{"CidrIpv6": "::/0", "Description": "ssh v6"}]),
+            ],
+        )
+        ec2.authorize_security_group_ingress(
+            GroupId=self.broad,
+            IpPermissions=[
+                {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "192.168.0.0/16", "Description": "office lan"}]},
+                tcp(0, 65535, UserIdGroupPairs=[{"GroupId": self.admins}]),
+                tcp(20, 25, PrefixListIds=[{"PrefixListId": self.prefix_list}]),
+            ],
+        )
+        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        instance = ec2.run_instances(
+            ImageId=image,
+            MinCount=1,
+            MaxCount=1,
+            KeyName="admin-laptop",
+            SubnetId=subnet,
+            SecurityGroupIds=[self.service, self.broad],
+            BlockDeviceMappings=[
+                {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 160, "Encrypted": True, "DeleteOnTermination": True}}
+            ],
+            MetadataOptions={"HttpTokens": "optional"},
+        )["Instances"][0]
+        self.instance_id = instance["InstanceId"]
+        self.volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+
+    def instance(self):
+        return self.ec2.describe_instances(InstanceIds=[self.instance_id])["Reservations"][0]["Instances"][0]
+
+    def ingress(self, group_id):
+        """(protocol, from, to, source) of every rule, one per source."""
+        group = self.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+        rules = set()
+        for permission in group["IpPermissions"]:
+            ports = (permission["IpProtocol"], permission.get("FromPort"), permission.get("ToPort"))
+            sources = (
+                [r["CidrIp"] for r in permission["IpRanges"]]
+                + [r["CidrIpv6"] for r in permission["Ipv6Ranges"]]
+                + [p["PrefixListId"] for p in permission["PrefixListIds"]]
+                + [p["GroupId"] for p in permission["UserIdGroupPairs"]]
+            )
+            rules.update((*ports, source) for source in sources)
+        return rules
+
+    def state(self):
+        """Everything seal may change, to compare before and after."""
+        instance = self.instance()
+        return {
+            "service": self.ingress(self.service),
+            "broad": self.ingress(self.broad),
+            "key_pairs": [k["KeyName"] for k in self.ec2.describe_key_pairs()["KeyPairs"]],
+            "metadata": instance["MetadataOptions"]["HttpTokens"],
+            "termination": self.termination_protection(),
+            "mappings": [(m["DeviceName"], m["Ebs"]["DeleteOnTermination"]) for m in instance["BlockDeviceMappings"]],
+            "tags": sorted(t["Key"] for t in instance.get("Tags", [])),
+        }
+
+    def termination_protection(self):
+        attribute = self.ec2.describe_instance_attribute(InstanceId=self.instance_id, Attribute="disableApiTermination")
+        return attribute["DisableApiTermination"]["Value"]
+
+
+def tcp(from_port, to_port, **sources):
+    return {"IpProtocol": "tcp", "FromPort": from_port, "ToPort": to_port, **sources}
+
+
+def reaches_ssh(rule):
+    protocol, from_port, to_port, _ = rule
+    return protocol == "-1" or (protocol in ("tcp", "6") and from_port <= 22 <= to_port)
+
+
+def check_lines(stdout):
+    return {int(line.split()[1].rstrip(".")): line for line in stdout.splitlines() if line[:4] in ("PASS", "FAIL")}
+
+
+@pytest.fixture
+def scenario(ec2):
+    return Scenario(ec2)
+
+
+def test_audit_names_each_failing_check(tmp_path, moto_url, scenario):
+    result = run_tool(tmp_path, moto_url, "audit", scenario.instance_id)
+    assert result.returncode == 1, result.stderr
+    checks = check_lines(result.stdout)
+    assert sorted(checks) == [1, 2, 3, 4, 5, 6, 7]
+    failing = sorted(number for number, line in checks.items() if line.startswith("FAIL"))
+    assert failing == [1, 2, 3, 5, 6, 7]
+    assert "0.0.0.0/0" in checks[1] and "::/0" in checks[1] and "all traffic from 192.168.0.0/16" in checks[1]
+    assert f"security group {scenario.admins}" in checks[1] and scenario.prefix_list in checks[1]
+    assert '"admin-laptop"' in checks[2]
+    assert "IMDSv1" in checks[3]
+    assert checks[4].startswith("PASS")
+    assert "off" in checks[5]
+    assert f"{scenario.volume_id} on /dev/sdf is deleted when the instance terminates" in checks[6]
+    assert "cryptoserver:sealed" in checks[7]
+    assert f"{scenario.instance_id} is NOT sealed: 6 of 7 checks fail" in result.stdout
+
+
+def test_seal_dry_run_changes_nothing(tmp_path, moto_url, scenario):
+    before = scenario.state()
+    result = run_tool(tmp_path, moto_url, "seal", scenario.instance_id, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "--dry-run: nothing was changed." in result.stdout
+    assert f"{scenario.service}: remove TCP 22 from 0.0.0.0/0" in result.stdout
+    assert 'delete key pair "admin-laptop"' in result.stdout
+    assert scenario.state() == before
+
+
+def test_seal_closes_port_22_only_then_audit_passes_and_a_second_seal_does_nothing(tmp_path, moto_url, scenario):
+    before = scenario.state()
+    result = run_tool(tmp_path, moto_url, "seal", scenario.instance_id)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{scenario.instance_id} is sealed: all 7 checks pass" in result.stdout
+    assert "GRE, ESP, SCTP" in result.stdout, "the protocols an all-traffic rule loses are said"
+    printed_key = result.stdout.index('delete key pair "admin-laptop"')
+    assert printed_key < result.stdout.index("tag the instance cryptoserver:sealed")
+
+    after = scenario.state()
+    # The service port's rule is untouched; only the port-22 rules left that group.
+    assert after["service"] == {rule for rule in before["service"] if not reaches_ssh(rule)}
+    assert ("tcp", SERVICE_PORT, SERVICE_PORT, "10.0.0.0/16") in after["service"]
+    # Broad rules keep everything but TCP port 22, for the same sources.
+    assert after["broad"] == {
+        ("tcp", 0, 21, "192.168.0.0/16"),
+        ("tcp", 23, 65535, "192.168.0.0/16"),
+        ("udp", 0, 65535, "192.168.0.0/16"),
+        ("icmp", -1, -1, "192.168.0.0/16"),
+        ("tcp", 0, 21, scenario.admins),
+        ("tcp", 23, 65535, scenario.admins),
+        ("tcp", 20, 21, scenario.prefix_list),
+        ("tcp", 23, 25, scenario.prefix_list),
+    }
+    assert not any(reaches_ssh(rule) for rule in after["service"] | after["broad"])
+    assert after["key_pairs"] == []
+    assert after["metadata"] == "required"
+    assert after["termination"] is True
+    assert after["mappings"] == [("/dev/sdf", False)]
+    assert after["tags"] == ["cryptoserver:sealed"]
+
+    audit = run_tool(tmp_path, moto_url, "audit", scenario.instance_id)
+    assert audit.returncode == 0, audit.stdout
+    assert all(line.startswith("PASS") for line in check_lines(audit.stdout).values())
+
+    again = run_tool(tmp_path, moto_url, "seal", scenario.instance_id)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Nothing to do" in again.stdout
+    assert "[1/" not in again.stdout
+    assert scenario.state() == after
+
+
+def test_endpoint_from_the_environment(tmp_path, moto_url, scenario):
+    result = subprocess.run(
+        [binary("xtask-aws"), "audit", "--instance-id", scenario.instance_id],
+        env=tool_env(tmp_path, endpoint_url=moto_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert len(check_lines(result.stdout)) == 7
+
+
+def test_unknown_instance_is_a_clear_error(tmp_path, moto_url, scenario):
+    for command in ("audit", "seal"):
+        result = run_tool(tmp_path, moto_url, command, "i-0123456789abcdef0")
+        assert result.returncode == 2, result.stdout
+        assert "instance i-0123456789abcdef0 does not exist" in result.stderr
+        assert "--region" in result.stderr
+        assert "PASS" not in result.stdout and "FAIL" not in result.stdout
+
+
+def test_unreachable_endpoint_is_a_clear_error_and_changes_nothing(tmp_path, moto_url, scenario):
+    before = scenario.state()
+    nobody = f"http://127.0.0.1:{free_port()}"
+    for command in ("audit", "seal"):
+        result = run_tool(tmp_path, nobody, command, scenario.instance_id)
+        assert result.returncode == 2, result.stdout
+        assert f"cannot reach the EC2 endpoint {nobody}" in result.stderr
+        assert "PASS" not in result.stdout and "FAIL" not in result.stdout
+    assert scenario.state() == before
+
+
+def test_bad_arguments_are_refused(tmp_path, moto_url, scenario):
+    result = run_tool(tmp_path, moto_url, "audit", scenario.instance_id, "--port", "22")
+    assert result.returncode == 2
+    assert "the service port cannot be 22" in result.stderr
+    result = run_tool(tmp_path, moto_url, "audit", scenario.instance_id, "--secrets-volume", "vol-0000000000000000")
+    assert result.returncode == 1
+    assert "volume vol-0000000000000000 is not attached to the instance (attached: " in result.stdout
+    result = run_tool(tmp_path, moto_url, "audit", scenario.instance_id, "--secrets-device", "sdf")
+    assert result.returncode == 1
+    assert f"FAIL 6. secrets volume encrypted and kept on termination: {scenario.volume_id} on /dev/sdf" in result.stdout
+    result = subprocess.run(
+        [binary("xtask-aws"), "audit", "--instance-id", scenario.instance_id],
+        env=tool_env(tmp_path, endpoint_url="127.0.0.1:5000"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert 'endpoint "127.0.0.1:5000" (from --endpoint-url or AWS_ENDPOINT_URL) is not an http:// or https:// URL' in result.stderr
+
+
+def test_missing_credentials_are_a_clear_error(tmp_path, moto_url, scenario):
+    env = tool_env(tmp_path)
+    del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    result = subprocess.run(
+        [binary("xtask-aws"), "seal", "--instance-id", scenario.instance_id, "--endpoint-url", moto_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout
+    assert "no usable AWS credentials" in result.stderr
+    assert "AWS_ACCESS_KEY_ID" in result.stderr
+
+
+def test_what_seal_cannot_change_is_said_and_the_host_stays_untagged(tmp_path, moto_url, ec2):
+    """A public address and an unencrypted secrets volume: seal does the rest, says why not
+    these, does not tag the host, and the audit it ends with fails on exactly them."""
+    vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.1.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="exposed", Description="exposed", VpcId=vpc)["GroupId"]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(
+        ImageId=image,
+        MinCount=1,
+        MaxCount=1,
+        NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [group], "AssociatePublicIpAddress": True}],
+        BlockDeviceMappings=[{"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 160, "DeleteOnTermination": False}}],
+    )["Instances"][0]
+    instance_id = instance["InstanceId"]
+    volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+
+    result = run_tool(tmp_path, moto_url, "seal", instance_id)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"note: secrets volume {volume_id} is not encrypted and EBS cannot encrypt a volume in place" in result.stdout
+    assert "note: public IP " in result.stdout
+    assert "tag the instance" not in result.stdout
+    checks = check_lines(result.stdout)
+    assert sorted(number for number, line in checks.items() if line.startswith("FAIL")) == [4, 6, 7]
+    assert f"{volume_id} on /dev/sdf is not encrypted" in checks[6]
+    tags = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0].get("Tags", [])
+    assert "cryptoserver:sealed" not in [tag["Key"] for tag in tags]
+
+
+@contextlib.contextmanager
+def denying_proxy(moto_url, denied_action):
+    """A loopback proxy to moto that refuses one EC2 action the way an IAM policy would."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if f"Action={denied_action}&".encode() in body + b"&":
+                reply = (
+                    b'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
+                    b"<Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation."
+                    b"</Message></Error></Errors><RequestID>denied</RequestID></Response>"
+                )
+                status, content_type = 403, "text/xml"
+            else:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                answer = requests.post(moto_url + self.path, data=body, headers=headers, timeout=30)
+                reply, status = answer.content, answer.status_code
+                content_type = answer.headers.get("Content-Type", "text/xml")
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_error_midway_says_what_was_applied_and_a_rerun_completes(tmp_path, moto_url, scenario):
+    with denying_proxy(moto_url, "ModifyInstanceMetadataOptions") as proxy:
+        result = run_tool(tmp_path, proxy, "seal", scenario.instance_id)
+    assert result.returncode == 2, result.stdout
+    assert "ModifyInstanceMetadataOptions was refused" in result.stderr
+    assert "UnauthorizedOperation" in result.stderr
+    applied = result.stderr.split("Applied (")[1].split("Not applied (")[0]
+    not_applied = result.stderr.split("Not applied (")[1]
+    assert "remove TCP 22 from 0.0.0.0/0" in applied
+    assert "require IMDSv2" in not_applied and 'delete key pair "admin-laptop"' in not_applied
+    midway = scenario.state()
+    assert not any(reaches_ssh(rule) for rule in midway["service"] | midway["broad"])
+    assert midway["metadata"] == "optional" and midway["key_pairs"] == ["admin-laptop"] and midway["tags"] == []
+
+    rerun = run_tool(tmp_path, moto_url, "seal", scenario.instance_id)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert ": add " not in rerun.stdout and ": remove " not in rerun.stdout, "rules already done are not redone"
+    assert "require IMDSv2" in rerun.stdout
+    assert f"{scenario.instance_id} is sealed: all 7 checks pass" in rerun.stdout
+
+
+def test_cargo_xtask_forwards_and_keeps_the_exit_status(tmp_path, moto_url, scenario):
+    cargo = os.environ.get("CARGO", "cargo")
+    result = subprocess.run(
+        [cargo, "xtask", "audit", "--instance-id", scenario.instance_id, "--endpoint-url", moto_url],
+        cwd=REPO,
+        env=tool_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 1, result.stderr
+    assert len(check_lines(result.stdout)) == 7
+    help_text = subprocess.run(
+        [cargo, "xtask", "seal", "--help"], cwd=REPO, capture_output=True, text=True, timeout=1800
+    )
+    assert help_text.returncode == 0, help_text.stderr
+    assert "--dry-run" in help_text.stdout

@@ -1,0 +1,246 @@
+//! The seven checks of `audit`, computed from an instance's facts.
+
+use std::fmt;
+
+use crate::facts::{HostFacts, KeyPair, SEALED_TAG};
+use crate::rules::SSH_PORT;
+
+pub struct Check {
+    pub number: u8,
+    pub title: &'static str,
+    /// What was found when it passes, why it fails otherwise.
+    pub outcome: Result<String, String>,
+}
+
+impl Check {
+    pub fn passed(&self) -> bool {
+        self.outcome.is_ok()
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (verdict, text) = match &self.outcome {
+            Ok(found) => ("PASS", found),
+            Err(reason) => ("FAIL", reason),
+        };
+        write!(f, "{verdict} {}. {}: {text}", self.number, self.title)
+    }
+}
+
+pub fn audit(facts: &HostFacts, service_port: u16) -> Vec<Check> {
+    vec![
+        Check {
+            number: 1,
+            title: "no ingress rule reaches TCP port 22",
+            outcome: port_22_closed(facts, service_port),
+        },
+        Check {
+            number: 2,
+            title: "no usable key pair",
+            outcome: match &facts.key_pair {
+                KeyPair::NoneAtLaunch => Ok("launched without a key pair".into()),
+                KeyPair::Deleted(name) => Ok(format!("key pair {name:?} no longer exists")),
+                KeyPair::Exists(name) => Err(format!(
+                    "launched with key pair {name:?}, which still exists"
+                )),
+            },
+        },
+        Check {
+            number: 3,
+            title: "IMDSv2 required",
+            outcome: if facts.metadata_tokens_required {
+                Ok("instance metadata needs session tokens".into())
+            } else {
+                Err("instance metadata answers without a session token (IMDSv1)".into())
+            },
+        },
+        Check {
+            number: 4,
+            title: "no public IPv4 address",
+            outcome: if facts.public_ips.is_empty() {
+                Ok("none".into())
+            } else {
+                Err(format!(
+                    "public {} (seal does not change this: launch without one, or remove \
+                     the Elastic IP / subnet auto-assignment and replace the instance)",
+                    facts.public_ips.join(", ")
+                ))
+            },
+        },
+        Check {
+            number: 5,
+            title: "termination protection",
+            outcome: if facts.termination_protection {
+                Ok("on".into())
+            } else {
+                Err("off: one API call can destroy the host".into())
+            },
+        },
+        Check {
+            number: 6,
+            title: "secrets volume encrypted and kept on termination",
+            outcome: match &facts.secrets_volume {
+                Err(reason) => Err(reason.clone()),
+                Ok(volume) => {
+                    let mut problems = Vec::new();
+                    if !volume.encrypted {
+                        problems.push("is not encrypted");
+                    }
+                    if volume.delete_on_termination {
+                        problems.push("is deleted when the instance terminates");
+                    }
+                    let name = format!("{} on {}", volume.volume_id, volume.device_name);
+                    if problems.is_empty() {
+                        Ok(name)
+                    } else {
+                        Err(format!("{name} {}", problems.join(" and ")))
+                    }
+                }
+            },
+        },
+        Check {
+            number: 7,
+            title: "tagged",
+            outcome: if facts.sealed_tag {
+                Ok(format!("tag {SEALED_TAG} present"))
+            } else {
+                Err(format!("no tag {SEALED_TAG}"))
+            },
+        },
+    ]
+}
+
+fn port_22_closed(facts: &HostFacts, service_port: u16) -> Result<String, String> {
+    let mut open = Vec::new();
+    let mut service_sources = Vec::new();
+    for group in &facts.security_groups {
+        for rule in &group.ingress {
+            if rule.reaches_tcp_port(SSH_PORT) {
+                open.push(format!("{} ({}) allows {rule}", group.id, group.name));
+            }
+            if rule.reaches_tcp_port(service_port) {
+                service_sources.push(rule.source.to_string());
+            }
+        }
+    }
+    if !open.is_empty() {
+        return Err(open.join("; "));
+    }
+    let groups: Vec<&str> = facts
+        .security_groups
+        .iter()
+        .map(|g| g.id.as_str())
+        .collect();
+    let service = if service_sources.is_empty() {
+        format!("no rule opens service port {service_port}: clients cannot reach the service")
+    } else {
+        service_sources.sort();
+        service_sources.dedup();
+        format!(
+            "service port {service_port} open from {}",
+            service_sources.join(", ")
+        )
+    };
+    Ok(format!("groups {}; {service}", groups.join(", ")))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::facts::{SecretsVolume, SecurityGroup};
+    use crate::rules::tests::{ipv4, rule};
+
+    /// A host as the Terraform module makes it: passes every check.
+    pub fn sealed_host() -> HostFacts {
+        HostFacts {
+            instance_id: "i-0123456789abcdef0".into(),
+            security_groups: vec![SecurityGroup {
+                id: "sg-service".into(),
+                name: "cryptoserver".into(),
+                ingress: vec![rule("tcp", Some((8080, 8080)), ipv4("10.0.0.0/16"))],
+            }],
+            key_pair: KeyPair::NoneAtLaunch,
+            metadata_tokens_required: true,
+            public_ips: vec![],
+            termination_protection: true,
+            secrets_volume: Ok(SecretsVolume {
+                volume_id: "vol-secrets".into(),
+                device_name: "/dev/sdf".into(),
+                encrypted: true,
+                delete_on_termination: false,
+            }),
+            sealed_tag: true,
+            instance_profile: None,
+        }
+    }
+
+    fn failures(facts: &HostFacts) -> Vec<u8> {
+        audit(facts, 8080)
+            .iter()
+            .filter(|check| !check.passed())
+            .map(|check| check.number)
+            .collect()
+    }
+
+    #[test]
+    fn a_sealed_host_passes_and_says_who_reaches_the_service() {
+        let checks = audit(&sealed_host(), 8080);
+        assert!(checks.iter().all(Check::passed));
+        assert_eq!(
+            checks[0].to_string(),
+            "PASS 1. no ingress rule reaches TCP port 22: groups sg-service; \
+             service port 8080 open from 10.0.0.0/16"
+        );
+    }
+
+    #[test]
+    fn each_weakness_fails_its_own_check() {
+        let mut host = sealed_host();
+        host.security_groups[0]
+            .ingress
+            .push(rule("-1", None, ipv4("172.16.0.0/12")));
+        assert_eq!(failures(&host), [1]);
+        assert!(audit(&host, 8080)[0]
+            .to_string()
+            .contains("sg-service (cryptoserver) allows all traffic from 172.16.0.0/12"));
+
+        let mut host = sealed_host();
+        host.key_pair = KeyPair::Exists("admin".into());
+        assert_eq!(failures(&host), [2]);
+        host.key_pair = KeyPair::Deleted("admin".into());
+        assert_eq!(failures(&host), [] as [u8; 0]);
+
+        let mut host = sealed_host();
+        host.metadata_tokens_required = false;
+        host.public_ips = vec!["203.0.113.7".into()];
+        host.termination_protection = false;
+        host.sealed_tag = false;
+        assert_eq!(failures(&host), [3, 4, 5, 7]);
+
+        let mut host = sealed_host();
+        host.secrets_volume = Ok(SecretsVolume {
+            volume_id: "vol-secrets".into(),
+            device_name: "/dev/sdf".into(),
+            encrypted: false,
+            delete_on_termination: true,
+        });
+        let volume_check = &audit(&host, 8080)[5];
+        assert_eq!(
+            volume_check.to_string(),
+            "FAIL 6. secrets volume encrypted and kept on termination: vol-secrets on /dev/sdf \
+             is not encrypted and is deleted when the instance terminates"
+        );
+    }
+
+    #[test]
+    fn a_closed_service_port_is_pointed_out_but_passes() {
+        let mut host = sealed_host();
+        host.security_groups[0].ingress.clear();
+        let check = &audit(&host, 8080)[0];
+        assert!(check.passed());
+        assert!(check
+            .to_string()
+            .contains("clients cannot reach the service"));
+    }
+}
