@@ -129,7 +129,11 @@ class Scenario:
         ec2.authorize_security_group_ingress(
             GroupId=self.broad,
             IpPermissions=[
-                {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "192.168.0.0/16", "Description": "office lan"}]},
+                {
+                    "IpProtocol": "-1",
+                    "IpRanges": [{"CidrIp": "192.168.0.0/16", "Description": "office lan"}],
+                    "Ipv6Ranges": [{"CidrIpv6": "2001:db8::/32", "Description": "office lan v6"}],
+                },
                 tcp(0, 65535, UserIdGroupPairs=[{"GroupId": self.admins}]),
                 tcp(20, 25, PrefixListIds=[{"PrefixListId": self.prefix_list}]),
             ],
@@ -212,6 +216,7 @@ def test_audit_names_each_failing_check(tmp_path, moto_url, scenario):
     failing = sorted(number for number, line in checks.items() if line.startswith("FAIL"))
     assert failing == [1, 2, 3, 5, 6, 7]
     assert "0.0.0.0/0" in checks[1] and "::/0" in checks[1] and "all traffic from 192.168.0.0/16" in checks[1]
+    assert "all traffic from 2001:db8::/32" in checks[1]
     assert f"security group {scenario.admins}" in checks[1] and scenario.prefix_list in checks[1]
     assert '"admin-laptop"' in checks[2]
     assert "IMDSv1" in checks[3]
@@ -251,12 +256,19 @@ def test_seal_closes_port_22_only_then_audit_passes_and_a_second_seal_does_nothi
         ("tcp", 23, 65535, "192.168.0.0/16"),
         ("udp", 0, 65535, "192.168.0.0/16"),
         ("icmp", -1, -1, "192.168.0.0/16"),
+        ("tcp", 0, 21, "2001:db8::/32"),
+        ("tcp", 23, 65535, "2001:db8::/32"),
+        ("udp", 0, 65535, "2001:db8::/32"),
+        ("icmpv6", -1, -1, "2001:db8::/32"),
         ("tcp", 0, 21, scenario.admins),
         ("tcp", 23, 65535, scenario.admins),
         ("tcp", 20, 21, scenario.prefix_list),
         ("tcp", 23, 25, scenario.prefix_list),
     }
     assert not any(reaches_ssh(rule) for rule in after["service"] | after["broad"])
+    broad = scenario.ec2.describe_security_groups(GroupIds=[scenario.broad])["SecurityGroups"][0]
+    descriptions = {r.get("Description") for p in broad["IpPermissions"] for r in p["IpRanges"] + p["Ipv6Ranges"]}
+    assert descriptions == {"office lan", "office lan v6"}, "replacement rules keep their source's description"
     assert after["key_pairs"] == []
     assert after["metadata"] == "required"
     assert after["termination"] is True
