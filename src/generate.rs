@@ -285,14 +285,19 @@ pub fn fill_secret(secret: &mut [u8]) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// Files each job writes before it finishes them as a group (see [`write_files`]).
+const FILES_IN_FLIGHT: usize = 8;
+
 /// Writes the files of `mode` with these indices into `dir`, `jobs` at a time,
 /// each durably (see [`SecretDir::create_file`]). Returns their SHA-256 digests,
 /// in the order of `indices`, and the time taken. The benchmark drives this over
 /// a subset of MODE32.
 ///
-/// Each job keeps one file in flight: it finishes (fsyncs and renames) a file
-/// only after writing the next one, so the disk writes one file back while the
-/// job computes the next, and the run goes at the speed of the slower of the two.
+/// Each job writes [`FILES_IN_FLIGHT`] files, starting their write-back at once,
+/// before it fsyncs, renames and commits them as a group: the disk writes while
+/// the job computes, and the filesystem commits its journal once a group instead
+/// of twice a file (on the test VM, 2 jobs wrote 70% of the disk's sequential
+/// bandwidth one file at a time, 100% in groups of 8).
 pub fn write_files(
     dir: &SecretDir,
     mode: Mode,
@@ -303,15 +308,16 @@ pub fn write_files(
 ) -> Result<(Vec<[u8; 32]>, Duration), CommandError> {
     struct Job {
         secret: Vec<u8>,
-        in_flight: Option<PendingFile>,
+        in_flight: Vec<PendingFile>,
     }
     let file_len = mode.file_len();
     let progress = Progress::start("generating", indices.len() as u64 * file_len, output);
     let written = AtomicUsize::new(0);
-    let finish = |pending| -> Result<(), Stop> {
-        dir.finish_file(pending)?;
-        written.fetch_add(1, Ordering::Relaxed);
-        progress.add(file_len);
+    let finish = |group: Vec<PendingFile>| -> Result<(), Stop> {
+        let count = group.len();
+        dir.finish_files(group)?;
+        written.fetch_add(count, Ordering::Relaxed);
+        progress.add(count as u64 * file_len);
         Ok(())
     };
     let result = jobs::map_then_finish(
@@ -319,17 +325,20 @@ pub fn write_files(
         indices.len(),
         || Job {
             secret: vec![0u8; file_len as usize],
-            in_flight: None,
+            in_flight: Vec::new(),
         },
         |job, position| {
             fill_secret(&mut job.secret).map_err(Stop::Random)?;
             let name = mode.file_name(indices[position]);
-            let pending = dir.start_file(&name, &job.secret, owner)?;
+            job.in_flight
+                .push(dir.start_file(&name, &job.secret, owner)?);
             let digest: [u8; 32] = Sha256::digest(&job.secret).into();
-            job.in_flight.replace(pending).map_or(Ok(()), finish)?;
+            if job.in_flight.len() == FILES_IN_FLIGHT {
+                finish(std::mem::take(&mut job.in_flight))?;
+            }
             Ok(digest)
         },
-        |job| job.in_flight.map_or(Ok(()), finish),
+        |job| finish(job.in_flight),
     );
     let elapsed = progress.finish();
     match result {

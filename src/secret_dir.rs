@@ -255,20 +255,30 @@ impl SecretDir {
 
     /// Makes a started file final: fsync, rename to its name only if no file of
     /// that name exists, fsync of the directory.
-    pub fn finish_file(&self, mut pending: PendingFile) -> Result<(), FileError> {
-        let temp = &pending.temp;
-        pending
-            .file
-            .as_ref()
-            .expect("a pending file is open until finished")
-            .sync_all()
-            .map_err(FileError::at(temp, "fsync"))?;
-        let target = self.path.join(&pending.name);
-        rename_no_replace(temp, &target).map_err(FileError::at(
-            &target,
-            "rename the finished temporary file to",
-        ))?;
-        pending.file = None;
+    pub fn finish_file(&self, pending: PendingFile) -> Result<(), FileError> {
+        self.finish_files(vec![pending])
+    }
+
+    /// [`finish_file`](Self::finish_file) for several files at once: all are
+    /// fsynced, then renamed, then the directory is fsynced once, so the
+    /// filesystem commits its journal once for the group instead of once a file.
+    pub fn finish_files(&self, mut group: Vec<PendingFile>) -> Result<(), FileError> {
+        for pending in &group {
+            pending
+                .file
+                .as_ref()
+                .expect("a pending file is open until finished")
+                .sync_all()
+                .map_err(FileError::at(&pending.temp, "fsync"))?;
+        }
+        for pending in &mut group {
+            let target = self.path.join(&pending.name);
+            rename_no_replace(&pending.temp, &target).map_err(FileError::at(
+                &target,
+                "rename the finished temporary file to",
+            ))?;
+            pending.file = None;
+        }
         self.sync()
     }
 
