@@ -12,10 +12,12 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cryptoserver::generate::fill_secret;
+use cryptoserver::keystore::KeyStore;
 use cryptoserver::layout::{KeyLocation, Mode, KEY_FILE_LEN, MODE32_FILE_COUNT};
 
 use super::tools::ensure_installed;
@@ -167,6 +169,60 @@ impl Mode32Dir {
             );
         }
         Ok(rate)
+    }
+}
+
+impl Mode32Dir {
+    /// Key reads through the server's own key store in this process, without
+    /// HTTP: `concurrency` MACs at a time on a runtime like the server's, over
+    /// `messages` (each read once), until they run out or `duration` passes.
+    pub fn key_store_reads(
+        &self,
+        messages: &[Message],
+        concurrency: usize,
+        duration: Duration,
+    ) -> anyhow::Result<IoRate> {
+        let store = KeyStore::load(Mode::Mode32, &self.path)
+            .map_err(|error| anyhow::anyhow!("cannot load the MODE32 secrets: {error}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .build()
+            .context("cannot start a tokio runtime")?;
+        let messages = Arc::new(messages.to_vec());
+        let started = Instant::now();
+        let deadline = started + duration;
+        let reads = runtime.block_on(async {
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|first| {
+                    let (store, messages) = (store.clone(), Arc::clone(&messages));
+                    tokio::spawn(async move {
+                        let mut reads = 0u64;
+                        for message in messages.iter().skip(first).step_by(concurrency) {
+                            if Instant::now() >= deadline {
+                                break;
+                            }
+                            store.mac(message).await.map_err(|unavailable| {
+                                anyhow::anyhow!(
+                                    "cannot read a key from {}: {}",
+                                    unavailable.path.display(),
+                                    unavailable.error
+                                )
+                            })?;
+                            reads += 1;
+                        }
+                        anyhow::Ok(reads)
+                    })
+                })
+                .collect();
+            let mut reads = 0;
+            for task in tasks {
+                reads += task.await.context("a key-reading task panicked")??;
+            }
+            anyhow::Ok(reads)
+        })?;
+        Ok(IoRate {
+            reads,
+            elapsed: started.elapsed(),
+        })
     }
 }
 
