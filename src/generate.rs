@@ -133,12 +133,18 @@ pub fn generate(args: &GenerateArgs, output: ProgressOutput) -> Result<Generated
             ),
         },
     ));
-    let (new_digests, writing) =
-        write_files(&dir, mode, &survey.missing, jobs, owner.as_ref(), output)?;
+    let work = FileWork {
+        dir: &dir,
+        mode,
+        jobs,
+        owner: owner.as_ref(),
+        output,
+    };
+    let (new_digests, writing) = work.write_files(&survey.missing)?;
     generated.written = survey.missing.len();
     generated.writing = writing;
 
-    let kept_digests = hash_kept_files(&dir, mode, &survey.present, jobs, owner.as_ref(), output)?;
+    let kept_digests = work.hash_kept_files(&survey.present)?;
     let mut digests = vec![[0u8; 32]; mode.file_count()];
     for (index, digest) in survey
         .missing
@@ -285,65 +291,103 @@ pub fn fill_secret(secret: &mut [u8]) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// Files each job writes before it finishes them as a group (see [`write_files`]).
+/// Files each job writes before it finishes them as a group (see [`FileWork::write_files`]).
 const FILES_IN_FLIGHT: usize = 8;
 
-/// Writes the files of `mode` with these indices into `dir`, `jobs` at a time,
-/// each durably (see [`SecretDir::create_file`]). Returns their SHA-256 digests,
-/// in the order of `indices`, and the time taken. The benchmark drives this over
-/// a subset of MODE32.
-///
-/// Each job writes [`FILES_IN_FLIGHT`] files, starting their write-back at once,
-/// before it fsyncs, renames and commits them as a group: the disk writes while
-/// the job computes, and the filesystem commits its journal once a group instead
-/// of twice a file (on the test VM, 2 jobs wrote 70% of the disk's sequential
-/// bandwidth one file at a time, 100% in groups of 8).
-pub fn write_files(
-    dir: &SecretDir,
-    mode: Mode,
-    indices: &[usize],
-    jobs: NonZeroUsize,
-    owner: Option<&Owner>,
-    output: ProgressOutput,
-) -> Result<(Vec<[u8; 32]>, Duration), CommandError> {
-    struct Job {
-        secret: Vec<u8>,
-        in_flight: Vec<PendingFile>,
+/// Per-file work on one secrets directory: which mode, how many files at a
+/// time, for whom, with what progress.
+#[derive(Clone, Copy)]
+pub struct FileWork<'a> {
+    pub dir: &'a SecretDir,
+    pub mode: Mode,
+    pub jobs: NonZeroUsize,
+    pub owner: Option<&'a Owner>,
+    pub output: ProgressOutput,
+}
+
+impl FileWork<'_> {
+    /// Writes the files of `mode` with these indices into `dir`, `jobs` at a time,
+    /// each durably (see [`SecretDir::create_file`]). Returns their SHA-256 digests,
+    /// in the order of `indices`, and the time taken. The benchmark drives this over
+    /// a subset of MODE32.
+    ///
+    /// Each job writes [`FILES_IN_FLIGHT`] files, starting their write-back at once,
+    /// before it fsyncs, renames and commits them as a group: the disk writes while
+    /// the job computes, and the filesystem commits its journal once a group instead
+    /// of twice a file (on the test VM, 2 jobs wrote 70% of the disk's sequential
+    /// bandwidth one file at a time, 100% in groups of 8).
+    pub fn write_files(
+        &self,
+        indices: &[usize],
+    ) -> Result<(Vec<[u8; 32]>, Duration), CommandError> {
+        struct Job {
+            secret: Vec<u8>,
+            in_flight: Vec<PendingFile>,
+        }
+        let file_len = self.mode.file_len();
+        let progress = Progress::start("generating", indices.len() as u64 * file_len, self.output);
+        let written = AtomicUsize::new(0);
+        let finish = |group: Vec<PendingFile>| -> Result<(), Stop> {
+            let count = group.len();
+            self.dir.finish_files(group)?;
+            written.fetch_add(count, Ordering::Relaxed);
+            progress.add(count as u64 * file_len);
+            Ok(())
+        };
+        let result = jobs::map_then_finish(
+            self.jobs,
+            indices.len(),
+            || Job {
+                secret: vec![0u8; file_len as usize],
+                in_flight: Vec::new(),
+            },
+            |job, position| {
+                fill_secret(&mut job.secret).map_err(Stop::Random)?;
+                let name = self.mode.file_name(indices[position]);
+                job.in_flight
+                    .push(self.dir.start_file(&name, &job.secret, self.owner)?);
+                let digest: [u8; 32] = Sha256::digest(&job.secret).into();
+                if job.in_flight.len() == FILES_IN_FLIGHT {
+                    finish(std::mem::take(&mut job.in_flight))?;
+                }
+                Ok(digest)
+            },
+            |job| finish(job.in_flight),
+        );
+        let elapsed = progress.finish();
+        match result {
+            Ok(digests) => Ok((digests, elapsed)),
+            Err(stop) => Err(stop.explain(self.dir, written.into_inner())),
+        }
     }
-    let file_len = mode.file_len();
-    let progress = Progress::start("generating", indices.len() as u64 * file_len, output);
-    let written = AtomicUsize::new(0);
-    let finish = |group: Vec<PendingFile>| -> Result<(), Stop> {
-        let count = group.len();
-        dir.finish_files(group)?;
-        written.fetch_add(count, Ordering::Relaxed);
-        progress.add(count as u64 * file_len);
-        Ok(())
-    };
-    let result = jobs::map_then_finish(
-        jobs,
-        indices.len(),
-        || Job {
-            secret: vec![0u8; file_len as usize],
-            in_flight: Vec::new(),
-        },
-        |job, position| {
-            fill_secret(&mut job.secret).map_err(Stop::Random)?;
-            let name = mode.file_name(indices[position]);
-            job.in_flight
-                .push(dir.start_file(&name, &job.secret, owner)?);
-            let digest: [u8; 32] = Sha256::digest(&job.secret).into();
-            if job.in_flight.len() == FILES_IN_FLIGHT {
-                finish(std::mem::take(&mut job.in_flight))?;
+
+    /// SHA-256 of the files complete before this run (for the manifest), which are
+    /// also given mode 0400 and the owner; their content is only read.
+    fn hash_kept_files(&self, indices: &[usize]) -> Result<Vec<[u8; 32]>, CommandError> {
+        if indices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let progress = Progress::start(
+            "hashing the files kept from before",
+            indices.len() as u64 * self.mode.file_len(),
+            self.output,
+        );
+        let digests = jobs::map(self.jobs, indices.len(), Vec::new, |buffer, position| {
+            let name = self.mode.file_name(indices[position]);
+            self.dir.secure_file(&name, self.owner)?;
+            let (digest, len) = hash_file(&self.dir.path().join(&name), buffer)?;
+            if len != self.mode.file_len() {
+                return Err(CommandError(format!(
+                    "{}: changed size to {len} bytes while this run was hashing it; nothing more was \
+                     written. Stop whatever else writes to this directory and run again",
+                    self.dir.path().join(&name).display()
+                )));
             }
+            progress.add(len);
             Ok(digest)
-        },
-        |job| finish(job.in_flight),
-    );
-    let elapsed = progress.finish();
-    match result {
-        Ok(digests) => Ok((digests, elapsed)),
-        Err(stop) => Err(stop.explain(dir, written.into_inner())),
+        })?;
+        progress.finish();
+        Ok(digests)
     }
 }
 
@@ -381,42 +425,6 @@ impl Stop {
             }
         ))
     }
-}
-
-/// SHA-256 of the files complete before this run (for the manifest), which are
-/// also given mode 0400 and the owner; their content is only read.
-fn hash_kept_files(
-    dir: &SecretDir,
-    mode: Mode,
-    indices: &[usize],
-    jobs: NonZeroUsize,
-    owner: Option<&Owner>,
-    output: ProgressOutput,
-) -> Result<Vec<[u8; 32]>, CommandError> {
-    if indices.is_empty() {
-        return Ok(Vec::new());
-    }
-    let progress = Progress::start(
-        "hashing the files kept from before",
-        indices.len() as u64 * mode.file_len(),
-        output,
-    );
-    let digests = jobs::map(jobs, indices.len(), Vec::new, |buffer, position| {
-        let name = mode.file_name(indices[position]);
-        dir.secure_file(&name, owner)?;
-        let (digest, len) = hash_file(&dir.path().join(&name), buffer)?;
-        if len != mode.file_len() {
-            return Err(CommandError(format!(
-                "{}: changed size to {len} bytes while this run was hashing it; nothing more was written. \
-                 Stop whatever else writes to this directory and run again",
-                dir.path().join(&name).display()
-            )));
-        }
-        progress.add(len);
-        Ok(digest)
-    })?;
-    progress.finish();
-    Ok(digests)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cryptoserver::generate::{fill_secret, write_files};
+use cryptoserver::generate::{fill_secret, FileWork};
 use cryptoserver::jobs;
 use cryptoserver::layout::{Mode, KEY_FILE_LEN};
 use cryptoserver::progress::ProgressOutput;
@@ -153,14 +153,14 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
             || {
                 let dir = SecretDir::open_locked(&scratch.0.join("gen"))?;
                 let indices: Vec<usize> = (0..files).collect();
-                write_files(
-                    &dir,
-                    Mode::Mode32,
-                    &indices,
+                let work = FileWork {
+                    dir: &dir,
+                    mode: Mode::Mode32,
                     jobs,
-                    None,
-                    ProgressOutput::Hidden,
-                )?;
+                    owner: None,
+                    output: ProgressOutput::Hidden,
+                };
+                work.write_files(&indices)?;
                 Ok(())
             },
         )?);
