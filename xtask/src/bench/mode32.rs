@@ -20,7 +20,7 @@ use cryptoserver::generate::fill_secret;
 use cryptoserver::keystore::KeyStore;
 use cryptoserver::layout::{KeyLocation, Mode, KEY_FILE_LEN, MODE32_FILE_COUNT};
 
-use super::tools::ensure_installed;
+use super::tools::{ensure_installed, output_of};
 
 /// The unit the disk reads: the page a 32-byte key read pulls in.
 pub const BLOCK_LEN: u64 = 4096;
@@ -143,21 +143,13 @@ impl Mode32Dir {
         let job_path = work.join("cold-reads.fio");
         std::fs::write(&job_path, job_file)
             .with_context(|| format!("cannot write {}", job_path.display()))?;
-        let output = Command::new("fio")
-            .args(["--output-format=terse", "--terse-version=3"])
-            .arg(&job_path)
-            .current_dir(&self.path)
-            .output()
-            .context("cannot run fio")?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            bail!(
-                "fio failed with {}: {}{}",
-                output.status,
-                stdout.trim(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
+        let stdout = output_of(
+            Command::new("fio")
+                .args(["--output-format=terse", "--terse-version=3"])
+                .arg(&job_path)
+                .current_dir(&self.path),
+            "fio",
+        )?;
         let (rate, jobs) = parse_fio_terse(&stdout)?;
         // fio's replay leaves the last reads in flight of each job uncounted.
         let uncounted = jobs * (concurrency as u64 - 1);

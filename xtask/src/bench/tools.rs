@@ -41,6 +41,24 @@ fn is_installed(program: &str) -> bool {
         .is_ok()
 }
 
+/// Runs `command` to completion and returns its standard output; fails with
+/// everything it printed when it fails.
+pub fn output_of(command: &mut Command, what: &str) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "{what} failed with {}: {}{}",
+            output.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(stdout)
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub fn free_address() -> anyhow::Result<SocketAddr> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))

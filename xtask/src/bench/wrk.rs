@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::tools::ensure_installed;
+use super::tools::{ensure_installed, output_of};
 
 /// Keeps `count` requests in flight per thread from `wrk.thread:get("id")`'s
 /// share of the bodies (every `threads`-th body of the file). `rounds` counts
@@ -113,30 +113,22 @@ impl Wrk {
         duration: Duration,
     ) -> anyhow::Result<LoadResult> {
         let (base, path) = split_url(url)?;
-        let output = Command::new("wrk")
-            .arg(format!("--threads={}", load.threads))
-            .arg(format!("--connections={}", load.connections))
-            // wrk counts time in whole seconds at best.
-            .arg(format!("--duration={}s", duration.as_secs().max(1)))
-            .arg("--timeout=10s")
-            .arg(format!("--script={}", self.script.display()))
-            .arg(base)
-            .arg("--")
-            .arg(path)
-            .arg(bodies)
-            .arg(body_len.to_string())
-            .arg(load.threads.to_string())
-            .output()
-            .context("cannot run wrk")?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            bail!(
-                "wrk against {url} failed with {}: {}{}",
-                output.status,
-                stdout.trim(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
+        let stdout = output_of(
+            Command::new("wrk")
+                .arg(format!("--threads={}", load.threads))
+                .arg(format!("--connections={}", load.connections))
+                // wrk counts time in whole seconds at best.
+                .arg(format!("--duration={}s", duration.as_secs().max(1)))
+                .arg("--timeout=10s")
+                .arg(format!("--script={}", self.script.display()))
+                .arg(base)
+                .arg("--")
+                .arg(path)
+                .arg(bodies)
+                .arg(body_len.to_string())
+                .arg(load.threads.to_string()),
+            &format!("wrk against {url}"),
+        )?;
         let result = parse_summary(&stdout)
             .with_context(|| format!("wrk against {url} printed no summary: {stdout}"))?;
         if result.errors > 0 {
