@@ -2,6 +2,7 @@
 //! when missing, and the processes they start, stopped on every exit path.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,6 +86,18 @@ impl Server {
     ) -> anyhow::Result<(Server, Duration)> {
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
+        // SAFETY: prctl is async-signal-safe and touches only the new process.
+        // Should the benchmark die without running its destructors, the kernel
+        // still stops its servers.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         let started = Instant::now();
         let child = command
             .stdin(Stdio::null())
