@@ -5,9 +5,12 @@
 //! response or log line ever carries a message body, a MAC or key material.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::HttpBody as _;
@@ -24,8 +27,9 @@ use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
-use tracing::Instrument as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_layer::Layer;
+use tower_service::Service;
 
 use crate::access::Tokens;
 use crate::batch::parse_frames;
@@ -81,10 +85,11 @@ impl AppState {
 
 /// Layers, outermost first: observe (request span, metrics) and shed load at the
 /// concurrency limit, then on every route but `/healthz`: authorize and rate-limit.
-/// Each middleware layer costs about a quarter of what axum and hyper spend on a
-/// whole request (README, Performance), so there are as few as possible: observing
-/// includes shedding, and the authorization layer is left out when there are
-/// neither tokens nor rate limits, as it would let everything through.
+/// Each `from_fn` middleware layer costs about a quarter of what axum and hyper
+/// spend on a whole request (README, Performance), so there are as few as
+/// possible: observing (with shedding) is a hand-written service, and the
+/// authorization layer is left out when there are neither tokens nor rate
+/// limits, as it would let everything through.
 pub fn router(state: Arc<AppState>) -> Router {
     let mut guarded = Router::new()
         .route("/hmac", post(hmac))
@@ -110,7 +115,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this route (see the Allow header)",
             )
         })
-        .layer(from_fn_with_state(Arc::clone(&state), observe))
+        .layer(ObserveLayer(Arc::clone(&state)))
         .with_state(state)
 }
 
@@ -123,66 +128,142 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
 
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
-async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|matched| ROUTES.into_iter().find(|route| *route == matched.as_str()))
-        .unwrap_or("unmatched");
-    let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("request", id, method = %request.method(), route);
-    let started = Instant::now();
-    let in_flight = InFlight::enter(&state.metrics);
-    let mut response = shed_load(&state, request, next)
-        .instrument(span.clone())
-        .await;
-    drop(in_flight);
-    let elapsed = started.elapsed();
-    state.metrics.request_latency.observe(elapsed);
-    state
-        .metrics
-        .count_request(route, response.status().as_u16());
-    span.in_scope(|| {
-        tracing::debug!(
-            status = response.status().as_u16(),
-            ?elapsed,
-            "request finished"
-        )
-    });
-    response
-        .headers_mut()
-        .insert("x-request-id", HeaderValue::from(id));
-    response
+/// Observes every request (span, metrics, `x-request-id`) and refuses at once
+/// beyond the concurrency limit: a queue would only add latency.
+#[derive(Clone)]
+struct ObserveLayer(Arc<AppState>);
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            state: Arc::clone(&self.0),
+        }
+    }
 }
 
-/// Counts a request in flight until dropped, also when the client goes away mid-request.
-struct InFlight<'a>(&'a Metrics);
+#[derive(Clone)]
+struct Observe<S> {
+    inner: S,
+    state: Arc<AppState>,
+}
 
-impl<'a> InFlight<'a> {
-    fn enter(metrics: &'a Metrics) -> Self {
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Observed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .and_then(|matched| ROUTES.into_iter().find(|route| *route == matched.as_str()))
+            .unwrap_or("unmatched");
+        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("request", id, method = %request.method(), route);
+        let metrics = &self.state.metrics;
         metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(metrics)
+        let stage = match Arc::clone(&self.state.concurrency).try_acquire_owned() {
+            Ok(permit) => Stage::Serving {
+                response: span.in_scope(|| self.inner.call(request)),
+                _permit: permit,
+            },
+            Err(_) => {
+                metrics.shed.fetch_add(1, Ordering::Relaxed);
+                Stage::Shed(
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "server is at its concurrency limit (CRYPTOSERVER_MAX_CONCURRENT); retry shortly",
+                    )
+                    .with_header(RETRY_AFTER, HeaderValue::from_static("1"))
+                    .into_response(),
+                )
+            }
+        };
+        Observed {
+            stage: Some(stage),
+            state: Arc::clone(&self.state),
+            span,
+            route,
+            id,
+            started: Instant::now(),
+        }
     }
 }
 
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
+enum Stage<F> {
+    /// Holds a concurrency permit until the response is out.
+    Serving {
+        response: F,
+        _permit: OwnedSemaphorePermit,
+    },
+    Shed(Response),
 }
 
-/// Refuses at once beyond the concurrency limit: a queue would only add latency.
-async fn shed_load(state: &AppState, request: Request, next: Next) -> Response {
-    match state.concurrency.try_acquire() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => {
-            state.metrics.shed.fetch_add(1, Ordering::Relaxed);
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server is at its concurrency limit (CRYPTOSERVER_MAX_CONCURRENT); retry shortly",
+/// A request being observed; counted in flight until it answers or is dropped
+/// (the client went away).
+struct Observed<F> {
+    /// `None` once the response is out.
+    stage: Option<Stage<F>>,
+    state: Arc<AppState>,
+    span: tracing::Span,
+    route: &'static str,
+    id: u64,
+    started: Instant,
+}
+
+impl<F, E> Future for Observed<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut response = match this.stage.as_mut().expect("polled after completion") {
+            Stage::Serving { response, .. } => {
+                let _entered = this.span.enter();
+                match ready!(Pin::new(response).poll(cx)) {
+                    Ok(response) => response,
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+            }
+            Stage::Shed(response) => std::mem::take(response),
+        };
+        this.stage = None;
+        let metrics = &this.state.metrics;
+        metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let elapsed = this.started.elapsed();
+        metrics.request_latency.observe(elapsed);
+        metrics.count_request(this.route, response.status().as_u16());
+        this.span.in_scope(|| {
+            tracing::debug!(
+                status = response.status().as_u16(),
+                ?elapsed,
+                "request finished"
             )
-            .with_header(RETRY_AFTER, HeaderValue::from_static("1"))
-            .into_response()
+        });
+        response
+            .headers_mut()
+            .insert("x-request-id", HeaderValue::from(this.id));
+        Poll::Ready(Ok(response))
+    }
+}
+
+impl<F> Drop for Observed<F> {
+    fn drop(&mut self) {
+        if self.stage.is_some() {
+            self.state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
