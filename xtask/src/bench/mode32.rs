@@ -41,9 +41,49 @@ pub struct Mode32Dir {
 }
 
 impl Mode32Dir {
+    /// The directory kept in `cache` by an earlier run with as many messages, or
+    /// else a new one written there. It is kept because deleting it costs minutes
+    /// here: the filesystem discards every freed block as the files go.
+    pub fn reuse_or_create(cache: &Path, cold: usize, warm_up: usize) -> anyhow::Result<Mode32Dir> {
+        let path = cache.join("secrets");
+        let (cold_file, warm_up_file) = (cache.join("cold.bin"), cache.join("warm-up.bin"));
+        let read_messages = |file: &Path, count: usize| -> Option<Vec<Message>> {
+            let bytes = std::fs::read(file).ok()?;
+            (bytes.len() == count * MESSAGE_LEN).then(|| {
+                bytes
+                    .chunks_exact(MESSAGE_LEN)
+                    .map(|m| m.try_into().expect("chunks are MESSAGE_LEN long"))
+                    .collect()
+            })
+        };
+        // The message files are written last, so they exist only for a whole directory.
+        if let (Some(cold), Some(warm_up)) = (
+            read_messages(&cold_file, cold),
+            read_messages(&warm_up_file, warm_up),
+        ) {
+            eprintln!("  reusing {}", cache.display());
+            return Ok(Mode32Dir {
+                path,
+                cold,
+                warm_up,
+            });
+        }
+        if cache.exists() {
+            std::fs::remove_dir_all(cache)
+                .with_context(|| format!("cannot remove the outdated {}", cache.display()))?;
+        }
+        std::fs::create_dir_all(cache)
+            .with_context(|| format!("cannot create {}", cache.display()))?;
+        let dir = Mode32Dir::create(path, cold, warm_up)?;
+        std::fs::write(&warm_up_file, dir.warm_up.concat())
+            .and_then(|()| std::fs::write(&cold_file, dir.cold.concat()))
+            .with_context(|| format!("cannot write the messages into {}", cache.display()))?;
+        Ok(dir)
+    }
+
     /// Writes the directory at `path` (which must not exist) with `cold` planted
     /// messages and `warm_up` others, then flushes it to disk.
-    pub fn create(path: PathBuf, cold: usize, warm_up: usize) -> anyhow::Result<Mode32Dir> {
+    fn create(path: PathBuf, cold: usize, warm_up: usize) -> anyhow::Result<Mode32Dir> {
         let (cold, warm_up) = distinct_block_messages(cold, warm_up)?;
         std::fs::DirBuilder::new()
             .mode(0o700)
