@@ -19,18 +19,6 @@ pub fn map<S, R: Send, E: Send>(
     new_state: impl Fn() -> S + Sync,
     work: impl Fn(&mut S, usize) -> Result<R, E> + Sync,
 ) -> Result<Vec<R>, E> {
-    map_then_finish(jobs, count, new_state, work, |_| Ok(()))
-}
-
-/// [`map`], where each worker ends, also after an error, with `finish(state)`:
-/// the work it left in flight (the generator's last file) is completed there.
-pub fn map_then_finish<S, R: Send, E: Send>(
-    jobs: NonZeroUsize,
-    count: usize,
-    new_state: impl Fn() -> S + Sync,
-    work: impl Fn(&mut S, usize) -> Result<R, E> + Sync,
-    finish: impl Fn(S) -> Result<(), E> + Sync,
-) -> Result<Vec<R>, E> {
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error = Mutex::new(None);
@@ -56,9 +44,6 @@ pub fn map_then_finish<S, R: Send, E: Send>(
                             Ok(result) => done.push((index, result)),
                             Err(error) => fail(error),
                         }
-                    }
-                    if let Err(error) = finish(state) {
-                        fail(error);
                     }
                     done
                 })
@@ -89,38 +74,6 @@ mod tests {
             map(jobs, 0, || (), |(), i| Ok::<_, ()>(i)).unwrap(),
             Vec::<usize>::new()
         );
-    }
-
-    #[test]
-    fn every_worker_finishes_its_state_even_after_an_error() {
-        let finished = AtomicUsize::new(0);
-        let result = map_then_finish(
-            NonZeroUsize::new(3).unwrap(),
-            100,
-            || (),
-            |(), i| {
-                if i == 50 {
-                    Err("item 50 failed")
-                } else {
-                    Ok(i)
-                }
-            },
-            |()| {
-                finished.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            },
-        );
-        assert_eq!(result.unwrap_err(), "item 50 failed");
-        assert_eq!(finished.load(Ordering::Relaxed), 3);
-
-        let result = map_then_finish(
-            NonZeroUsize::MIN,
-            0,
-            || (),
-            |(), i| Ok(i),
-            |()| Err("finish failed"),
-        );
-        assert_eq!(result.unwrap_err(), "finish failed");
     }
 
     #[test]

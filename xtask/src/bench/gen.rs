@@ -5,7 +5,7 @@
 //!   uses it, and getrandom directly (the alternative the README weighs); and
 //!   ChaCha20 plus the SHA-256 the manifest needs, gen-secrets' whole CPU work;
 //! - the disk's sequential write bandwidth: one file of zeros, then fsync
-//!   (alternating with gen-secrets, best of two each);
+//!   (alternating with gen-secrets, best of three each by default);
 //! - the seed's recipes: its Python `urandom` loop on as many files, and
 //!   `dd if=/dev/urandom bs=32 count=65536` per file on a few files (each
 //!   makes 131,072 system calls, so the full count would take many minutes).
@@ -74,7 +74,7 @@ pub struct GenBenchArgs {
     dd_files: usize,
 
     /// Runs of the disk and of gen-secrets, alternating; the fastest of each counts.
-    #[arg(long, default_value = "2")]
+    #[arg(long, default_value = "3")]
     repeat: NonZeroUsize,
 }
 
