@@ -11,7 +11,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
@@ -185,7 +185,9 @@ async fn accept_loop(
             header_timeout,
             app: app.clone(),
             peer,
-            graceful: Arc::clone(&graceful),
+            // Taken before the task starts, so the shutdown waits for this
+            // connection even while it is still in its TLS handshake.
+            watcher: graceful.watcher(),
         };
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -202,7 +204,7 @@ struct Connection {
     header_timeout: Duration,
     app: Router,
     peer: SocketAddr,
-    graceful: Arc<GracefulShutdown>,
+    watcher: Watcher,
 }
 
 impl Connection {
@@ -223,15 +225,14 @@ impl Connection {
             http,
             app,
             peer,
-            graceful,
+            watcher,
             ..
         } = self;
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             app.clone().call(request)
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
-        drop(graceful);
+        let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
         if let Err(error) = connection.await {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
