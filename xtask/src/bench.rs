@@ -169,3 +169,43 @@ pub fn check_goals(goals: &[Goal]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How much the machine's other work competed for the CPU during a benchmark,
+/// from the kernel's pressure stall information (`/proc/pressure/cpu`): on a
+/// shared machine, ratios that involve CPU work are pessimistic when it is high.
+pub struct CpuPressure {
+    stalled_at_start: Option<Duration>,
+    started: std::time::Instant,
+}
+
+impl CpuPressure {
+    pub fn start() -> CpuPressure {
+        CpuPressure {
+            stalled_at_start: cpu_stall_total(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Prints the share of the run during which some task waited for a CPU.
+    pub fn report(&self) {
+        let (Some(start), Some(end)) = (self.stalled_at_start, cpu_stall_total()) else {
+            return;
+        };
+        let share = (end - start).as_secs_f64() / self.started.elapsed().as_secs_f64();
+        println!(
+            "\nCPU contention: during {:.0}% of the run some task waited for a CPU \
+             (/proc/pressure/cpu); ratios involving CPU work are pessimistic when this is high.",
+            100.0 * share.min(1.0)
+        );
+    }
+}
+
+/// Total time some task waited for a CPU since boot.
+fn cpu_stall_total() -> Option<Duration> {
+    let pressure = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = pressure.lines().find(|line| line.starts_with("some "))?;
+    let micros = some
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("total="))?;
+    Some(Duration::from_micros(micros.parse().ok()?))
+}

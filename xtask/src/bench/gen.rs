@@ -32,7 +32,7 @@ use cryptoserver::progress::ProgressOutput;
 use cryptoserver::secret_dir::SecretDir;
 use sha2::{Digest, Sha256};
 
-use super::{check_goals, print_table, Goal, Measurement};
+use super::{check_goals, print_table, CpuPressure, Goal, Measurement};
 use crate::process::repo_root;
 
 /// The seed's MODE32 loop, unchanged but for stopping after `count` files and
@@ -107,6 +107,7 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
         args.gib
     );
 
+    let pressure = CpuPressure::start();
     let chacha = measure(
         "CSPRNG: ChaCha20 seeded by getrandom (gen-secrets'), all cores",
         None,
@@ -203,6 +204,7 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
     let rows = [chacha, getrandom, chacha_sha, disk, gen, python, dd];
     let [chacha, _, chacha_sha, disk, gen, python, _] = &rows;
     print_table(&rows, gen);
+    pressure.report();
     // No generator doing gen-secrets' work (random bytes and their SHA-256 for the
     // manifest, written to this disk) can beat the slower of those two.
     let best_possible = chacha_sha.rate().min(disk.rate());
