@@ -19,9 +19,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(error) => {
-            // One line, whatever RUST_LOG says: clap's first line names the value and the valid ones.
+            // One line, whatever RUST_LOG says: clap's first paragraph names the
+            // value and the valid ones (on its second line for a list of choices).
             let text = error.to_string();
-            eprintln!("cryptoserver: {}", text.lines().next().unwrap_or_default());
+            let first_paragraph: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|line| !line.is_empty())
+                .collect();
+            eprintln!("cryptoserver: {}", first_paragraph.join(" "));
             return ExitCode::from(2);
         }
     };
