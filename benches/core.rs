@@ -10,7 +10,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cryptoserver::batch::{encode_frames, parse_frames};
 use cryptoserver::generate::{fill_secret, generate, GenerateArgs};
-use cryptoserver::keystore::KeyStore;
+use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::{Mode, KEY_FILE_LEN, KEY_LEN};
 use cryptoserver::mac::{self, PrecomputedKey};
 use cryptoserver::progress::ProgressOutput;
@@ -67,7 +67,7 @@ fn key_store(c: &mut Criterion) {
             Mode::Mode32 => write_sparse_mode32(&secrets),
             _ => generate_secrets(mode, &secrets),
         }
-        let store = KeyStore::load(mode, &secrets).expect("the secrets load");
+        let store = KeyStore::load(mode, &secrets, KeyReads::Auto).expect("the secrets load");
         let cases = match mode {
             Mode::Mode32 => vec![
                 (

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::keystore::KeyReads;
 use crate::layout::Mode;
 
 #[derive(Clone, Debug, Parser)]
@@ -67,6 +68,11 @@ pub struct Config {
     /// Requests served at once; more are refused with 503 at once rather than queued.
     #[arg(long, env = "CRYPTOSERVER_MAX_CONCURRENT", default_value = "1024")]
     pub max_concurrent: usize,
+
+    /// How MODE32 reads keys: auto (io_uring where the kernel allows it, else a thread
+    /// pool), io-uring (startup fails without it) or threads.
+    #[arg(long, env = "CRYPTOSERVER_KEY_READS", value_enum, default_value_t = KeyReads::Auto)]
+    pub key_reads: KeyReads,
 
     /// Seconds a client gets to send a request's headers, and that an idle keep-alive connection stays open.
     #[arg(long, env = "CRYPTOSERVER_HEADER_TIMEOUT", default_value = "10", value_parser = parse_seconds)]

@@ -22,6 +22,9 @@ use crate::mac::{self, Mac, PrecomputedKey};
 use crate::manifest::Manifest;
 use crate::metrics::KeyReadStats;
 
+mod ring;
+use ring::KeyReadRing;
+
 /// A batch is split into at most this many tasks on the blocking thread pool.
 const BATCH_TASKS: usize = 64;
 /// In-memory keys: smaller batches run as one task, as a hand-off costs more than a few MACs.
@@ -29,6 +32,18 @@ const BATCH_MIN_CHUNK_IN_MEMORY: usize = 256;
 
 /// File descriptors kept free for sockets and the rest when all MODE32 files are open.
 const SPARE_FILE_DESCRIPTORS: u64 = 4096;
+
+/// How MODE32 reads its keys from disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyReads {
+    /// io_uring where the kernel allows it, else a thread pool.
+    #[default]
+    Auto,
+    /// io_uring only: startup fails where it is unavailable.
+    IoUring,
+    /// A thread pool doing `pread` (slower: each read is handed to a thread).
+    Threads,
+}
 
 /// Why the secrets directory cannot be served; always names the path and what to do.
 #[derive(Debug)]
@@ -71,15 +86,16 @@ enum Keys {
 }
 
 impl KeyStore {
-    /// Checks the secrets directory for `mode` and loads it. Blocking: call before serving.
-    pub fn load(mode: Mode, dir: &Path) -> Result<KeyStore, SecretsError> {
+    /// Checks the secrets directory for `mode` and loads it; `reads` applies to
+    /// MODE32 only. Blocking: call before serving.
+    pub fn load(mode: Mode, dir: &Path, reads: KeyReads) -> Result<KeyStore, SecretsError> {
         check_directory(dir)?;
         let manifest = read_manifest(mode, dir)?;
         let keys = match mode {
             Mode::Mode0 | Mode::Mode16 => {
                 Keys::InMemory(Arc::new(load_in_memory(mode, dir, manifest.as_ref())?))
             }
-            Mode::Mode32 => Keys::OnDisk(Arc::new(KeyFiles::open(dir)?)),
+            Mode::Mode32 => Keys::OnDisk(Arc::new(KeyFiles::open(dir, reads)?)),
         };
         Ok(KeyStore { mode, keys })
     }
@@ -93,12 +109,7 @@ impl KeyStore {
         match &self.keys {
             Keys::InMemory(_) => self.mac_blocking(message),
             Keys::OnDisk(files) => {
-                let location = self.mode.locate(message);
-                let files = Arc::clone(files);
-                // A cold read can take milliseconds: keep it off the async workers.
-                let key = tokio::task::spawn_blocking(move || files.read_key(location))
-                    .await
-                    .expect("key reads do not panic")?;
+                let key = KeyFiles::read_key_async(files, self.mode.locate(message)).await?;
                 Ok(mac::mac(&key, message))
             }
         }
@@ -233,10 +244,13 @@ fn read_manifest(mode: Mode, dir: &Path) -> Result<Option<Manifest>, SecretsErro
 /// Opens a secret file without following a FIFO into a blocking open, and checks
 /// its type, size and permissions. Returns whether others may read it.
 fn open_secret_file(mode: Mode, path: &Path) -> Result<(File, bool), SecretsError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
+    let open = |flags| OpenOptions::new().read(true).custom_flags(flags).open(path);
+    // O_NOATIME: a key read costs no inode update. Only the file's owner may ask.
+    let file = open(libc::O_NONBLOCK | libc::O_NOATIME)
+        .or_else(|error| match error.raw_os_error() {
+            Some(libc::EPERM) => open(libc::O_NONBLOCK),
+            _ => Err(error),
+        })
         .map_err(|error| match error.kind() {
             io::ErrorKind::NotFound => SecretsError::at(
                 path,
@@ -353,10 +367,13 @@ impl Drop for KeyTable {
 /// The 65,536 MODE32 files.
 struct KeyFiles {
     dir: PathBuf,
-    /// Files `0..open.len()`, opened once at startup: a key read is one `pread`.
+    /// Files `0..open.len()`, opened once at startup: a key read is one read.
     /// All of them when RLIMIT_NOFILE allows; the rest are opened per read.
-    /// A file that fails is reopened, so a restored file is picked up.
-    open: Box<[RwLock<File>]>,
+    /// A file that fails is reopened, so a restored file is picked up; a read
+    /// in flight keeps the file it started on.
+    open: Box<[RwLock<Arc<File>>]>,
+    /// Reads of the files kept open, when io_uring is used.
+    ring: Option<KeyReadRing>,
     /// Files whose last read failed; `/readyz` reports 503 while any is listed.
     failing: Mutex<BTreeSet<usize>>,
     failing_count: AtomicUsize,
@@ -364,13 +381,28 @@ struct KeyFiles {
 }
 
 impl KeyFiles {
-    fn open(dir: &Path) -> Result<KeyFiles, SecretsError> {
+    fn open(dir: &Path, reads: KeyReads) -> Result<KeyFiles, SecretsError> {
         let mode = Mode::Mode32;
-        let wanted = mode.file_count() as u64 + SPARE_FILE_DESCRIPTORS;
+        let ring = match reads {
+            KeyReads::Threads => None,
+            KeyReads::IoUring => Some(KeyReadRing::new().map_err(|error| {
+                SecretsError(format!(
+                    "cannot set up io_uring for MODE32 key reads: {error}; \
+                     use CRYPTOSERVER_KEY_READS=auto or threads where the kernel or a seccomp filter forbids it"
+                ))
+            })?),
+            KeyReads::Auto => KeyReadRing::new()
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        %error,
+                        "io_uring is unavailable; MODE32 key reads use a thread pool (slower)"
+                    )
+                })
+                .ok(),
+        };
+        let wanted = open_files_wanted();
         let limit = raise_open_file_limit(wanted);
-        let keep_open = limit
-            .saturating_sub(SPARE_FILE_DESCRIPTORS)
-            .min(mode.file_count() as u64) as usize;
+        let keep_open = files_kept_open_under(limit);
         if keep_open < mode.file_count() {
             tracing::warn!(
                 limit,
@@ -392,13 +424,14 @@ impl KeyFiles {
             }
             if index < keep_open {
                 advise_random_access(&file);
-                open.push(RwLock::new(file));
+                open.push(RwLock::new(Arc::new(file)));
             }
         }
         warn_readable_by_others(readable_by_others, &example);
         Ok(KeyFiles {
             dir: dir.to_owned(),
             open: open.into(),
+            ring,
             failing: Mutex::new(BTreeSet::new()),
             failing_count: AtomicUsize::new(0),
             stats: KeyReadStats::default(),
@@ -407,6 +440,31 @@ impl KeyFiles {
 
     fn path(&self, file: usize) -> PathBuf {
         self.dir.join(Mode::Mode32.file_name(file))
+    }
+
+    /// A key read that does not block the async worker: through io_uring from a
+    /// file kept open, else on the blocking thread pool. Anything unusual (a
+    /// failed read, a replaced file) takes the blocking path, which reopens the
+    /// file and reports.
+    async fn read_key_async(
+        files: &Arc<KeyFiles>,
+        location: KeyLocation,
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyUnavailable> {
+        if let (Some(ring), Some(kept)) = (&files.ring, files.open.get(location.file)) {
+            let started = Instant::now();
+            let file = Arc::clone(&kept.read().expect("no panics while holding the lock"));
+            let read = ring.read(Arc::clone(&file), location.offset).await;
+            if let Ok(key) = read.and_then(|key| check_still_secret(&file).map(|()| key)) {
+                files.stats.latency.observe(started.elapsed());
+                files.note_success(location.file);
+                return Ok(key);
+            }
+        }
+        let files = Arc::clone(files);
+        // A cold read can take milliseconds: keep it off the async workers.
+        tokio::task::spawn_blocking(move || files.read_key(location))
+            .await
+            .expect("key reads do not panic")
     }
 
     fn read_key(&self, location: KeyLocation) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyUnavailable> {
@@ -421,9 +479,7 @@ impl KeyFiles {
         self.stats.latency.observe(started.elapsed());
         match result {
             Ok(()) => {
-                if self.failing_count.load(Ordering::Relaxed) > 0 {
-                    self.mark(location.file, false);
-                }
+                self.note_success(location.file);
                 Ok(key)
             }
             Err(error) => {
@@ -440,7 +496,7 @@ impl KeyFiles {
     /// replaced or restored, so it is opened again once.
     fn read_kept(
         &self,
-        kept: &RwLock<File>,
+        kept: &RwLock<Arc<File>>,
         location: KeyLocation,
         key: &mut [u8; KEY_LEN],
     ) -> io::Result<()> {
@@ -457,7 +513,7 @@ impl KeyFiles {
             .map_err(|_| first_try.unwrap_err())?;
         read_checked(&reopened, location, key)?;
         advise_random_access(&reopened);
-        *kept.write().expect("no panics while holding the lock") = reopened;
+        *kept.write().expect("no panics while holding the lock") = Arc::new(reopened);
         Ok(())
     }
 
@@ -466,6 +522,12 @@ impl KeyFiles {
         open_secret_file(Mode::Mode32, &self.path(file))
             .map(|(file, _)| file)
             .map_err(|error| io::Error::other(error.to_string()))
+    }
+
+    fn note_success(&self, file: usize) {
+        if self.failing_count.load(Ordering::Relaxed) > 0 {
+            self.mark(file, false);
+        }
     }
 
     fn mark(&self, file: usize, failing: bool) {
@@ -495,11 +557,15 @@ impl KeyFiles {
     }
 }
 
-/// One positioned read, then a check that the file is still the operator's
-/// secret: a deleted file (no links left) or one made unreadable (mode 0) fails,
-/// even though the open descriptor could still read it.
+/// One positioned read, then [`check_still_secret`].
 fn read_checked(file: &File, location: KeyLocation, key: &mut [u8; KEY_LEN]) -> io::Result<()> {
     file.read_exact_at(key, location.offset)?;
+    check_still_secret(file)
+}
+
+/// Checked after each read: a deleted file (no links left) or one made
+/// unreadable (mode 0) fails, even though the open descriptor could still read it.
+fn check_still_secret(file: &File) -> io::Result<()> {
     let metadata = file.metadata()?;
     if metadata.nlink() == 0 {
         return Err(io::Error::new(
@@ -516,26 +582,47 @@ fn read_checked(file: &File, location: KeyLocation, key: &mut [u8; KEY_LEN]) -> 
     Ok(())
 }
 
-/// Raises the soft RLIMIT_NOFILE towards `wanted`, as far as the hard limit allows;
-/// returns the soft limit in force afterwards.
-fn raise_open_file_limit(wanted: u64) -> u64 {
+/// How many MODE32 files a server started by this process keeps open, as
+/// RLIMIT_NOFILE's hard limit allows; keys in the others cost an `open` per read.
+pub fn mode32_files_kept_open() -> usize {
+    let hard = open_file_limits().map_or(0, |limit| limit.rlim_max);
+    files_kept_open_under(hard.min(open_files_wanted()))
+}
+
+/// Every MODE32 file, and room for the sockets.
+fn open_files_wanted() -> u64 {
+    Mode::Mode32.file_count() as u64 + SPARE_FILE_DESCRIPTORS
+}
+
+fn files_kept_open_under(limit: u64) -> usize {
+    limit
+        .saturating_sub(SPARE_FILE_DESCRIPTORS)
+        .min(Mode::Mode32.file_count() as u64) as usize
+}
+
+fn open_file_limits() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < wanted {
-            let raised = libc::rlimit {
-                rlim_cur: wanted.min(limit.rlim_max),
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
+    // SAFETY: getrlimit only writes the struct passed in.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
+}
+
+/// Raises the soft RLIMIT_NOFILE towards `wanted`, as far as the hard limit allows;
+/// returns the soft limit in force afterwards.
+fn raise_open_file_limit(wanted: u64) -> u64 {
+    let Some(mut limit) = open_file_limits() else {
+        return 0;
+    };
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted.min(limit.rlim_max),
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct passed in.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
         }
     }
     limit.rlim_cur

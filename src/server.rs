@@ -33,8 +33,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub fn run(config: Config) -> Result<(), String> {
     harden_process();
     // Everything that can be wrong with the inputs is found before the port is bound.
-    let keys =
-        KeyStore::load(config.mode, &config.secret_dir).map_err(|error| error.to_string())?;
+    let keys = KeyStore::load(config.mode, &config.secret_dir, config.key_reads)
+        .map_err(|error| error.to_string())?;
     let tokens = config
         .tokens_file
         .as_deref()

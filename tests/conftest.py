@@ -2,9 +2,12 @@
 loopback ports, and a real cryptoserver process to talk to."""
 
 import contextlib
+import ctypes
 import os
 import pathlib
+import platform
 import socket
+import struct
 import subprocess
 import time
 
@@ -27,6 +30,34 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def forbid_io_uring():
+    """A `preexec_fn` that installs a seccomp filter making io_uring_setup fail
+    with EPERM, as Docker's default profile does: how a host without io_uring
+    looks to the server. x86-64 only (the syscall number)."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the seccomp filter is written for x86-64")
+    audit_arch_x86_64, io_uring_setup = 0xC000003E, 425
+    allow, eperm = 0x7FFF0000, 0x00050000 | 1
+    load_word, jump_if_equal, ret = 0x20, 0x15, 0x06
+    program = [
+        (load_word, 0, 0, 4),  # seccomp_data.arch
+        (jump_if_equal, 1, 0, audit_arch_x86_64),
+        (ret, 0, 0, allow),
+        (load_word, 0, 0, 0),  # seccomp_data.nr
+        (jump_if_equal, 0, 1, io_uring_setup),
+        (ret, 0, 0, eperm),
+        (ret, 0, 0, allow),
+    ]
+    filters = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in program))
+    prog = struct.pack("HxxxxxxQ", len(program), ctypes.addressof(filters))
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0 or libc.prctl(
+        pr_set_seccomp, seccomp_mode_filter, ctypes.c_char_p(prog), 0, 0
+    ) != 0:
+        raise OSError(ctypes.get_errno(), "cannot install the seccomp filter")
 
 
 class Server:

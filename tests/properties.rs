@@ -22,7 +22,7 @@ use cryptoserver::access::Tokens;
 use cryptoserver::batch::{encode_frames, parse_frames};
 use cryptoserver::config::RateLimit;
 use cryptoserver::http::{router, AppState, MAC_HEADER};
-use cryptoserver::keystore::KeyStore;
+use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
 use cryptoserver::limits::RateLimiter;
 use proptest::prelude::*;
@@ -63,7 +63,7 @@ impl Secrets {
         let path = dir.path().join(name);
         fs::write(&path, &file).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
-        let keys = KeyStore::load(mode, dir.path()).unwrap();
+        let keys = KeyStore::load(mode, dir.path(), KeyReads::Auto).unwrap();
         Secrets { mode, keys, file }
     }
 

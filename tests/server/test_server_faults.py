@@ -38,6 +38,12 @@ def file_of(message):
     return f"{reference.key_index('MODE32', message) >> 16:04x}"
 
 
+@pytest.fixture(params=["io-uring", "threads"])
+def key_reads(request):
+    """Every fault is tried with both ways of reading keys."""
+    return {"CRYPTOSERVER_KEY_READS": request.param}
+
+
 @pytest.fixture(scope="module")
 def mode32(tmp_path_factory):
     """One MODE32 directory for the module (65,536 files take seconds to make);
@@ -63,10 +69,10 @@ def assert_fails_closed(server, message):
 
 
 @pytest.mark.parametrize("message", [KEPT, HIGH], ids=["kept-open", "opened-per-read"])
-def test_deleted_file_then_restored(tmp_path, mode32, message):
+def test_deleted_file_then_restored(tmp_path, key_reads, mode32, message):
     path = mode32 / file_of(message)
     saved = path.read_bytes()
-    with running_server(tmp_path, "MODE32", mode32) as server, restored(path, saved):
+    with running_server(tmp_path, "MODE32", mode32, key_reads) as server, restored(path, saved):
         assert_serves(server, mode32, message)
         path.unlink()
         assert_fails_closed(server, message)
@@ -79,9 +85,9 @@ def test_deleted_file_then_restored(tmp_path, mode32, message):
 
 
 @pytest.mark.parametrize("message", [KEPT, HIGH], ids=["kept-open", "opened-per-read"])
-def test_unreadable_file_then_readable_again(tmp_path, mode32, message):
+def test_unreadable_file_then_readable_again(tmp_path, key_reads, mode32, message):
     path = mode32 / file_of(message)
-    with running_server(tmp_path, "MODE32", mode32) as server, restored(path, path.read_bytes()):
+    with running_server(tmp_path, "MODE32", mode32, key_reads) as server, restored(path, path.read_bytes()):
         assert_serves(server, mode32, message)
         os.chmod(path, 0)
         assert_fails_closed(server, message)
@@ -135,7 +141,7 @@ def evict(path):
         os.close(fd)
 
 
-def test_io_error_then_repaired(tmp_path, mode32, failing_disk):
+def test_io_error_then_repaired(tmp_path, key_reads, mode32, failing_disk):
     image, mount, device = failing_disk
     name = file_of(KEPT)
     saved = (mode32 / name).read_bytes()
@@ -144,7 +150,7 @@ def test_io_error_then_repaired(tmp_path, mode32, failing_disk):
     (mode32 / name).unlink()
     (mode32 / name).symlink_to(mount / name)
     backup = tmp_path / "disk.backup"
-    with restored(mode32 / name, saved), running_server(tmp_path, "MODE32", mode32) as server:
+    with restored(mode32 / name, saved), running_server(tmp_path, "MODE32", mode32, key_reads) as server:
         assert_serves(server, mode32, KEPT)
         shutil.copyfile(image, backup)
         evict(mount / name)
@@ -160,11 +166,11 @@ def test_io_error_then_repaired(tmp_path, mode32, failing_disk):
         assert_serves(server, mode32, KEPT)
 
 
-def test_file_descriptors_exhausted_then_recovered(tmp_path, mode32):
+def test_file_descriptors_exhausted_then_recovered(tmp_path, key_reads, mode32):
     def low_fd_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 
-    with running_server(tmp_path, "MODE32", mode32, preexec_fn=low_fd_limit) as server:
+    with running_server(tmp_path, "MODE32", mode32, key_reads, preexec_fn=low_fd_limit) as server:
         with requests.Session() as session:
             assert session.post(f"{server.url}/hmac", data=HIGH).content == reference.mac("MODE32", mode32, HIGH)
             hogs = []

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 import reference
-from conftest import running_server
+from conftest import forbid_io_uring, running_server
 
 MESSAGES = [b"", b"hello world", b"apples and pears"] + [os.urandom(random.randrange(1, 200)) for _ in range(200)]
 
@@ -25,11 +25,22 @@ def test_mode16_matches_the_reference(tmp_path):
         assert macs_from(server, MESSAGES) == [reference.mac("MODE16", secret_dir, m) for m in MESSAGES]
 
 
-def test_mode32_matches_the_reference(tmp_path):
+@pytest.mark.parametrize("key_reads", ["auto", "io-uring", "threads"])
+def test_mode32_matches_the_reference(tmp_path, key_reads):
     secret_dir = reference.write_random_secrets("MODE32", tmp_path / "secrets", MESSAGES)
-    with running_server(tmp_path, "mode32", secret_dir) as server:
+    env = {"CRYPTOSERVER_KEY_READS": key_reads, "RUST_LOG": "warn"}
+    with running_server(tmp_path, "mode32", secret_dir, env) as server:
         assert macs_from(server, MESSAGES) == [reference.mac("MODE32", secret_dir, m) for m in MESSAGES]
         assert requests.get(f"{server.url}/readyz").status_code == 200
+    assert "io_uring is unavailable" not in server.log()
+
+
+def test_mode32_without_io_uring_falls_back_to_threads(tmp_path):
+    secret_dir = reference.write_random_secrets("MODE32", tmp_path / "secrets", MESSAGES)
+    with running_server(tmp_path, "MODE32", secret_dir, {"RUST_LOG": "warn"}, preexec_fn=forbid_io_uring) as server:
+        assert macs_from(server, MESSAGES) == [reference.mac("MODE32", secret_dir, m) for m in MESSAGES]
+    assert "io_uring is unavailable" in server.log()
+    assert "Operation not permitted" in server.log()
 
 
 def test_committed_vectors_match_the_reference():

@@ -9,14 +9,16 @@ import pytest
 import requests
 
 import reference
-from conftest import binary, free_port, running_server
+from conftest import binary, forbid_io_uring, free_port, running_server
 
 
-def start(mode, secret_dir, extra_env=None, args=()):
+def start(mode, secret_dir, extra_env=None, args=(), preexec_fn=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOSERVER_") and k != "RUST_LOG"}
     env.update(CRYPTOSERVER_MODE=mode, CRYPTOSERVER_SECRETDIR=str(secret_dir), CRYPTOSERVER_BIND=f"127.0.0.1:{free_port()}")
     env.update(extra_env or {})
-    return subprocess.run([binary("cryptoserver"), *args], env=env, capture_output=True, timeout=60)
+    return subprocess.run(
+        [binary("cryptoserver"), *args], env=env, capture_output=True, timeout=60, preexec_fn=preexec_fn
+    )
 
 
 def assert_refused(result, *fragments):
@@ -66,6 +68,18 @@ def test_mode32_missing_beef(tmp_path):
     reference.write_sparse_mode32(secret_dir, {})
     (secret_dir / "beef").unlink()
     assert_refused(start("MODE32", secret_dir), str(secret_dir / "beef"), "missing")
+
+
+def test_unknown_key_reads(mode0_dir):
+    assert_refused(start("MODE0", mode0_dir, {"CRYPTOSERVER_KEY_READS": "mmap"}), "mmap", "io-uring", "threads")
+
+
+def test_io_uring_required_but_forbidden(tmp_path):
+    secret_dir = tmp_path / "secrets32"
+    secret_dir.mkdir(mode=0o700)
+    reference.write_sparse_mode32(secret_dir, {})
+    result = start("MODE32", secret_dir, {"CRYPTOSERVER_KEY_READS": "io-uring"}, preexec_fn=forbid_io_uring)
+    assert_refused(result, "io_uring", "Operation not permitted", "CRYPTOSERVER_KEY_READS=auto or threads")
 
 
 def test_all_zero_mode0_key(mode0_dir):
