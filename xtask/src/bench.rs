@@ -128,12 +128,29 @@ pub struct Goal {
 }
 
 impl Goal {
-    fn met(&self) -> bool {
-        self.ratio >= self.minimum
+    fn verdict(&self) -> Verdict {
+        Verdict::of(self.ratio, self.minimum, self.best_possible)
     }
+}
 
-    fn out_of_reach(&self) -> bool {
-        !self.met() && self.best_possible < self.minimum
+/// How a ratio fares against its minimum on this machine.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verdict {
+    Met,
+    /// Missed, but even the best ratio the baselines allow is below the minimum.
+    OutOfReach,
+    Missed,
+}
+
+impl Verdict {
+    pub fn of(ratio: f64, minimum: f64, best_possible: f64) -> Verdict {
+        if ratio >= minimum {
+            Verdict::Met
+        } else if best_possible < minimum {
+            Verdict::OutOfReach
+        } else {
+            Verdict::Missed
+        }
     }
 }
 
@@ -141,15 +158,13 @@ impl Goal {
 pub fn check_goals(goals: &[Goal]) -> anyhow::Result<()> {
     println!();
     for goal in goals {
-        let verdict = if goal.met() {
-            "met".to_owned()
-        } else if goal.out_of_reach() {
-            format!(
+        let verdict = match goal.verdict() {
+            Verdict::Met => "met".to_owned(),
+            Verdict::OutOfReach => format!(
                 "out of reach on this machine: its baselines allow at most {:.2}x",
                 goal.best_possible
-            )
-        } else {
-            "MISSED".to_owned()
+            ),
+            Verdict::Missed => "MISSED".to_owned(),
         };
         println!(
             "- {}: {:.2}x (goal >= {:.2}x; {:.0}% of the best possible here): {verdict}",
@@ -161,7 +176,7 @@ pub fn check_goals(goals: &[Goal]) -> anyhow::Result<()> {
     }
     let missed: Vec<_> = goals
         .iter()
-        .filter(|goal| !goal.met() && !goal.out_of_reach())
+        .filter(|goal| goal.verdict() == Verdict::Missed)
         .map(|goal| goal.what.as_str())
         .collect();
     if !missed.is_empty() {

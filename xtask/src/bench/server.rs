@@ -31,6 +31,7 @@ use super::gen::Scratch;
 use super::mode32::{Mode32Dir, MESSAGE_LEN};
 use super::tools::{free_address, Server};
 use super::wrk::{Load, LoadResult, Wrk};
+use super::Verdict;
 use crate::process::{cargo, repo_root, run};
 
 /// Concurrent requests of the per-request measurements.
@@ -175,26 +176,30 @@ impl Bench {
                 format!("{mode} POST /hmac, requests/s (64 B, {CONCURRENCY} connections)"),
                 thousands(rate),
                 format!("floor {}", thousands(floor_rate)),
-                Some(Goal::RatioAtLeast(rate / floor_rate, 0.95)),
+                Some(RowGoal::RatioAtLeast(
+                    rate / floor_rate,
+                    0.95,
+                    f64::INFINITY,
+                )),
             );
             report.row(
                 format!("{mode} p50 latency"),
                 format!("{p50:.2} ms"),
                 format!("floor {floor_p50:.2} ms"),
-                Some(Goal::RatioInfo(p50 / floor_p50)),
+                Some(RowGoal::RatioInfo(p50 / floor_p50)),
             );
             report.row(
                 format!("{mode} p99 latency"),
                 format!("{p99:.2} ms"),
                 format!("floor {floor_p99:.2} ms"),
-                Some(Goal::RatioAtMost(p99 / floor_p99, 1.1)),
+                Some(RowGoal::RatioAtMost(p99 / floor_p99, 1.1)),
             );
         }
         report.row(
             "MODE16 idle RSS".to_owned(),
             mebibytes(mode16_rss),
             String::new(),
-            Some(Goal::Below(mode16_rss as f64 / MIB, 30.0, "MiB")),
+            Some(RowGoal::Below(mode16_rss as f64 / MIB, 30.0, "MiB")),
         );
         Ok(())
     }
@@ -244,7 +249,7 @@ impl Bench {
             ),
             thousands(remote),
             format!("in process, 1 core: {}", thousands(local)),
-            Some(Goal::PerCoreAtLeast(
+            Some(RowGoal::PerCoreAtLeast(
                 remote / cores as f64 / local,
                 cores,
                 0.5,
@@ -351,7 +356,7 @@ impl Bench {
             format!("MODE32 cold page cache, requests/s ({CONCURRENCY} connections, keys in files kept open)"),
             thousands(cold.per_second()),
             fio_baseline.clone(),
-            Some(Goal::RatioAtLeastUpTo(
+            Some(RowGoal::RatioAtLeast(
                 cold.per_second() / fio_rate,
                 0.8,
                 floor.per_second() / fio_rate,
@@ -361,13 +366,13 @@ impl Bench {
             format!("MODE32 cold, the key store alone (no HTTP), reads/s ({CONCURRENCY} at once)"),
             thousands(store.per_second()),
             fio_baseline.clone(),
-            Some(Goal::RatioInfo(store.per_second() / fio_rate)),
+            Some(RowGoal::RatioInfo(store.per_second() / fio_rate)),
         );
         report.row(
             "HTTP floor at the same load (no key reads), requests/s".to_owned(),
             thousands(floor.per_second()),
             fio_baseline,
-            Some(Goal::RatioInfo(floor.per_second() / fio_rate)),
+            Some(RowGoal::RatioInfo(floor.per_second() / fio_rate)),
         );
         report.row(
             "MODE32 cold p50 / p99 latency".to_owned(),
@@ -381,13 +386,13 @@ impl Bench {
             ),
             format!("{startup:.2} s"),
             String::new(),
-            Some(Goal::Below(startup, 1.0, "s")),
+            Some(RowGoal::Below(startup, 1.0, "s")),
         );
         report.row(
             "MODE32 idle RSS".to_owned(),
             mebibytes(rss),
             String::new(),
-            Some(Goal::Below(rss as f64 / MIB, 50.0, "MiB")),
+            Some(RowGoal::Below(rss as f64 / MIB, 50.0, "MiB")),
         );
         Ok(())
     }
@@ -519,14 +524,12 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 }
 
 /// A goal from the issue, judged on one row.
-enum Goal {
-    /// The ratio to the baseline must reach the minimum.
-    RatioAtLeast(f64, f64),
+enum RowGoal {
+    /// The ratio to the baseline must reach the minimum; where the machine allows
+    /// at most the third figure (a baseline caps it), missing is "out of reach".
+    RatioAtLeast(f64, f64, f64),
     /// The ratio to the baseline must stay at or below the maximum.
     RatioAtMost(f64, f64),
-    /// Like `RatioAtLeast`, where this machine allows at most the last ratio
-    /// (a baseline caps it): below the minimum, the goal is out of reach here.
-    RatioAtLeastUpTo(f64, f64, f64),
     /// A ratio shown without a goal.
     RatioInfo(f64),
     /// Ratio per server core (the figure divided by the core count, over the baseline).
@@ -535,42 +538,42 @@ enum Goal {
     Below(f64, f64, &'static str),
 }
 
-impl Goal {
+impl RowGoal {
     /// (ratio column, goal column with its verdict, whether the goal was missed)
     fn judge(&self) -> (String, String, bool) {
-        let verdict = |goal: String, met: bool| {
+        let verdict_of = |goal: String, met: bool| {
             let verdict = if met { "met" } else { "MISSED" };
             (format!("{goal}: {verdict}"), !met)
         };
         let ((goal, missed), ratio) = match *self {
-            Goal::RatioAtLeast(ratio, minimum) => {
-                (verdict(format!(">= {minimum}x"), ratio >= minimum), ratio)
+            RowGoal::RatioAtLeast(ratio, minimum, best_possible) => {
+                let judged = match Verdict::of(ratio, minimum, best_possible) {
+                    Verdict::OutOfReach => (
+                        format!(
+                            ">= {minimum}x: out of reach here, the HTTP floor itself reaches {best_possible:.2}x"
+                        ),
+                        false,
+                    ),
+                    verdict => verdict_of(format!(">= {minimum}x"), verdict == Verdict::Met),
+                };
+                (judged, ratio)
             }
-            Goal::RatioAtLeastUpTo(ratio, minimum, ceiling)
-                if ratio < minimum && ceiling < minimum =>
-            {
-                let goal = format!(
-                    ">= {minimum}x: out of reach here, the HTTP floor itself reaches {ceiling:.2}x"
-                );
-                ((goal, false), ratio)
-            }
-            Goal::RatioAtLeastUpTo(ratio, minimum, _) => {
-                (verdict(format!(">= {minimum}x"), ratio >= minimum), ratio)
-            }
-            Goal::RatioAtMost(ratio, maximum) => {
-                (verdict(format!("<= {maximum}x"), ratio <= maximum), ratio)
-            }
-            Goal::RatioInfo(ratio) => ((String::new(), false), ratio),
-            Goal::PerCoreAtLeast(ratio, cores, minimum) => {
-                let (goal, missed) = verdict(format!(">= {minimum}x per core"), ratio >= minimum);
+            RowGoal::RatioAtMost(ratio, maximum) => (
+                verdict_of(format!("<= {maximum}x"), ratio <= maximum),
+                ratio,
+            ),
+            RowGoal::RatioInfo(ratio) => ((String::new(), false), ratio),
+            RowGoal::PerCoreAtLeast(ratio, cores, minimum) => {
+                let (goal, missed) =
+                    verdict_of(format!(">= {minimum}x per core"), ratio >= minimum);
                 return (
                     format!("{ratio:.2}x per core ({cores} cores)"),
                     goal,
                     missed,
                 );
             }
-            Goal::Below(value, limit, unit) => {
-                let (goal, missed) = verdict(format!("< {limit} {unit}"), value < limit);
+            RowGoal::Below(value, limit, unit) => {
+                let (goal, missed) = verdict_of(format!("< {limit} {unit}"), value < limit);
                 return (String::new(), goal, missed);
             }
         };
@@ -585,7 +588,7 @@ struct Report {
 }
 
 impl Report {
-    fn row(&mut self, what: String, value: String, baseline: String, goal: Option<Goal>) {
+    fn row(&mut self, what: String, value: String, baseline: String, goal: Option<RowGoal>) {
         let (ratio, goal, missed) = goal.map_or_else(Default::default, |goal| goal.judge());
         if missed {
             self.missed.push(what.clone());
@@ -648,13 +651,13 @@ mod tests {
             "fast".into(),
             "2".into(),
             "1".into(),
-            Some(Goal::RatioAtLeast(2.0, 0.95)),
+            Some(RowGoal::RatioAtLeast(2.0, 0.95, f64::INFINITY)),
         );
         report.row(
             "small".into(),
             "60 MiB".into(),
             String::new(),
-            Some(Goal::Below(60.0, 50.0, "MiB")),
+            Some(RowGoal::Below(60.0, 50.0, "MiB")),
         );
         let table = report.table("Machine: test");
         assert!(
@@ -669,7 +672,7 @@ mod tests {
             "capped".into(),
             "1".into(),
             "2".into(),
-            Some(Goal::RatioAtLeastUpTo(0.5, 0.8, 0.6)),
+            Some(RowGoal::RatioAtLeast(0.5, 0.8, 0.6)),
         );
         let table = report.table("Machine: test");
         assert!(
