@@ -268,6 +268,8 @@ fn open_secret_file(mode: Mode, path: &Path) -> Result<(File, bool), SecretsErro
     if !metadata.is_file() {
         return Err(SecretsError::at(path, "is not a regular file"));
     }
+    clear_nonblocking(&file)
+        .map_err(|error| SecretsError::at(path, format!("cannot fcntl: {error}")))?;
     if metadata.len() != mode.file_len() {
         return Err(SecretsError::at(
             path,
@@ -626,6 +628,21 @@ fn raise_open_file_limit(wanted: u64) -> u64 {
         }
     }
     limit.rlim_cur
+}
+
+/// O_NONBLOCK only kept the open of a FIFO from hanging. On a filesystem
+/// without non-blocking reads, io_uring would fail a read of an O_NONBLOCK
+/// file with EAGAIN instead of waiting for the disk.
+fn clear_nonblocking(file: &File) -> io::Result<()> {
+    // SAFETY: fcntl on a valid descriptor with integer arguments only.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A 32-byte read must not pull a readahead window off the disk.
