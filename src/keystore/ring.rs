@@ -157,6 +157,8 @@ struct Driver<'a> {
     /// Requests taken from `shared` that did not fit in the submission queue yet.
     waiting: VecDeque<ReadRequest>,
     wake_up_count: Box<[u8; 8]>,
+    /// Whether the kernel may still write to `wake_up_count`.
+    wake_up_armed: bool,
 }
 
 impl<'a> Driver<'a> {
@@ -168,6 +170,7 @@ impl<'a> Driver<'a> {
             free: Vec::new(),
             waiting: VecDeque::new(),
             wake_up_count: Box::new([0; 8]),
+            wake_up_armed: false,
         }
     }
 
@@ -190,7 +193,10 @@ impl<'a> Driver<'a> {
                     break;
                 };
                 match completion.user_data() {
-                    WAKE_UP => woken = true,
+                    WAKE_UP => {
+                        woken = true;
+                        self.wake_up_armed = false;
+                    }
                     index => self.complete(index as usize, completion.result()),
                 }
             }
@@ -210,7 +216,9 @@ impl<'a> Driver<'a> {
                 }
             }
             self.queue_waiting();
-            if stopping && self.free.len() == self.in_flight.len() {
+            // Drop wakes the driver after setting `stopping`, so the armed
+            // wake-up read completes and nothing of the driver's is left in flight.
+            if stopping && !self.wake_up_armed && self.free.len() == self.in_flight.len() {
                 return;
             }
         }
@@ -226,9 +234,10 @@ impl<'a> Driver<'a> {
         )
         .build()
         .user_data(WAKE_UP);
-        // SAFETY: the count buffer lives as long as the driver; a driver that
-        // stops has no read of it armed.
+        // SAFETY: the count buffer lives as long as the driver, which returns
+        // only once this read has completed.
         self.push(&read);
+        self.wake_up_armed = true;
     }
 
     fn queue_waiting(&mut self) {
