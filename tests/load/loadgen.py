@@ -51,13 +51,16 @@ def random_message(rng):
     return rng.randbytes(size)
 
 
-def well_formed_call(rng, secret_dir):
-    """One of the API's well-formed requests, with the answer the reference gives."""
+KINDS = ["hmac", "hex", "base64", "batch", "verify", "verify-wrong"]
+
+
+def well_formed_call(rng, secret_dir, kind=None):
+    """One of the API's well-formed requests (of `kind` if given), with the answer the reference gives."""
 
     def mac(message):
         return reference.mac(MODE, secret_dir, message)
 
-    kind = rng.choice(["hmac", "hex", "base64", "batch", "verify", "verify-wrong"])
+    kind = kind or rng.choice(KINDS)
     message = random_message(rng)
     if kind == "hmac":
         return Call(kind, "/hmac", message, {}, mac(message))
@@ -192,9 +195,12 @@ def trickle(sock, data, rng, pause=(0.002, 0.02)):
 
 
 def slow_call(rng, secret_dir):
-    """A small well-formed call, so that trickling it takes about a second."""
+    """A small well-formed call, so that trickling it takes about a second. The
+    kind is drawn first: a batch is rarely small, and would otherwise hardly
+    ever be trickled."""
+    kind = rng.choice(KINDS)
     while True:
-        call = well_formed_call(rng, secret_dir)
+        call = well_formed_call(rng, secret_dir, kind)
         if len(call.body) <= 200:
             return call
 

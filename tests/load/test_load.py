@@ -49,7 +49,7 @@ def test_many_clients_some_malformed_some_slow(tmp_path):
     counts = tally.counts
     print(f"seed {seed}: {sorted(counts.items())}")
     assert tally.total("ok ") >= 500, counts
-    for kind in ["hmac", "hex", "base64", "batch", "verify", "verify-wrong"]:
+    for kind in loadgen.KINDS:
         assert counts.get(f"ok {kind}", 0) > 0 and counts.get(f"ok slow {kind}", 0) > 0, (kind, counts)
     assert tally.total("ok slow ") >= SLOW_CLIENTS, counts
     for name, _, _ in loadgen.malformed_requests(rng):
