@@ -5,9 +5,10 @@
 //! response or log line ever carries a message body, a MAC or key material.
 
 use std::borrow::Cow;
-use std::future::Future;
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
@@ -15,28 +16,27 @@ use std::time::{Duration, Instant};
 
 use axum::body::HttpBody as _;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::header::{
     HeaderName, AUTHORIZATION, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::access::Tokens;
 use crate::batch::parse_frames;
 use crate::keystore::KeyStore;
-use crate::limits::{ClientId, RateLimiter, Refusal};
+use crate::limits::{ClientId, ConcurrencyLimit, RateLimiter, Refusal};
 use crate::mac::{macs_equal, parse_mac, Mac, BASE64};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Route};
 
 /// Header carrying the MAC that `POST /verify` checks.
 pub const MAC_HEADER: &str = "x-cryptoserver-mac";
@@ -46,16 +46,6 @@ pub const MAC_HEADER: &str = "x-cryptoserver-mac";
 const DRAIN_FACTOR: usize = 4;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Route patterns, the only values the metrics' `route` label takes.
-const ROUTES: [&str; 6] = [
-    "/hmac",
-    "/hmac/batch",
-    "/verify",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-];
-
 pub struct AppState {
     pub keys: KeyStore,
     pub max_body: usize,
@@ -63,8 +53,7 @@ pub struct AppState {
     /// Allowed bearer tokens; `None` leaves the server open, as the seed was.
     pub tokens: Option<Tokens>,
     pub rate_limiter: Option<RateLimiter>,
-    /// One permit per request being served; none left means shed load.
-    pub concurrency: Arc<Semaphore>,
+    pub concurrency: ConcurrencyLimit,
     pub metrics: Metrics,
 }
 
@@ -77,118 +66,101 @@ impl AppState {
             body_timeout: Duration::from_secs(30),
             tokens: None,
             rate_limiter: None,
-            concurrency: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            concurrency: ConcurrencyLimit::new(usize::MAX),
             metrics: Metrics::default(),
         }
     }
-}
 
-/// Layers, outermost first: observe (request span, metrics) and shed load at the
-/// concurrency limit, then on every route but `/healthz`: authorize and rate-limit.
-/// Each `from_fn` middleware layer costs about a quarter of what axum and hyper
-/// spend on a whole request (README, Performance), so there are as few as
-/// possible: observing (with shedding) is a hand-written service, and the
-/// authorization layer is left out when there are neither tokens nor rate
-/// limits, as it would let everything through.
-pub fn router(state: Arc<AppState>) -> Router {
-    let mut guarded = Router::new()
-        .route("/hmac", post(hmac))
-        .route("/hmac/batch", post(hmac_batch))
-        .route("/verify", post(verify))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
-    if state.tokens.is_some() || state.rate_limiter.is_some() {
-        guarded = guarded.route_layer(from_fn_with_state(Arc::clone(&state), authorize));
+    /// Whether requests must carry their peer address ([`ConnectInfo`]): only
+    /// the rate limit of a server without tokens tells clients apart by it.
+    pub fn limits_clients_by_address(&self) -> bool {
+        self.rate_limiter.is_some() && self.tokens.is_none()
     }
-    Router::new()
-        .merge(guarded)
-        .route("/healthz", get(healthz))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no such route: use POST /hmac or POST /verify",
-            )
-        })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this route (see the Allow header)",
-            )
-        })
-        .layer(ObserveLayer(Arc::clone(&state)))
-        .with_state(state)
 }
 
-/// A router serving only `GET /metrics`, for CRYPTOSERVER_METRICS_BIND.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The application as a connection serves it. Every request is observed
+/// (span, metrics, `x-request-id`) and refused at once beyond the concurrency
+/// limit, then routed; on every route but `/healthz` it is then authorized and
+/// rate-limited.
+///
+/// Observing wraps the router once instead of each route (as `Router::layer`
+/// would, boxing and cloning the layer per request), and the authorization
+/// layer is left out when there are neither tokens nor rate limits, as it would
+/// let everything through: each layer costs about a quarter of what axum and
+/// hyper spend on a whole request (README, Performance).
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    state: Arc<AppState>,
+}
+
+impl App {
+    pub fn new(state: Arc<AppState>) -> App {
+        let mut guarded = Router::new()
+            .route("/hmac", post(hmac))
+            .route("/hmac/batch", post(hmac_batch))
+            .route("/verify", post(verify))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics));
+        if state.tokens.is_some() || state.rate_limiter.is_some() {
+            guarded = guarded.route_layer(from_fn_with_state(Arc::clone(&state), authorize));
+        }
+        let router = Router::new()
+            .merge(guarded)
+            .route("/healthz", get(healthz))
+            .fallback(|| async {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no such route: use POST /hmac or POST /verify",
+                )
+            })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed on this route (see the Allow header)",
+                )
+            })
+            .with_state(Arc::clone(&state));
+        App { router, state }
+    }
+}
+
+/// Only `GET /metrics`, for CRYPTOSERVER_METRICS_BIND. Not observed: a scrape
+/// is neither counted as a request nor refused at the concurrency limit.
 pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Observes every request (span, metrics, `x-request-id`) and refuses at once
-/// beyond the concurrency limit: a queue would only add latency.
-#[derive(Clone)]
-struct ObserveLayer(Arc<AppState>);
-
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-
-    fn layer(&self, inner: S) -> Observe<S> {
-        Observe {
-            inner,
-            state: Arc::clone(&self.0),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Observe<S> {
-    inner: S,
-    state: Arc<AppState>,
-}
-
-impl<S> Service<Request> for Observe<S>
-where
-    S: Service<Request, Response = Response>,
-    S::Future: Unpin,
-{
+impl Service<Request> for App {
     type Response = Response;
-    type Error = S::Error;
-    type Future = Observed<S::Future>;
+    type Error = Infallible;
+    type Future = Observed;
 
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .and_then(|matched| ROUTES.into_iter().find(|route| *route == matched.as_str()))
-            .unwrap_or("unmatched");
+    fn call(&mut self, request: Request) -> Observed {
+        let route = Route::of_path(request.uri().path());
         let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("request", id, method = %request.method(), route);
-        let metrics = &self.state.metrics;
-        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-        let stage = match Arc::clone(&self.state.concurrency).try_acquire_owned() {
-            Ok(permit) => Stage::Serving {
-                response: span.in_scope(|| self.inner.call(request)),
-                _permit: permit,
-            },
-            Err(_) => {
-                metrics.shed.fetch_add(1, Ordering::Relaxed);
-                Stage::Shed(
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "server is at its concurrency limit (CRYPTOSERVER_MAX_CONCURRENT); retry shortly",
-                    )
-                    .with_header(RETRY_AFTER, HeaderValue::from_static("1"))
-                    .into_response(),
+        let span =
+            tracing::info_span!("request", id, method = %request.method(), route = route.label());
+        let stage = if self.state.concurrency.try_enter() {
+            Stage::Serving(span.in_scope(|| self.router.call(request)))
+        } else {
+            self.state.metrics.shed.fetch_add(1, Ordering::Relaxed);
+            Stage::Shed(
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server is at its concurrency limit (CRYPTOSERVER_MAX_CONCURRENT); retry shortly",
                 )
-            }
+                .with_header(RETRY_AFTER, HeaderValue::from_static("1"))
+                .into_response(),
+            )
         };
         Observed {
             stage: Some(stage),
@@ -201,48 +173,40 @@ where
     }
 }
 
-enum Stage<F> {
-    /// Holds a concurrency permit until the response is out.
-    Serving {
-        response: F,
-        _permit: OwnedSemaphorePermit,
-    },
+enum Stage {
+    /// Counted in by the concurrency limit until the response is out.
+    Serving(RouteFuture<Infallible>),
     Shed(Response),
 }
 
-/// A request being observed; counted in flight until it answers or is dropped
-/// (the client went away).
-struct Observed<F> {
+/// A request being observed; it holds its place under the concurrency limit
+/// until it answers or is dropped (the client went away).
+pub struct Observed {
     /// `None` once the response is out.
-    stage: Option<Stage<F>>,
+    stage: Option<Stage>,
     state: Arc<AppState>,
     span: tracing::Span,
-    route: &'static str,
+    route: Route,
     id: u64,
     started: Instant,
 }
 
-impl<F, E> Future for Observed<F>
-where
-    F: Future<Output = Result<Response, E>> + Unpin,
-{
-    type Output = Result<Response, E>;
+impl Future for Observed {
+    type Output = Result<Response, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let mut response = match this.stage.as_mut().expect("polled after completion") {
-            Stage::Serving { response, .. } => {
+            Stage::Serving(response) => {
                 let _entered = this.span.enter();
-                match ready!(Pin::new(response).poll(cx)) {
-                    Ok(response) => response,
-                    Err(error) => return Poll::Ready(Err(error)),
-                }
+                let Ok(response) = ready!(Pin::new(response).poll(cx));
+                this.state.concurrency.leave();
+                response
             }
             Stage::Shed(response) => std::mem::take(response),
         };
         this.stage = None;
         let metrics = &this.state.metrics;
-        metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         let elapsed = this.started.elapsed();
         metrics.request_latency.observe(elapsed);
         metrics.count_request(this.route, response.status().as_u16());
@@ -260,10 +224,10 @@ where
     }
 }
 
-impl<F> Drop for Observed<F> {
+impl Drop for Observed {
     fn drop(&mut self) {
-        if self.stage.is_some() {
-            self.state.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(Stage::Serving(_)) = self.stage {
+            self.state.concurrency.leave();
         }
     }
 }
@@ -324,19 +288,10 @@ enum Encoding {
 
 async fn hmac(
     State(state): State<Arc<AppState>>,
-    query: Result<Query<MacQuery>, axum::extract::rejection::QueryRejection>,
+    uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let encoding = query
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unknown encoding: use ?encoding=hex or ?encoding=base64",
-            )
-        })?
-        .0
-        .encoding
-        .unwrap_or(Encoding::Raw);
+    let encoding = encoding_of(&uri)?;
     let message = read_message(body, &state).await?;
     let mac = mac_of(&state, &message).await?;
     Ok(match encoding {
@@ -346,6 +301,20 @@ async fn hmac(
         Encoding::Hex => ([(CONTENT_TYPE, "text/plain")], hex::encode(mac)).into_response(),
         Encoding::Base64 => ([(CONTENT_TYPE, "text/plain")], BASE64.encode(mac)).into_response(),
     })
+}
+
+/// `?encoding=`, raw without one; a request without a query skips the parser.
+fn encoding_of(uri: &Uri) -> Result<Encoding, ApiError> {
+    if uri.query().is_none() {
+        return Ok(Encoding::Raw);
+    }
+    let Query(query) = Query::<MacQuery>::try_from_uri(uri).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown encoding: use ?encoding=hex or ?encoding=base64",
+        )
+    })?;
+    Ok(query.encoding.unwrap_or(Encoding::Raw))
 }
 
 /// Nothing is computed unless the whole body frames correctly; each message
@@ -405,9 +374,11 @@ fn record_macs(state: &AppState, count: usize, bytes: usize) {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state
-        .metrics
-        .render(state.keys.mode().name(), state.keys.read_stats());
+    let text = state.metrics.render(
+        state.keys.mode().name(),
+        state.concurrency.in_flight(),
+        state.keys.read_stats(),
+    );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -439,9 +410,14 @@ fn decode_mac_header(value: Option<&HeaderValue>) -> Result<Mac, ApiError> {
 }
 
 /// Reads the whole body, at most `max_body` bytes, within `body_timeout`: a client
-/// trickling bytes cannot hold a connection and a worker for long.
+/// trickling bytes cannot hold a connection and a worker for long. A body that
+/// came with the head is complete at the first poll and needs no timer.
 async fn read_message(body: Body, state: &AppState) -> Result<Bytes, ApiError> {
-    tokio::time::timeout(state.body_timeout, read_limited(body, state.max_body))
+    let mut reading = pin!(read_limited(body, state.max_body));
+    if let Poll::Ready(read) = poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await {
+        return read;
+    }
+    tokio::time::timeout(state.body_timeout, reading)
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::new(
@@ -453,11 +429,13 @@ async fn read_message(body: Body, state: &AppState) -> Result<Bytes, ApiError> {
 }
 
 async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut length = 0usize;
     if body.size_hint().lower() > limit as u64 {
         return Err(refuse_too_large(body, limit).await);
     }
+    let mut message = Bytes::new();
+    // Only a body that arrives in several chunks needs them joined.
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut length = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
             ApiError::new(StatusCode::BAD_REQUEST, "could not read the request body")
@@ -469,13 +447,17 @@ async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
         if length > limit {
             return Err(refuse_too_large(body, limit).await);
         }
-        chunks.push(chunk);
+        if message.is_empty() {
+            message = chunk;
+        } else {
+            chunks.push(chunk);
+        }
     }
-    Ok(match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().expect("one chunk"),
-        _ => chunks.concat().into(),
-    })
+    if !chunks.is_empty() {
+        chunks.insert(0, message);
+        message = chunks.concat().into();
+    }
+    Ok(message)
 }
 
 /// Reads and discards a bounded rest of an oversized body, so the client reads

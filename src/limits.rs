@@ -1,8 +1,9 @@
-//! Per-client rate limiting: one token bucket per client (its token when
-//! authenticated, else its source IP).
+//! Per-client rate limiting (one token bucket per client: its token when
+//! authenticated, else its source IP) and the server-wide concurrency limit.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,45 @@ impl Bucket {
     }
 }
 
+/// Requests being served, at most `max`: beyond it a request is refused at
+/// once, since a queue would only add latency. One counter is both the limit
+/// and the in-flight gauge, so a request costs two atomic additions.
+pub struct ConcurrencyLimit {
+    max: usize,
+    in_flight: AtomicUsize,
+}
+
+impl ConcurrencyLimit {
+    pub fn new(max: usize) -> Self {
+        ConcurrencyLimit {
+            max,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a request in, or refuses it (counting nothing) at the limit.
+    /// A request refused at the same moment may briefly hold a slot too; that
+    /// errs on the side of refusing, never of serving more than `max`.
+    #[must_use]
+    pub fn try_enter(&self) -> bool {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) < self.max {
+            true
+        } else {
+            self.leave();
+            false
+        }
+    }
+
+    /// Counts out a request that [`try_enter`](Self::try_enter) let in.
+    pub fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +153,18 @@ mod tests {
         // Another client has its own bucket.
         let other = ClientId::Token([1; 32]);
         assert_eq!(limiter.take_at(other, 3, start), Ok(()));
+    }
+
+    #[test]
+    fn concurrency_limit_refuses_beyond_max_and_frees_on_leave() {
+        let limit = ConcurrencyLimit::new(2);
+        assert!(limit.try_enter());
+        assert!(limit.try_enter());
+        assert!(!limit.try_enter());
+        assert_eq!(limit.in_flight(), 2);
+        limit.leave();
+        assert_eq!(limit.in_flight(), 1);
+        assert!(limit.try_enter());
     }
 
     #[test]

@@ -1,10 +1,8 @@
-//! Prometheus text-format metrics, kept with atomics so recording costs no lock
-//! on the hot path (the per-status request count takes one short lock).
+//! Prometheus text-format metrics, kept with atomics so recording a request
+//! takes no lock and touches as few shared cache lines as possible.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -12,21 +10,22 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// A latency histogram with fixed buckets.
+/// A latency histogram with fixed buckets; the last bucket counts what is
+/// slower than every bound, so the total is the buckets' sum.
 #[derive(Default)]
 pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     sum_nanos: AtomicU64,
 }
 
 impl Histogram {
     pub fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
-        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|&bound| seconds <= bound) {
-            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(
             elapsed.as_nanos().min(u64::MAX as u128) as u64,
             Ordering::Relaxed,
@@ -40,7 +39,7 @@ impl Histogram {
             cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        let count = self.count.load(Ordering::Relaxed);
+        let count = cumulative + self.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
         let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(
             out,
@@ -49,11 +48,68 @@ impl Histogram {
     }
 }
 
+/// Route patterns, the only values the `route` label takes: a path a client
+/// chose never becomes a label.
+const ROUTES: [&str; 7] = [
+    "/hmac",
+    "/hmac/batch",
+    "/verify",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "unmatched",
+];
+
+/// Every status code `http` can represent has its own counter per route.
+const STATUS_CODES: std::ops::RangeInclusive<u16> = 100..=999;
+const STATUS_SLOTS: usize = 900;
+
+/// A request's route label.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Route(usize);
+
+impl Route {
+    /// The route a request path is served by; the routes have no parameters,
+    /// so this is the path itself when it is one of them.
+    pub fn of_path(path: &str) -> Route {
+        let unmatched = ROUTES.len() - 1;
+        Route(
+            ROUTES[..unmatched]
+                .iter()
+                .position(|route| *route == path)
+                .unwrap_or(unmatched),
+        )
+    }
+
+    pub fn label(self) -> &'static str {
+        ROUTES[self.0]
+    }
+}
+
+/// Requests by route and status, one counter each.
+pub struct RequestCounts(Box<[AtomicU64]>);
+
+impl Default for RequestCounts {
+    fn default() -> Self {
+        RequestCounts(
+            (0..ROUTES.len() * STATUS_SLOTS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        )
+    }
+}
+
+impl RequestCounts {
+    fn slot(&self, route: Route, status: u16) -> &AtomicU64 {
+        let status = status.clamp(*STATUS_CODES.start(), *STATUS_CODES.end());
+        &self.0[route.0 * STATUS_SLOTS + usize::from(status - STATUS_CODES.start())]
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    requests: RequestCounts,
     pub request_latency: Histogram,
-    pub in_flight: AtomicI64,
     pub bytes_hashed: AtomicU64,
     pub macs_computed: AtomicU64,
     pub unauthorized: AtomicU64,
@@ -69,17 +125,15 @@ pub struct KeyReadStats {
 }
 
 impl Metrics {
-    /// Counts a finished request; `route` is a route pattern, never a client-chosen path.
-    pub fn count_request(&self, route: &'static str, status: u16) {
-        *self
-            .requests
-            .lock()
-            .expect("no panics while holding the lock")
-            .entry((route, status))
-            .or_default() += 1;
+    /// Counts a finished request.
+    pub fn count_request(&self, route: Route, status: u16) {
+        self.requests
+            .slot(route, status)
+            .fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, mode: &str, key_reads: Option<&KeyReadStats>) -> String {
+    /// The text `GET /metrics` answers; `in_flight` is the requests being served.
+    pub fn render(&self, mode: &str, in_flight: usize, key_reads: Option<&KeyReadStats>) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -91,16 +145,17 @@ impl Metrics {
             out,
             "# HELP cryptoserver_requests_total Requests by route and status.\n# TYPE cryptoserver_requests_total counter"
         );
-        for ((route, status), count) in self
-            .requests
-            .lock()
-            .expect("no panics while holding the lock")
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "cryptoserver_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
-            );
+        for route in (0..ROUTES.len()).map(Route) {
+            for status in STATUS_CODES {
+                let count = self.requests.slot(route, status).load(Ordering::Relaxed);
+                if count > 0 {
+                    let _ = writeln!(
+                        out,
+                        "cryptoserver_requests_total{{route=\"{}\",status=\"{status}\"}} {count}",
+                        route.label()
+                    );
+                }
+            }
         }
         self.request_latency.render(
             &mut out,
@@ -112,7 +167,7 @@ impl Metrics {
                 "cryptoserver_in_flight_requests",
                 "gauge",
                 "Requests being served.",
-                self.in_flight.load(Ordering::Relaxed),
+                in_flight as u64,
             ),
             counter(
                 "cryptoserver_hashed_bytes_total",
@@ -170,8 +225,8 @@ fn counter(
     name: &'static str,
     help: &'static str,
     value: &AtomicU64,
-) -> (&'static str, &'static str, &'static str, i64) {
-    (name, "counter", help, value.load(Ordering::Relaxed) as i64)
+) -> (&'static str, &'static str, &'static str, u64) {
+    (name, "counter", help, value.load(Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -181,11 +236,13 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let metrics = Metrics::default();
-        metrics.count_request("/hmac", 200);
-        metrics.count_request("/hmac", 200);
+        metrics.count_request(Route::of_path("/hmac"), 200);
+        metrics.count_request(Route::of_path("/hmac"), 200);
+        metrics.count_request(Route::of_path("/hmac/"), 404);
+        metrics.count_request(Route::of_path("/readyz"), 1000);
         metrics.request_latency.observe(Duration::from_micros(300));
         metrics.request_latency.observe(Duration::from_secs(10));
-        let text = metrics.render("MODE16", None);
+        let text = metrics.render("MODE16", 3, None);
         assert!(text.contains(&format!(
             "cryptoserver_build_info{{version=\"{}\",mode=\"MODE16\"}} 1",
             env!("CARGO_PKG_VERSION")
@@ -194,6 +251,9 @@ mod tests {
         assert!(text.contains("cryptoserver_request_duration_seconds_bucket{le=\"0.00025\"} 0"));
         assert!(text.contains("cryptoserver_request_duration_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(text.contains("cryptoserver_request_duration_seconds_bucket{le=\"+Inf\"} 2"));
-        assert!(text.contains("cryptoserver_in_flight_requests 0"));
+        assert!(text.contains("cryptoserver_requests_total{route=\"unmatched\",status=\"404\"} 1"));
+        assert!(text.contains("cryptoserver_requests_total{route=\"/readyz\",status=\"999\"} 1"));
+        assert!(text.contains("cryptoserver_request_duration_seconds_count 2"));
+        assert!(text.contains("cryptoserver_in_flight_requests 3"));
     }
 }

@@ -2,12 +2,15 @@
 //! (fail closed), bind, serve HTTP/1.1 (over TLS when configured), and drain on
 //! SIGTERM/SIGINT.
 
+use std::cell::RefCell;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
-use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,15 +18,15 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tower_service::Service as _;
+use tower_service::Service;
 
 use crate::access::Tokens;
 use crate::config::Config;
-use crate::http::{metrics_router, router, AppState};
+use crate::http::{metrics_router, App, AppState};
 use crate::keystore::KeyStore;
-use crate::limits::RateLimiter;
+use crate::limits::{ConcurrencyLimit, RateLimiter};
 use crate::metrics::Metrics;
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
@@ -54,9 +57,7 @@ pub fn run(config: Config) -> Result<(), String> {
         body_timeout: config.body_timeout,
         tokens,
         rate_limiter: config.rate_limit.map(RateLimiter::new),
-        concurrency: Arc::new(Semaphore::new(
-            config.max_concurrent.clamp(1, Semaphore::MAX_PERMITS),
-        )),
+        concurrency: ConcurrencyLimit::new(config.max_concurrent.max(1)),
         metrics: Metrics::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -108,6 +109,9 @@ async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
         .max_header_size(config.max_header)
+        // Responses are small: one copy into one buffer costs less than
+        // queueing the head and the body for a vectored write.
+        .writev(false)
         .keep_alive(true);
     let (stopping_tx, stopping) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
@@ -115,7 +119,10 @@ async fn serve(
         listener,
         tls,
         (http.clone(), config.header_timeout),
-        router(Arc::clone(&state)),
+        ConnectionService::new(
+            App::new(Arc::clone(&state)),
+            state.limits_clients_by_address(),
+        ),
         Arc::clone(&graceful),
         stopping.clone(),
     );
@@ -124,7 +131,7 @@ async fn serve(
             listener,
             None,
             (http, config.header_timeout),
-            metrics_router(Arc::clone(&state)),
+            ConnectionService::new(metrics_router(Arc::clone(&state)), false),
             Arc::clone(&graceful),
             stopping,
         ))
@@ -157,11 +164,11 @@ async fn bind(address: SocketAddr, variable: &str) -> Result<TcpListener, String
 
 /// Accepts connections until `stopping` turns true; each connection runs in its
 /// own task, watched by `graceful` for the shutdown.
-async fn accept_loop(
+async fn accept_loop<S: AppService>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     (http, header_timeout): (http1::Builder, Duration),
-    app: Router,
+    service: ConnectionService<S>,
     graceful: Arc<GracefulShutdown>,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -183,7 +190,7 @@ async fn accept_loop(
         let connection = Connection {
             http: http.clone(),
             header_timeout,
-            app: app.clone(),
+            service: service.for_peer(peer),
             peer,
             // Taken before the task starts, so the shutdown waits for this
             // connection even while it is still in its TLS handshake.
@@ -199,15 +206,69 @@ async fn accept_loop(
     }
 }
 
-struct Connection {
+/// What a connection serves: the app, or the metrics listener's router.
+trait AppService:
+    Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone + Send + 'static
+{
+}
+
+impl<S> AppService for S where
+    S: Service<Request, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
+struct Connection<S> {
     http: http1::Builder,
     header_timeout: Duration,
-    app: Router,
+    service: ConnectionService<S>,
     peer: SocketAddr,
     watcher: Watcher,
 }
 
-impl Connection {
+/// One connection's copy of the app. Each request borrows it instead of
+/// cloning it: a clone would change reference counts that every core shares.
+struct ConnectionService<S> {
+    app: RefCell<S>,
+    pass_peer: bool,
+    /// Set only when the rate limit needs it: inserting it costs an allocation.
+    peer: Option<SocketAddr>,
+}
+
+impl<S: AppService> ConnectionService<S> {
+    fn new(app: S, pass_peer: bool) -> Self {
+        ConnectionService {
+            app: RefCell::new(app),
+            pass_peer,
+            peer: None,
+        }
+    }
+
+    fn for_peer(&self, peer: SocketAddr) -> Self {
+        ConnectionService {
+            app: self.app.clone(),
+            pass_peer: self.pass_peer,
+            peer: self.pass_peer.then_some(peer),
+        }
+    }
+}
+
+impl<S: AppService> hyper::service::Service<hyper::Request<Incoming>> for ConnectionService<S> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn call(&self, mut request: hyper::Request<Incoming>) -> S::Future {
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(ConnectInfo(peer));
+        }
+        self.app.borrow_mut().call(request.map(Body::new))
+    }
+}
+
+impl<S: AppService> Connection<S> {
     async fn serve_tls(self, tls: TlsAcceptor, tcp: TcpStream) {
         // The handshake gets the same time as a request head.
         match tokio::time::timeout(self.header_timeout, tls.accept(tcp)).await {
@@ -223,15 +284,11 @@ impl Connection {
     {
         let Connection {
             http,
-            app,
+            service,
             peer,
             watcher,
             ..
         } = self;
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().call(request)
-        });
         let connection = watcher.watch(http.serve_connection(TokioIo::new(io), service));
         if let Err(error) = connection.await {
             tracing::debug!(%peer, %error, "connection ended with an error");

@@ -16,12 +16,11 @@ use std::sync::{Arc, LazyLock};
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
-use axum::Router;
 use base64::Engine as _;
 use cryptoserver::access::Tokens;
 use cryptoserver::batch::{encode_frames, parse_frames};
 use cryptoserver::config::RateLimit;
-use cryptoserver::http::{router, AppState, MAC_HEADER};
+use cryptoserver::http::{App, AppState, MAC_HEADER};
 use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
 use cryptoserver::limits::RateLimiter;
@@ -105,7 +104,7 @@ fn reference_hmac(key: &[u8; KEY_LEN], message: &[u8]) -> [u8; 32] {
 /// The real router on its own runtime, called without a socket.
 struct Server {
     runtime: tokio::runtime::Runtime,
-    app: Router,
+    app: App,
 }
 
 impl Server {
@@ -138,7 +137,7 @@ impl Server {
                 .enable_all()
                 .build()
                 .unwrap(),
-            app: router(Arc::new(state)),
+            app: App::new(Arc::new(state)),
         }
     }
 
