@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use axum::body::HttpBody as _;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State};
 use axum::http::header::{
     HeaderName, AUTHORIZATION, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
@@ -286,35 +287,38 @@ enum Encoding {
     Base64,
 }
 
+/// `?encoding=` of `POST /hmac`: raw bytes unless it says otherwise.
+impl<S: Send + Sync> FromRequestParts<S> for Encoding {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Encoding, ApiError> {
+        // The usual request has no query: no parser runs for it.
+        if parts.uri.query().is_none() {
+            return Ok(Encoding::Raw);
+        }
+        let Query(query) = Query::<MacQuery>::try_from_uri(&parts.uri).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown encoding: use ?encoding=hex or ?encoding=base64",
+            )
+        })?;
+        Ok(query.encoding.unwrap_or(Encoding::Raw))
+    }
+}
+
 async fn hmac(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
+    encoding: Encoding,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let encoding = encoding_of(&uri)?;
     let message = read_message(body, &state).await?;
     let mac = mac_of(&state, &message).await?;
     Ok(match encoding {
-        Encoding::Raw => {
-            ([(CONTENT_TYPE, "application/octet-stream")], mac.to_vec()).into_response()
-        }
+        // A Vec<u8> is already application/octet-stream.
+        Encoding::Raw => mac.to_vec().into_response(),
         Encoding::Hex => ([(CONTENT_TYPE, "text/plain")], hex::encode(mac)).into_response(),
         Encoding::Base64 => ([(CONTENT_TYPE, "text/plain")], BASE64.encode(mac)).into_response(),
     })
-}
-
-/// `?encoding=`, raw without one; a request without a query skips the parser.
-fn encoding_of(uri: &Uri) -> Result<Encoding, ApiError> {
-    if uri.query().is_none() {
-        return Ok(Encoding::Raw);
-    }
-    let Query(query) = Query::<MacQuery>::try_from_uri(uri).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unknown encoding: use ?encoding=hex or ?encoding=base64",
-        )
-    })?;
-    Ok(query.encoding.unwrap_or(Encoding::Raw))
 }
 
 /// Nothing is computed unless the whole body frames correctly; each message
@@ -338,7 +342,7 @@ async fn hmac_batch(
         .await
         .map_err(|_| ApiError::key_unavailable())?;
     record_macs(&state, count, hashed);
-    Ok(([(CONTENT_TYPE, "application/octet-stream")], macs).into_response())
+    Ok(macs.into_response())
 }
 
 async fn verify(

@@ -23,7 +23,9 @@ use crate::manifest::Manifest;
 use crate::metrics::KeyReadStats;
 
 mod ring;
+mod table;
 use ring::KeyReadRing;
+use table::KeyTable;
 
 /// A batch is split into at most this many tasks on the blocking thread pool.
 const BATCH_TASKS: usize = 64;
@@ -151,7 +153,7 @@ impl KeyStore {
     fn mac_blocking(&self, message: &[u8]) -> Result<Mac, KeyUnavailable> {
         let location = self.mode.locate(message);
         match &self.keys {
-            Keys::InMemory(keys) => Ok(keys.0[slot(location)].mac(message)),
+            Keys::InMemory(keys) => Ok(keys[slot(location)].mac(message)),
             Keys::OnDisk(files) => Ok(mac::mac(&*files.read_key(location)?, message)),
         }
     }
@@ -329,41 +331,9 @@ fn load_in_memory(
             ));
         }
     }
-    let keys = content
-        .chunks_exact(KEY_LEN)
-        .map(|key| PrecomputedKey::new(key.try_into().expect("chunks are KEY_LEN long")))
-        .collect();
-    Ok(KeyTable::locked(keys))
-}
-
-/// The in-memory keys: locked into RAM where permitted (never written to swap),
-/// and overwritten with zeros when dropped.
-pub struct KeyTable(Box<[PrecomputedKey]>);
-
-impl KeyTable {
-    fn locked(keys: Box<[PrecomputedKey]>) -> Self {
-        let (address, length) = (
-            keys.as_ptr().cast::<libc::c_void>(),
-            std::mem::size_of_val(&*keys),
-        );
-        // SAFETY: the range is the live allocation of `keys`.
-        if unsafe { libc::mlock(address, length) } != 0 {
-            tracing::warn!(
-                bytes = length,
-                error = %io::Error::last_os_error(),
-                "cannot lock the keys into memory; they could be swapped out. Raise RLIMIT_MEMLOCK (systemd: LimitMEMLOCK)"
-            );
-        }
-        KeyTable(keys)
-    }
-}
-
-impl Drop for KeyTable {
-    fn drop(&mut self) {
-        for key in self.0.iter_mut() {
-            key.zeroize();
-        }
-    }
+    Ok(KeyTable::new(content.chunks_exact(KEY_LEN).map(|key| {
+        PrecomputedKey::new(key.try_into().expect("chunks are KEY_LEN long"))
+    })))
 }
 
 /// The 65,536 MODE32 files.
