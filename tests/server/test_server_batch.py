@@ -18,10 +18,15 @@ def frames(messages):
     return b"".join(struct.pack(">I", len(m)) + m for m in messages)
 
 
-@pytest.mark.parametrize("mode", ["MODE0", "MODE16", "MODE32"])
-def test_batch_agrees_with_single_requests(tmp_path, mode):
+@pytest.mark.parametrize(
+    "mode, key_reads",
+    [("MODE0", None), ("MODE16", None), ("MODE32", "io-uring"), ("MODE32", "threads")],
+    ids=["MODE0", "MODE16", "MODE32-io-uring", "MODE32-threads"],
+)
+def test_batch_agrees_with_single_requests(tmp_path, mode, key_reads):
     secret_dir = reference.write_random_secrets(mode, tmp_path / "secrets", MESSAGES)
-    with running_server(tmp_path, mode, secret_dir) as server, requests.Session() as session:
+    env = {"CRYPTOSERVER_KEY_READS": key_reads} if key_reads else {}
+    with running_server(tmp_path, mode, secret_dir, env) as server, requests.Session() as session:
         response = session.post(f"{server.url}/hmac/batch", data=frames(MESSAGES))
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/octet-stream"

@@ -9,6 +9,7 @@ import os
 import resource
 import shutil
 import socket
+import struct
 import subprocess
 import time
 
@@ -65,6 +66,10 @@ def assert_fails_closed(server, message):
     status, body = status_and_mac(server, message)
     assert status == 503, body
     assert b"error" in body
+    # A batch holding the message fails whole: no MAC of its other messages either.
+    batch = b"".join(struct.pack(">I", len(m)) + m for m in [OTHER, message, OTHER])
+    response = requests.post(f"{server.url}/hmac/batch", data=batch, timeout=10)
+    assert response.status_code == 503 and b"error" in response.content
     assert requests.get(f"{server.url}/readyz").status_code == 503
 
 
