@@ -62,7 +62,7 @@ const ROUTES: [&str; 7] = [
 
 /// Every status code `http` can represent has its own counter per route.
 const STATUS_CODES: std::ops::RangeInclusive<u16> = 100..=999;
-const STATUS_SLOTS: usize = 900;
+const STATUS_SLOTS: usize = (*STATUS_CODES.end() - *STATUS_CODES.start() + 1) as usize;
 
 /// A request's route label.
 #[derive(Clone, Copy, Debug, PartialEq)]
