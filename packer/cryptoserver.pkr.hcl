@@ -137,10 +137,10 @@ build {
   provisioner "shell" {
     inline = [
       "sudo cloud-init status --wait > /dev/null || true",
-      "mkdir /tmp/cryptoserver",
-      "tar -xzf /tmp/cryptoserver.tar.gz -C /tmp/cryptoserver --strip-components=1",
-      "sudo /tmp/cryptoserver/install.sh",
-      "rm -rf /tmp/cryptoserver /tmp/cryptoserver.tar.gz",
+      "release=$(mktemp -d)",
+      "tar -xzf /tmp/cryptoserver.tar.gz -C \"$release\" --strip-components=1",
+      "sudo \"$release/install.sh\"",
+      "rm -rf \"$release\" /tmp/cryptoserver.tar.gz",
     ]
   }
 

@@ -3,6 +3,7 @@ hold in what they say: no way in but the service port, IMDSv2 only, encrypted vo
 secrets that no plan deletes."""
 
 import re
+import subprocess
 
 import pytest
 
@@ -15,6 +16,7 @@ from infra_tools import (
     hcl_files,
     parse_hcl,
     resources,
+    shellcheck,
     terraform_files,
 )
 
@@ -200,6 +202,12 @@ def test_packer_installs_the_release_then_closes_every_door_with_its_own_key_las
     assert upload["source"] == "${local.dist_tarball}"
     install = provisioners[1]["shell"]["inline"]
     assert any("install.sh" in command for command in install)
+    # Packer runs the inline lines as one `sh -e` script: it must be clean shell,
+    # unpacking into a directory made at run time.
+    assert any("mktemp -d" in command for command in install)
+    script = "#!/bin/sh -e\n" + "\n".join(install) + "\n"
+    result = subprocess.run([shellcheck(), "-"], input=script, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
     assert not any("generate" in command for command in install), "the image holds no secret"
     assert provisioners[2]["shell"]["script"] == "${path.root}/close-doors.sh"
     last = provisioners[3]["shell"]
