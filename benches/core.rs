@@ -9,11 +9,11 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cryptoserver::batch::{encode_frames, parse_frames};
-use cryptoserver::generate::{fill_secret, generate, GenerateArgs};
 use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::{Mode, KEY_FILE_LEN, KEY_LEN};
 use cryptoserver::mac::{self, PrecomputedKey};
-use cryptoserver::progress::ProgressOutput;
+use cryptoserver::secrets::generate::{fill_secret, generate, GenerateOptions};
+use cryptoserver::secrets::progress::ProgressOutput;
 
 const MESSAGE_LEN: usize = 64;
 const BATCH_LEN: usize = 4096;
@@ -114,7 +114,7 @@ fn batch_frames(c: &mut Criterion) {
 }
 
 fn generate_secrets(mode: Mode, dir: &Path) {
-    let args = GenerateArgs {
+    let args = GenerateOptions {
         mode,
         dir: dir.to_owned(),
         jobs: None,

@@ -1,11 +1,63 @@
 //! Who may call the server: bearer tokens, checked against a file of their SHA-256 digests.
 
-use std::path::Path;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub type TokenDigest = [u8; 32];
+
+/// Why the tokens file cannot be used; the server does not start then.
+#[derive(Debug)]
+pub enum TokensError {
+    Read {
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A line that is not a SHA-256 hex digest (numbered from 1).
+    NotADigest {
+        path: PathBuf,
+        line: usize,
+    },
+    /// No digest at all: nobody could call the server.
+    Empty {
+        path: PathBuf,
+    },
+}
+
+impl fmt::Display for TokensError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokensError::Read { path, source } => write!(
+                f,
+                "{}: cannot read the tokens file (CRYPTOSERVER_TOKENS_FILE): {source}",
+                path.display()
+            ),
+            TokensError::NotADigest { path, line } => write!(
+                f,
+                "{}:{line}: not a SHA-256 hex digest (64 hex digits); the file holds token digests, \
+                 never tokens: `cargo xtask gen-token` prints both",
+                path.display()
+            ),
+            TokensError::Empty { path } => write!(
+                f,
+                "{}: holds no token digest, so nobody could call the server; add one with `cargo xtask gen-token`",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TokensError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TokensError::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// The allowed tokens, as digests only: the file never holds a token in clear.
 pub struct Tokens {
@@ -15,12 +67,10 @@ pub struct Tokens {
 impl Tokens {
     /// Reads one lower-case or upper-case SHA-256 hex digest per line; blank lines
     /// and lines starting with `#` are ignored.
-    pub fn load(path: &Path) -> Result<Tokens, String> {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            format!(
-                "{}: cannot read the tokens file (CRYPTOSERVER_TOKENS_FILE): {error}",
-                path.display()
-            )
+    pub fn load(path: &Path) -> Result<Tokens, TokensError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
+            path: path.to_owned(),
+            source,
         })?;
         let mut digests = Vec::new();
         for (number, line) in text.lines().enumerate() {
@@ -31,21 +81,16 @@ impl Tokens {
             let digest = hex::decode(line)
                 .ok()
                 .and_then(|bytes| TokenDigest::try_from(bytes).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "{}:{}: not a SHA-256 hex digest (64 hex digits); the file holds token digests, \
-                         never tokens: `cargo xtask gen-token` prints both",
-                        path.display(),
-                        number + 1
-                    )
+                .ok_or_else(|| TokensError::NotADigest {
+                    path: path.to_owned(),
+                    line: number + 1,
                 })?;
             digests.push(digest);
         }
         if digests.is_empty() {
-            return Err(format!(
-                "{}: holds no token digest, so nobody could call the server; add one with `cargo xtask gen-token`",
-                path.display()
-            ));
+            return Err(TokensError::Empty {
+                path: path.to_owned(),
+            });
         }
         Ok(Tokens { digests })
     }
@@ -84,7 +129,7 @@ fn bearer_token(authorization: &[u8]) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
-    fn tokens_file(text: &str) -> (tempfile::NamedTempFile, Result<Tokens, String>) {
+    fn tokens_file(text: &str) -> (tempfile::NamedTempFile, Result<Tokens, TokensError>) {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), text).unwrap();
         let tokens = Tokens::load(file.path());
@@ -117,12 +162,12 @@ mod tests {
 
     #[test]
     fn bad_files_are_refused_naming_the_line() {
-        let (_file, tokens) = tokens_file("abc\n");
-        assert!(tokens
-            .err()
-            .unwrap()
-            .contains(":1: not a SHA-256 hex digest"));
+        let (_file, tokens) = tokens_file("# first\nabc\n");
+        assert!(matches!(
+            tokens,
+            Err(TokensError::NotADigest { line: 2, .. })
+        ));
         let (_file, tokens) = tokens_file("# nothing\n");
-        assert!(tokens.err().unwrap().contains("holds no token digest"));
+        assert!(matches!(tokens, Err(TokensError::Empty { .. })));
     }
 }

@@ -1,5 +1,8 @@
-//! Server configuration: command-line flags, each backed by the seed's environment variable.
+//! Server configuration: command-line flags, each backed by the environment
+//! variable the original design named (`CRYPTOSERVER_MODE`, `_SECRETDIR`, `_BIND`)
+//! or one in the same style. The only place the server's command line is parsed.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +11,7 @@ use clap::Parser;
 
 use crate::keystore::KeyReads;
 use crate::layout::Mode;
+use crate::limits::RateLimit;
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -71,7 +75,7 @@ pub struct Config {
 
     /// How MODE32 reads keys: auto (io_uring where the kernel allows it, else a thread
     /// pool), io-uring (startup fails without it) or threads.
-    #[arg(long, env = "CRYPTOSERVER_KEY_READS", value_enum, default_value_t = KeyReads::Auto)]
+    #[arg(long, env = "CRYPTOSERVER_KEY_READS", default_value_t = KeyReads::Auto)]
     pub key_reads: KeyReads,
 
     /// Seconds a client gets to send a request's headers, and that an idle keep-alive connection stays open.
@@ -101,17 +105,40 @@ pub enum LogFormat {
     Json,
 }
 
-/// A token bucket: `per_second` tokens refill each second, up to `burst`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RateLimit {
-    pub per_second: f64,
-    pub burst: f64,
+/// A flag's value that does not parse; clap names the flag and the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueError {
+    RateLimit(String),
+    SizeUnit(String),
+    Size(String),
+    Seconds(String),
 }
 
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueError::RateLimit(text) => write!(
+                f,
+                "'{text}' is not RATE or RATE:BURST with positive numbers, e.g. 100 or 100:500"
+            ),
+            ValueError::SizeUnit(unit) => {
+                write!(
+                    f,
+                    "unknown unit '{unit}': write bytes, or use KiB, MiB or GiB"
+                )
+            }
+            ValueError::Size(text) => {
+                write!(f, "'{text}' is not a positive size, e.g. 1048576 or 1MiB")
+            }
+            ValueError::Seconds(text) => write!(f, "'{text}' is not a whole number of seconds"),
+        }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
 /// Parses `100` (100 requests/s, burst 100) or `100:500` (burst 500).
-fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
-    let invalid =
-        || format!("'{text}' is not RATE or RATE:BURST with positive numbers, e.g. 100 or 100:500");
+fn parse_rate_limit(text: &str) -> Result<RateLimit, ValueError> {
     let (rate, burst) = text.split_once(':').unwrap_or((text, text));
     let positive = |part: &str| {
         part.trim()
@@ -121,12 +148,12 @@ fn parse_rate_limit(text: &str) -> Result<RateLimit, String> {
     };
     match (positive(rate), positive(burst)) {
         (Some(per_second), Some(burst)) if burst >= 1.0 => Ok(RateLimit { per_second, burst }),
-        _ => Err(invalid()),
+        _ => Err(ValueError::RateLimit(text.to_owned())),
     }
 }
 
 /// Parses `1048576`, `1024KiB` or `1MiB` into a byte count.
-fn parse_byte_size(text: &str) -> Result<usize, String> {
+fn parse_byte_size(text: &str) -> Result<usize, ValueError> {
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
         None => (text, ""),
@@ -136,24 +163,20 @@ fn parse_byte_size(text: &str) -> Result<usize, String> {
         "kib" | "k" => 1 << 10,
         "mib" | "m" => 1 << 20,
         "gib" | "g" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "unknown unit '{unit}': write bytes, or use KiB, MiB or GiB"
-            ))
-        }
+        _ => return Err(ValueError::SizeUnit(unit.to_owned())),
     };
     digits
         .parse::<usize>()
         .ok()
         .and_then(|count| count.checked_mul(multiplier))
         .filter(|&bytes| bytes > 0)
-        .ok_or_else(|| format!("'{text}' is not a positive size, e.g. 1048576 or 1MiB"))
+        .ok_or_else(|| ValueError::Size(text.to_owned()))
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+fn parse_seconds(text: &str) -> Result<Duration, ValueError> {
     text.parse::<u64>()
         .map(Duration::from_secs)
-        .map_err(|_| format!("'{text}' is not a whole number of seconds"))
+        .map_err(|_| ValueError::Seconds(text.to_owned()))
 }
 
 #[cfg(test)]
@@ -169,9 +192,15 @@ mod tests {
         assert_eq!(parse_byte_size("1048576"), Ok(1 << 20));
         assert_eq!(parse_byte_size("1MiB"), Ok(1 << 20));
         assert_eq!(parse_byte_size("64kib"), Ok(64 << 10));
-        assert!(parse_byte_size("0").is_err());
-        assert!(parse_byte_size("12 parsecs").is_err());
-        assert!(parse_byte_size("99999999999999999999GiB").is_err());
+        assert_eq!(parse_byte_size("0"), Err(ValueError::Size("0".into())));
+        assert_eq!(
+            parse_byte_size("12 parsecs"),
+            Err(ValueError::SizeUnit(" parsecs".into()))
+        );
+        assert!(matches!(
+            parse_byte_size("99999999999999999999GiB"),
+            Err(ValueError::Size(_))
+        ));
     }
 
     #[test]
@@ -191,7 +220,11 @@ mod tests {
             })
         );
         for bad in ["", "0", "-1", "10:0.5", "fast", "10:", "nan"] {
-            assert!(parse_rate_limit(bad).is_err(), "{bad}");
+            assert_eq!(
+                parse_rate_limit(bad),
+                Err(ValueError::RateLimit(bad.into())),
+                "{bad}"
+            );
         }
     }
 

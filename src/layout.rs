@@ -152,7 +152,7 @@ impl std::error::Error for UnknownMode {}
 impl FromStr for Mode {
     type Err = UnknownMode;
 
-    /// Case-insensitive: the seed itself writes `Mode32`.
+    /// Case-insensitive: the original design itself writes `Mode32`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Mode::ALL
             .into_iter()
@@ -176,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn file_names_follow_the_seed() {
+    fn file_names_follow_the_original_design() {
         assert_eq!(Mode::Mode0.file_names().collect::<Vec<_>>(), ["secret"]);
         assert_eq!(Mode::Mode16.file_names().collect::<Vec<_>>(), ["0000"]);
         let mode32: Vec<_> = Mode::Mode32.file_names().collect();

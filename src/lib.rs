@@ -1,32 +1,34 @@
 //! cryptoserver: HMAC-SHA256 over HTTP with the secrets sealed on one host.
 //!
+//! The library serves two applications. Shared by both:
 //! - [`layout`]: the on-disk layout of the secrets and the key-selection rule.
-//! - [`manifest`]: the generator's record of what it wrote.
-//! - [`config`]: the server's flags and environment variables.
-//! - [`keystore`]: the secrets as the server holds them, checked at startup.
+//! - [`manifest`]: the format of the record of what the generator wrote.
 //! - [`mac`]: the HMAC-SHA256 engine.
-//! - [`access`]: bearer tokens.
-//! - [`limits`]: per-client rate limits.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`tls`]: HTTPS and mTLS with rustls.
+//! - [`sys`]: every libc call, wrapped once.
+//!
+//! The server (`cryptoserver`):
+//! - [`config`]: its flags and environment variables (the only place they are parsed).
+//! - [`keystore`]: the secrets as the server holds them, checked at startup.
+//! - [`access`]: bearer tokens; [`limits`]: rate and concurrency limits.
 //! - [`batch`]: the `/hmac/batch` frame format.
-//! - [`http`]: the routes and their errors.
+//! - [`http`]: the routes, their guards and their errors.
+//! - [`metrics`]: Prometheus metrics; [`tls`]: HTTPS and mTLS with rustls.
 //! - [`server`]: process lifecycle (bind, serve, graceful shutdown).
+//!
+//! The secret tools (`cryptoserver-secrets`, `cargo xtask gen-secrets|verify-secrets`):
+//! - [`secrets`]: generate a secrets directory, verify it against its manifest.
 
 pub mod access;
 pub mod batch;
 pub mod config;
-pub mod generate;
 pub mod http;
-pub mod jobs;
 pub mod keystore;
 pub mod layout;
 pub mod limits;
 pub mod mac;
 pub mod manifest;
 pub mod metrics;
-pub mod progress;
-pub mod secret_dir;
+pub mod secrets;
 pub mod server;
+pub mod sys;
 pub mod tls;
-pub mod verify;

@@ -8,10 +8,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::access::TokenDigest;
-use crate::config::RateLimit;
 
 /// Buckets kept before full (idle) ones are dropped; a full bucket is the same as none.
 const MAX_TRACKED_CLIENTS: usize = 100_000;
+
+/// A token bucket: `per_second` tokens refill each second, up to `burst`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ClientId {

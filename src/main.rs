@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::Parser;
 use cryptoserver::config::{Config, LogFormat};
+use tracing_subscriber::filter::ParseError;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -32,7 +33,11 @@ fn main() -> ExitCode {
         }
     };
     if let Err(error) = init_logging(config.log_format) {
-        eprintln!("cryptoserver: error: {error}");
+        let value = std::env::var_os("RUST_LOG").unwrap_or_default();
+        eprintln!(
+            "cryptoserver: error: invalid RUST_LOG '{}': {error}; try RUST_LOG=info",
+            value.to_string_lossy()
+        );
         return ExitCode::from(2);
     }
     match cryptoserver::server::run(config) {
@@ -44,14 +49,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The seed's rule: no log output unless RUST_LOG is set.
-fn init_logging(format: LogFormat) -> Result<(), String> {
+/// As the original design has it: no log output unless RUST_LOG is set.
+fn init_logging(format: LogFormat) -> Result<(), ParseError> {
     let Some(directives) = std::env::var_os("RUST_LOG") else {
         return Ok(());
     };
-    let directives = directives.to_string_lossy();
-    let filter = EnvFilter::try_new(&*directives)
-        .map_err(|error| format!("invalid RUST_LOG '{directives}': {error}; try RUST_LOG=info"))?;
+    let filter = EnvFilter::try_new(directives.to_string_lossy())?;
     let logger = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,8 +1,8 @@
 //! `cryptoserver.manifest`: what the generator wrote, so a directory can be checked later.
 //!
-//! The generator writes it last and atomically; the server reads it when present
-//! (a manifest of another mode is a startup error) and `verify-secrets` re-hashes
-//! every file against it.
+//! This module owns the format. The generator writes it last and atomically
+//! (see `secrets::generate`); the server reads it when present (a manifest of
+//! another mode is a startup error) and `verify` re-hashes every file against it.
 
 use std::fmt;
 use std::io;
@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::layout::{Mode, MANIFEST_FILE_NAME};
-use crate::secret_dir::{FileError, Owner, SecretDir};
+use crate::layout::{Mode, UnknownMode, MANIFEST_FILE_NAME};
 
 /// The manifest format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -37,13 +36,32 @@ pub struct ManifestFile {
     pub sha256: String,
 }
 
-/// A manifest that could not be read, or that does not describe its directory's mode.
+/// A manifest that could not be read, or whose content does not fit its mode.
 #[derive(Debug)]
 pub enum ManifestError {
     Io(PathBuf, io::Error),
     Parse(PathBuf, serde_json::Error),
     UnsupportedVersion(PathBuf, u32),
-    Invalid(PathBuf, String),
+    UnknownMode(PathBuf, UnknownMode),
+    /// The manifest lists another number of files than its mode has.
+    FileCount {
+        path: PathBuf,
+        mode: Mode,
+        listed: usize,
+    },
+    /// An entry's name or size is not the mode's file at that position.
+    WrongEntry {
+        path: PathBuf,
+        name: String,
+        size: u64,
+        expected_name: String,
+        expected_size: u64,
+    },
+    /// An entry's SHA-256 is not 64 lower-case hex digits.
+    BadDigest {
+        path: PathBuf,
+        name: String,
+    },
 }
 
 impl fmt::Display for ManifestError {
@@ -58,12 +76,44 @@ impl fmt::Display for ManifestError {
                 "{}: manifest format version {version} is not supported (this build reads version {FORMAT_VERSION}); use a matching cryptoserver",
                 path.display()
             ),
-            ManifestError::Invalid(path, why) => write!(f, "{}: invalid manifest: {why}", path.display()),
+            ManifestError::UnknownMode(path, error) => {
+                write!(f, "{}: invalid manifest: {error}", path.display())
+            }
+            ManifestError::FileCount { path, mode, listed } => write!(
+                f,
+                "{}: invalid manifest: {mode} needs {} files but the manifest lists {listed}",
+                path.display(),
+                mode.file_count()
+            ),
+            ManifestError::WrongEntry {
+                path,
+                name,
+                size,
+                expected_name,
+                expected_size,
+            } => write!(
+                f,
+                "{}: invalid manifest: entry '{name}' ({size} bytes) should be '{expected_name}' ({expected_size} bytes)",
+                path.display()
+            ),
+            ManifestError::BadDigest { path, name } => write!(
+                f,
+                "{}: invalid manifest: entry '{name}' has no valid lower-case hex SHA-256",
+                path.display()
+            ),
         }
     }
 }
 
-impl std::error::Error for ManifestError {}
+impl std::error::Error for ManifestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ManifestError::Io(_, error) => Some(error),
+            ManifestError::Parse(_, error) => Some(error),
+            _ => None,
+        }
+    }
+}
 
 impl Manifest {
     /// Path of the manifest inside a secrets directory.
@@ -72,7 +122,7 @@ impl Manifest {
     }
 
     /// Reads the manifest of `dir`; `Ok(None)` when the directory has none
-    /// (secrets made the seed's way, with `dd` or Python).
+    /// (secrets made by hand, with the original design's `dd` or Python recipes).
     pub fn read(dir: &Path) -> Result<Option<Manifest>, ManifestError> {
         let path = Self::path(dir);
         let text = match std::fs::read(&path) {
@@ -118,12 +168,6 @@ impl Manifest {
         json
     }
 
-    /// Stores the manifest in `dir` atomically (see [`SecretDir::create_file`]);
-    /// an existing manifest is never replaced.
-    pub fn write(&self, dir: &SecretDir, owner: Option<&Owner>) -> Result<(), FileError> {
-        dir.create_file(MANIFEST_FILE_NAME, &self.to_json(), owner)
-    }
-
     /// The mode the manifest describes.
     pub fn mode(&self) -> Mode {
         self.mode
@@ -139,26 +183,27 @@ impl Manifest {
                 self.format_version,
             ));
         }
-        let invalid = |why: String| Err(ManifestError::Invalid(path.to_owned(), why));
+        let path = path.to_owned();
         let mode: Mode = match self.mode.parse() {
             Ok(mode) => mode,
-            Err(error) => return invalid(error.to_string()),
+            Err(error) => return Err(ManifestError::UnknownMode(path, error)),
         };
         if self.files.len() != mode.file_count() {
-            return invalid(format!(
-                "{mode} needs {} files but the manifest lists {}",
-                mode.file_count(),
-                self.files.len()
-            ));
+            return Err(ManifestError::FileCount {
+                path,
+                mode,
+                listed: self.files.len(),
+            });
         }
         for (expected_name, file) in mode.file_names().zip(&self.files) {
             if file.name != expected_name || file.size != mode.file_len() {
-                return invalid(format!(
-                    "entry '{}' ({} bytes) should be '{expected_name}' ({} bytes)",
-                    file.name,
-                    file.size,
-                    mode.file_len()
-                ));
+                return Err(ManifestError::WrongEntry {
+                    path,
+                    name: file.name.clone(),
+                    size: file.size,
+                    expected_name,
+                    expected_size: mode.file_len(),
+                });
             }
             if file.sha256.len() != 64
                 || !file
@@ -166,10 +211,10 @@ impl Manifest {
                     .bytes()
                     .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             {
-                return invalid(format!(
-                    "entry '{}' has no valid lower-case hex SHA-256",
-                    file.name
-                ));
+                return Err(ManifestError::BadDigest {
+                    path,
+                    name: file.name.clone(),
+                });
             }
         }
         Ok(())
@@ -181,13 +226,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_written_manifest_reads_back_and_is_never_replaced() {
+    fn a_stored_manifest_reads_back() {
         let parent = tempfile::tempdir().unwrap();
-        let dir = SecretDir::open_locked(parent.path()).unwrap();
         assert_eq!(Manifest::read(parent.path()).unwrap(), None);
 
         let manifest = Manifest::describe(Mode::Mode16, &[[0xab; 32]]);
-        manifest.write(&dir, None).unwrap();
+        std::fs::write(Manifest::path(parent.path()), manifest.to_json()).unwrap();
         let read = Manifest::read(parent.path()).unwrap().unwrap();
         assert_eq!(read, manifest);
         assert_eq!(read.mode(), Mode::Mode16);
@@ -200,22 +244,45 @@ mod tests {
             "{}",
             read.created
         );
+    }
 
-        let other = Manifest::describe(Mode::Mode0, &[[0; 32]]);
-        assert!(other.write(&dir, None).is_err());
-        assert_eq!(Manifest::read(parent.path()).unwrap().unwrap(), manifest);
+    fn read_back(manifest: &Manifest) -> ManifestError {
+        let parent = tempfile::tempdir().unwrap();
+        std::fs::write(Manifest::path(parent.path()), manifest.to_json()).unwrap();
+        Manifest::read(parent.path()).unwrap_err()
     }
 
     #[test]
     fn a_manifest_that_does_not_fit_its_mode_is_invalid() {
-        let parent = tempfile::tempdir().unwrap();
         let mut manifest = Manifest::describe(Mode::Mode16, &[[1; 32]]);
         manifest.mode = "MODE32".to_owned();
-        std::fs::write(Manifest::path(parent.path()), manifest.to_json()).unwrap();
-        let error = Manifest::read(parent.path()).unwrap_err().to_string();
+        assert!(matches!(
+            read_back(&manifest),
+            ManifestError::FileCount {
+                mode: Mode::Mode32,
+                listed: 1,
+                ..
+            }
+        ));
+
+        let mut manifest = Manifest::describe(Mode::Mode16, &[[1; 32]]);
+        manifest.files[0].name = "0001".to_owned();
         assert!(
-            error.contains("MODE32 needs 65536 files but the manifest lists 1"),
-            "{error}"
+            matches!(read_back(&manifest), ManifestError::WrongEntry { name, .. } if name == "0001")
         );
+
+        let mut manifest = Manifest::describe(Mode::Mode16, &[[1; 32]]);
+        manifest.files[0].sha256 = "AB".repeat(32);
+        assert!(matches!(
+            read_back(&manifest),
+            ManifestError::BadDigest { .. }
+        ));
+
+        let mut manifest = Manifest::describe(Mode::Mode16, &[[1; 32]]);
+        manifest.format_version = 2;
+        assert!(matches!(
+            read_back(&manifest),
+            ManifestError::UnsupportedVersion(_, 2)
+        ));
     }
 }

@@ -4,6 +4,8 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,22 +24,84 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
-use crate::access::Tokens;
+use crate::access::{Tokens, TokensError};
 use crate::config::Config;
 use crate::http::{metrics_router, App, AppState};
-use crate::keystore::KeyStore;
+use crate::keystore::{KeyStore, LoadError};
 use crate::limits::{ConcurrencyLimit, RateLimiter};
 use crate::metrics::Metrics;
+use crate::sys;
+use crate::tls::TlsError;
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Why the server did not start; each names what to fix.
+#[derive(Debug)]
+pub enum ServerError {
+    Secrets(LoadError),
+    Tokens(TokensError),
+    Tls(TlsError),
+    Runtime(io::Error),
+    /// The address cannot be listened on; `variable` is the setting that named it.
+    Bind {
+        address: SocketAddr,
+        variable: &'static str,
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Secrets(error) => error.fmt(f),
+            ServerError::Tokens(error) => error.fmt(f),
+            ServerError::Tls(error) => error.fmt(f),
+            ServerError::Runtime(error) => write!(f, "cannot start the async runtime: {error}"),
+            ServerError::Bind {
+                address,
+                variable,
+                source,
+            } => write!(f, "cannot listen on {address} ({variable}): {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Secrets(error) => Some(error),
+            ServerError::Tokens(error) => Some(error),
+            ServerError::Tls(error) => Some(error),
+            ServerError::Runtime(error) => Some(error),
+            ServerError::Bind { source, .. } => Some(source),
+        }
+    }
+}
+
+impl From<LoadError> for ServerError {
+    fn from(error: LoadError) -> Self {
+        ServerError::Secrets(error)
+    }
+}
+
+impl From<TokensError> for ServerError {
+    fn from(error: TokensError) -> Self {
+        ServerError::Tokens(error)
+    }
+}
+
+impl From<TlsError> for ServerError {
+    fn from(error: TlsError) -> Self {
+        ServerError::Tls(error)
+    }
+}
+
 /// Runs the server until a termination signal; an `Err` means it never served.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config) -> Result<(), ServerError> {
     harden_process();
     // Everything that can be wrong with the inputs is found before the port is bound.
-    let keys = KeyStore::load(config.mode, &config.secret_dir, config.key_reads)
-        .map_err(|error| error.to_string())?;
+    let keys = KeyStore::load(config.mode, &config.secret_dir, config.key_reads)?;
     let tokens = config
         .tokens_file
         .as_deref()
@@ -63,26 +127,15 @@ pub fn run(config: Config) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|error| format!("cannot start the async runtime: {error}"))?;
+        .map_err(ServerError::Runtime)?;
     runtime.block_on(serve(config, state, tls))
 }
 
 /// No core dumps and no ptrace by other processes of the same user: either
 /// would hand out the keys held in memory.
 fn harden_process() {
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on this process with valid arguments.
-    let (core, dumpable) = unsafe {
-        (
-            libc::setrlimit(libc::RLIMIT_CORE, &no_core),
-            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
-        )
-    };
-    if core != 0 || dumpable != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot turn core dumps off");
+    if let Err(error) = sys::forbid_core_dumps() {
+        tracing::warn!(%error, "cannot turn core dumps off");
     }
 }
 
@@ -90,13 +143,14 @@ async fn serve(
     config: Config,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
-) -> Result<(), String> {
+) -> Result<(), ServerError> {
     let listener = bind(config.bind, "CRYPTOSERVER_BIND").await?;
     let metrics_listener = match config.metrics_bind {
         Some(address) => Some(bind(address, "CRYPTOSERVER_METRICS_BIND").await?),
         None => None,
     };
-    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    // With port 0 the kernel picks one: log the port really bound.
+    let address = listener.local_addr().unwrap_or(config.bind);
     tracing::info!(
         mode = %state.keys.mode(),
         dir = %config.secret_dir.display(),
@@ -156,10 +210,14 @@ async fn serve(
     Ok(())
 }
 
-async fn bind(address: SocketAddr, variable: &str) -> Result<TcpListener, String> {
+async fn bind(address: SocketAddr, variable: &'static str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(address)
         .await
-        .map_err(|error| format!("cannot listen on {address} ({variable}): {error}"))
+        .map_err(|source| ServerError::Bind {
+            address,
+            variable,
+            source,
+        })
 }
 
 /// Accepts connections until `stopping` turns true; each connection runs in its

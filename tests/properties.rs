@@ -1,5 +1,5 @@
-//! Properties of the HTTP API, driven in process through the real router
-//! (`cryptoserver::http::router`) over keys loaded by the real key store from a
+//! Properties of the HTTP API, driven in process through the real application
+//! (`cryptoserver::http::App`) over keys loaded by the real key store from a
 //! secrets directory this test writes:
 //!
 //! - the MAC of any message equals an HMAC-SHA256 written out here from RFC 2104,
@@ -19,11 +19,11 @@ use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
 use base64::Engine as _;
 use cryptoserver::access::Tokens;
 use cryptoserver::batch::{encode_frames, parse_frames};
-use cryptoserver::config::RateLimit;
 use cryptoserver::http::{App, AppState, MAC_HEADER};
 use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
-use cryptoserver::limits::RateLimiter;
+use cryptoserver::limits::{ConcurrencyLimit, RateLimit, RateLimiter};
+use cryptoserver::metrics::Metrics;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::TestRunner;
@@ -101,16 +101,28 @@ fn reference_hmac(key: &[u8; KEY_LEN], message: &[u8]) -> [u8; 32] {
         .into()
 }
 
-/// The real router on its own runtime, called without a socket.
+fn open_state(secrets: &Secrets) -> AppState {
+    AppState {
+        keys: secrets.keys.clone(),
+        max_body: MAX_BODY,
+        body_timeout: std::time::Duration::from_secs(30),
+        tokens: None,
+        rate_limiter: None,
+        concurrency: ConcurrencyLimit::new(usize::MAX),
+        metrics: Metrics::default(),
+    }
+}
+
+/// The real application on its own runtime, called without a socket.
 struct Server {
     runtime: tokio::runtime::Runtime,
     app: App,
 }
 
 impl Server {
-    /// As the seed ran it: open to all, no rate limit.
+    /// As the original design runs it: open to all, no limit but the body size.
     fn open(secrets: &Secrets) -> Server {
-        Server::new(AppState::open(secrets.keys.clone(), MAX_BODY))
+        Server::new(open_state(secrets))
     }
 
     /// With bearer tokens and a tight rate limit, so 401 and 429 happen too.
@@ -127,7 +139,7 @@ impl Server {
                 per_second: 50.0,
                 burst: 20.0,
             })),
-            ..AppState::open(secrets.keys.clone(), MAX_BODY)
+            ..open_state(secrets)
         })
     }
 

@@ -4,9 +4,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cryptoserver::generate::{generate, GenerateArgs};
-use cryptoserver::progress::ProgressOutput;
-use cryptoserver::verify::{verify, VerifyArgs};
+use cryptoserver::secrets::cli::{GenerateArgs, VerifyArgs};
+use cryptoserver::secrets::generate::generate;
+use cryptoserver::secrets::progress::ProgressOutput;
+use cryptoserver::secrets::verify::verify;
 
 #[derive(Parser)]
 #[command(
@@ -30,9 +31,11 @@ enum Command {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Generate(args) => {
-            generate(&args, ProgressOutput::Stderr).map(|done| done.to_string())
+            generate(&args.into(), ProgressOutput::Stderr).map(|done| done.to_string())
         }
-        Command::Verify(args) => verify(&args, ProgressOutput::Stderr).map(|done| done.to_string()),
+        Command::Verify(args) => {
+            verify(&args.into(), ProgressOutput::Stderr).map(|done| done.to_string())
+        }
     };
     match result {
         Ok(summary) => {

@@ -2,13 +2,13 @@
 //! their reads and wake the thread through an eventfd (once per batch, not per
 //! read); the thread alone submits and reaps, so the ring needs no lock and the
 //! kernel runs the completions on that thread rather than interrupting the
-//! async workers. Measured on the benchmark's cold directory, a thread-pool
-//! `pread` reached about a third of the disk's random read rate.
+//! async workers. A thread-pool `pread` hands every read to another thread and
+//! back, which costs more than the read itself when the page is cached.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use crate::layout::KEY_LEN;
+use crate::sys;
 
 /// Submission queue size; more reads than this in flight are queued and
 /// submitted as others complete.
@@ -60,17 +61,12 @@ impl KeyReadRing {
     /// Fails where io_uring is unavailable: kernels before 5.6, or a seccomp
     /// filter or `kernel.io_uring_disabled` that forbids it.
     pub fn new() -> io::Result<KeyReadRing> {
-        // SAFETY: eventfd takes no pointers; a valid descriptor is owned below.
-        let wake_up = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if wake_up < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let wake_up = sys::event_fd()?;
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
             woken: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            // SAFETY: `wake_up` is a new descriptor that nothing else owns.
-            wake_up: unsafe { OwnedFd::from_raw_fd(wake_up) },
+            wake_up,
         });
         // The ring is made on the thread that uses it: a single-issuer ring
         // belongs to the thread that creates it.
@@ -128,14 +124,7 @@ impl Drop for KeyReadRing {
 
 impl Shared {
     fn wake_driver(&self) -> io::Result<()> {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer to our eventfd.
-        let written = unsafe { libc::write(self.wake_up.as_raw_fd(), one.as_ptr().cast(), 8) };
-        if written == 8 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        sys::signal_event_fd(&self.wake_up)
     }
 }
 
@@ -179,9 +168,9 @@ impl<'a> Driver<'a> {
         loop {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(error) if error.raw_os_error() == Some(libc::EINTR) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 // Completions overflowed: reaping them below makes room.
-                Err(error) if error.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(error) if error.kind() == io::ErrorKind::ResourceBusy => {}
                 Err(error) => {
                     tracing::error!(%error, "io_uring wait failed; retrying");
                     thread::sleep(std::time::Duration::from_millis(10));
@@ -236,7 +225,7 @@ impl<'a> Driver<'a> {
         .user_data(WAKE_UP);
         // SAFETY: the count buffer lives as long as the driver, which returns
         // only once this read has completed.
-        self.push(&read);
+        unsafe { self.push(&read) };
         self.wake_up_armed = true;
     }
 
@@ -262,13 +251,17 @@ impl<'a> Driver<'a> {
                 done: request.done,
             });
             // SAFETY: the buffer and the descriptor stay in `in_flight` until completed.
-            self.push(&read.user_data(index as u64));
+            unsafe { self.push(&read.user_data(index as u64)) };
         }
     }
 
-    /// Only called with room in the submission queue.
-    fn push(&mut self, entry: &squeue::Entry) {
-        // SAFETY: the callers keep what the entry points to alive until it completes.
+    /// Queues one entry; only called with room in the submission queue.
+    ///
+    /// # Safety
+    /// Every buffer and descriptor the entry points to must stay alive until
+    /// its completion has been reaped.
+    unsafe fn push(&mut self, entry: &squeue::Entry) {
+        // SAFETY: the caller keeps what the entry points to alive until it completes.
         unsafe { self.ring.submission().push(entry) }
             .expect("callers check that the submission queue has room");
     }
@@ -352,7 +345,7 @@ mod tests {
         );
         let directory = Arc::new(File::open(std::env::temp_dir()).unwrap());
         let error = ring.read(directory, 0).await.unwrap_err();
-        assert_eq!(error.raw_os_error(), Some(libc::EISDIR));
+        assert_eq!(error.kind(), io::ErrorKind::IsADirectory);
         // The ring still serves after errors.
         assert_eq!(
             *ring.read(numbered_file(64), 7).await.unwrap(),

@@ -8,11 +8,11 @@
 //! three TLB entries.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
-use std::io;
 use std::ops::Deref;
 use std::ptr::NonNull;
 
 use crate::mac::PrecomputedKey;
+use crate::sys;
 
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -25,6 +25,7 @@ pub struct KeyTable {
 // SAFETY: KeyTable owns its keys like a Box<[PrecomputedKey]>, and
 // PrecomputedKey is Send and Sync.
 unsafe impl Send for KeyTable {}
+// SAFETY: as for Send; shared access only reads the keys.
 unsafe impl Sync for KeyTable {}
 
 impl KeyTable {
@@ -46,7 +47,7 @@ impl KeyTable {
         if align == HUGE_PAGE {
             // Advice only: before the first write, so the pages are huge from the start.
             // SAFETY: the range is the allocation just made, aligned to a page.
-            unsafe { libc::madvise(start.as_ptr().cast(), size, libc::MADV_HUGEPAGE) };
+            unsafe { sys::advise_huge_pages(start.as_ptr().cast(), size) };
         }
         let mut written = 0;
         for key in keys.take(len) {
@@ -56,10 +57,10 @@ impl KeyTable {
         }
         assert_eq!(written, len, "the iterator yields as many keys as it said");
         // SAFETY: the range is the allocation just made.
-        if unsafe { libc::mlock(start.as_ptr().cast(), size) } != 0 {
+        if let Err(error) = unsafe { sys::lock_in_memory(start.as_ptr().cast(), size) } {
             tracing::warn!(
                 bytes = size,
-                error = %io::Error::last_os_error(),
+                %error,
                 "cannot lock the keys into memory; they could be swapped out. Raise RLIMIT_MEMLOCK (systemd: LimitMEMLOCK)"
             );
         }

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
-use cryptoserver::generate::{generate, GenerateArgs};
 use cryptoserver::layout::Mode;
-use cryptoserver::progress::ProgressOutput;
+use cryptoserver::secrets::generate::{generate, GenerateOptions};
+use cryptoserver::secrets::progress::ProgressOutput;
 
 use crate::process::{cargo, repo_root, run};
 
@@ -34,7 +34,7 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.parent().expect("dev-secrets has a parent"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     generate(
-        &GenerateArgs {
+        &GenerateOptions {
             mode: args.mode,
             dir: dir.clone(),
             jobs: None,

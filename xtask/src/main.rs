@@ -24,9 +24,9 @@ enum Task {
     /// Run everything CI runs: install the test tools, build, run every test suite
     Ci,
     /// Generate the secrets of a mode in a directory (resumable; never overwrites a secret)
-    GenSecrets(cryptoserver::generate::GenerateArgs),
+    GenSecrets(cryptoserver::secrets::cli::GenerateArgs),
     /// Re-hash every secret file of a directory against its cryptoserver.manifest
-    VerifySecrets(cryptoserver::verify::VerifyArgs),
+    VerifySecrets(cryptoserver::secrets::cli::VerifyArgs),
     /// Measure speed goals against baselines measured in the same run
     Bench(bench::BenchArgs),
     /// Print a new bearer token and the line that allows it in CRYPTOSERVER_TOKENS_FILE
@@ -44,8 +44,8 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Dev(args) => dev::run_dev(args),
         Task::Ci => ci::run_ci(),
-        Task::GenSecrets(args) => secrets::gen_secrets(&args),
-        Task::VerifySecrets(args) => secrets::verify_secrets(&args),
+        Task::GenSecrets(args) => secrets::gen_secrets(args),
+        Task::VerifySecrets(args) => secrets::verify_secrets(args),
         Task::Bench(args) => bench::run_bench(&args),
         Task::Dist(args) => dist::run_dist(&args),
         Task::Audit(args) => aws::forward("audit", &args),

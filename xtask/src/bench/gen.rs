@@ -25,11 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cryptoserver::generate::{fill_secret, FileWork};
-use cryptoserver::jobs;
 use cryptoserver::layout::{Mode, KEY_FILE_LEN};
-use cryptoserver::progress::ProgressOutput;
-use cryptoserver::secret_dir::SecretDir;
+use cryptoserver::secrets::generate::{fill_secret, FileWork};
+use cryptoserver::secrets::jobs;
+use cryptoserver::secrets::progress::ProgressOutput;
+use cryptoserver::secrets::secret_dir::SecretDir;
 use sha2::{Digest, Sha256};
 
 use super::{check_goals, print_table, CpuPressure, Goal, Measurement};

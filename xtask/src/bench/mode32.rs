@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cryptoserver::generate::fill_secret;
 use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::{KeyLocation, Mode, KEY_FILE_LEN, MODE32_FILE_COUNT};
+use cryptoserver::secrets::generate::fill_secret;
 
 use super::tools::{ensure_installed, output_of};
 
@@ -263,7 +263,7 @@ impl Mode32Dir {
                                 anyhow::anyhow!(
                                     "cannot read a key from {}: {}",
                                     unavailable.path.display(),
-                                    unavailable.error
+                                    unavailable.source
                                 )
                             })?;
                             reads += 1;

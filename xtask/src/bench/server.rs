@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cryptoserver::batch::encode_frames;
-use cryptoserver::generate::{fill_secret, generate, GenerateArgs};
 use cryptoserver::keystore::{mode32_files_kept_open, KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
-use cryptoserver::progress::ProgressOutput;
+use cryptoserver::secrets::generate::{fill_secret, generate, GenerateOptions};
+use cryptoserver::secrets::progress::ProgressOutput;
 
 use super::gen::Scratch;
 use super::mode32::{Mode32Dir, MESSAGE_LEN};
@@ -428,7 +428,7 @@ impl Bench {
     fn secrets(&self, mode: Mode) -> anyhow::Result<PathBuf> {
         let dir = self.work.join(mode.name().to_ascii_lowercase());
         generate(
-            &GenerateArgs {
+            &GenerateOptions {
                 mode,
                 dir: dir.clone(),
                 jobs: None,

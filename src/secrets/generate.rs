@@ -19,35 +19,25 @@ use indicatif::HumanBytes;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
-use crate::jobs;
+use super::jobs;
+use super::progress::{count, throughput, Progress, ProgressOutput};
+use super::secret_dir::{hash_file, FileError, Owner, PendingFile, SecretDir};
+use super::{SecretsError, WrongFile};
 use crate::layout::{Mode, MANIFEST_FILE_NAME};
 use crate::manifest::Manifest;
-use crate::progress::{count, throughput, Progress, ProgressOutput};
-use crate::secret_dir::{CommandError, FileError, Owner, PendingFile, SecretDir};
-use crate::verify::hash_file;
+use crate::sys::Space;
 
-/// `generate`'s command line, shared by `cryptoserver-secrets` and `cargo xtask gen-secrets`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct GenerateArgs {
-    /// Mode to generate the secrets of: MODE0 (file `secret`, 32 bytes), MODE16 (file `0000`,
-    /// 2 MiB) or MODE32 (files `0000`..`ffff`, 128 GiB); case-insensitive, as CRYPTOSERVER_MODE.
-    #[arg(long)]
+/// What to generate, where, and for whom.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
     pub mode: Mode,
-
-    /// Secrets directory to fill; created with mode 0700 if absent. Complete files in it are
-    /// kept as they are.
-    #[arg(long)]
+    /// Created with mode 0700 if absent; complete files in it are kept as they are.
     pub dir: PathBuf,
-
-    /// Secrets computed in parallel [default: the number of cores]; each job has 4 threads
-    /// writing its files, so the disk always has files in flight.
-    #[arg(long, short = 'j')]
+    /// Secrets computed in parallel; `None` for one per core.
     pub jobs: Option<NonZeroUsize>,
-
-    /// User to own the directory and the files: the user the server runs as [default: the
-    /// user running this command].
-    #[arg(long)]
+    /// User to own the directory and the files; `None` for the user running this.
     pub owner: Option<String>,
 }
 
@@ -91,16 +81,19 @@ impl std::fmt::Display for Generated {
     }
 }
 
-/// Generates every missing file of `args.mode` in `args.dir`, then the manifest.
-pub fn generate(args: &GenerateArgs, output: ProgressOutput) -> Result<Generated, CommandError> {
-    let mode = args.mode;
-    let jobs = args.jobs.unwrap_or_else(jobs::default_jobs);
-    let owner = args.owner.as_deref().map(Owner::lookup).transpose()?;
-    let dir = SecretDir::open_locked(&args.dir)?;
+/// Generates every missing file of `options.mode` in `options.dir`, then the manifest.
+pub fn generate(
+    options: &GenerateOptions,
+    output: ProgressOutput,
+) -> Result<Generated, SecretsError> {
+    let mode = options.mode;
+    let jobs = options.jobs.unwrap_or_else(jobs::default_jobs);
+    let owner = options.owner.as_deref().map(Owner::lookup).transpose()?;
+    let dir = SecretDir::open_locked(&options.dir)?;
     let survey = survey(&dir, mode)?;
     let mut generated = Generated {
         mode,
-        dir: args.dir.clone(),
+        dir: options.dir.clone(),
         written: 0,
         kept: survey.present.len(),
         stale_removed: 0,
@@ -124,7 +117,7 @@ pub fn generate(args: &GenerateArgs, output: ProgressOutput) -> Result<Generated
         survey.missing.len(),
         mode.file_count(),
         HumanBytes(survey.missing.len() as u64 * mode.file_len()),
-        args.dir.display(),
+        options.dir.display(),
         count(jobs.get(), "job"),
         survey.present.len(),
         match generated.stale_removed {
@@ -156,8 +149,18 @@ pub fn generate(args: &GenerateArgs, output: ProgressOutput) -> Result<Generated
     {
         digests[*index] = digest;
     }
-    Manifest::describe(mode, &digests).write(&dir, owner.as_ref())?;
+    write_manifest(&dir, &Manifest::describe(mode, &digests), owner.as_ref())?;
     Ok(generated)
+}
+
+/// Stores the manifest atomically (see [`SecretDir::create_file`]); an
+/// existing manifest is never replaced.
+fn write_manifest(
+    dir: &SecretDir,
+    manifest: &Manifest,
+    owner: Option<&Owner>,
+) -> Result<(), FileError> {
+    dir.create_file(MANIFEST_FILE_NAME, &manifest.to_json(), owner)
 }
 
 /// Which files of the mode exist complete, and which are missing, by index.
@@ -169,7 +172,7 @@ struct Survey {
 
 /// Looks at every final file of `mode`; a file of the wrong size or type stops
 /// the run here, before anything is written.
-fn survey(dir: &SecretDir, mode: Mode) -> Result<Survey, CommandError> {
+fn survey(dir: &SecretDir, mode: Mode) -> Result<Survey, SecretsError> {
     let mut survey = Survey::default();
     let mut wrong = Vec::new();
     for (index, name) in mode.file_names().enumerate() {
@@ -178,28 +181,21 @@ fn survey(dir: &SecretDir, mode: Mode) -> Result<Survey, CommandError> {
             Ok(metadata) if metadata.is_file() && metadata.len() == mode.file_len() => {
                 survey.present.push(index)
             }
-            Ok(metadata) if metadata.is_file() => {
-                wrong.push(format!("{}: is {} bytes", path.display(), metadata.len()))
-            }
-            Ok(_) => wrong.push(format!("{}: is not a regular file", path.display())),
+            Ok(metadata) if metadata.is_file() => wrong.push(WrongFile::Size {
+                path,
+                len: metadata.len(),
+            }),
+            Ok(_) => wrong.push(WrongFile::NotRegular { path }),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 survey.missing.push(index)
             }
             Err(error) => Err(FileError::at(&path, "inspect")(error))?,
         }
     }
-    match wrong.as_slice() {
-        [] => Ok(survey),
-        [first, rest @ ..] => Err(CommandError(format!(
-            "{first}, but every {mode} secret file is a regular file of {} bytes{}; nothing was written. \
-             The generator never overwrites or repairs a secret: if this directory has never served MACs, \
-             delete it by hand and run again; otherwise restore the file",
-            mode.file_len(),
-            match rest.len() {
-                0 => String::new(),
-                more => format!(" ({more} more files are wrong too)"),
-            },
-        ))),
+    let more = wrong.len().saturating_sub(1);
+    match wrong.into_iter().next() {
+        None => Ok(survey),
+        Some(first) => Err(SecretsError::WrongFiles { mode, first, more }),
     }
 }
 
@@ -209,93 +205,71 @@ fn check_existing_manifest(
     dir: &SecretDir,
     mode: Mode,
     survey: &Survey,
-) -> Result<bool, CommandError> {
+) -> Result<bool, SecretsError> {
     let manifest_path = Manifest::path(dir.path());
-    let manifest = Manifest::read(dir.path()).map_err(|error| {
-        CommandError(format!(
-            "{error}; nothing was written. A manifest is only written once a directory is complete: \
-             check this directory by hand"
-        ))
-    })?;
-    let Some(manifest) = manifest else {
+    let Some(manifest) = Manifest::read(dir.path()).map_err(SecretsError::UnreadableManifest)?
+    else {
         return Ok(false);
     };
     if manifest.mode() != mode {
-        return Err(CommandError(format!(
-            "{}: this directory holds {} secrets, not {mode}; nothing was written. \
-             Generate {mode} secrets in another directory",
-            manifest_path.display(),
-            manifest.mode()
-        )));
+        return Err(SecretsError::OtherModeManifest {
+            manifest: manifest_path,
+            holds: manifest.mode(),
+            wanted: mode,
+        });
     }
     if let Some(&index) = survey.missing.first() {
-        return Err(CommandError(format!(
-            "{}: is missing, but {} records this directory as a complete {mode} set: a finished secret \
-             was deleted. A new one would silently change every MAC made with it, so nothing was written; \
-             restore the file (or, if this directory has never served MACs, delete it by hand and run again)",
-            dir.path().join(mode.file_name(index)).display(),
-            manifest_path.display(),
-        )));
+        return Err(SecretsError::LostFile {
+            path: dir.path().join(mode.file_name(index)),
+            manifest: manifest_path,
+            mode,
+        });
     }
     Ok(true)
 }
 
 /// Refuses to start when the filesystem cannot hold the missing files and the manifest.
-fn check_space(dir: &SecretDir, mode: Mode, missing: usize) -> Result<(), CommandError> {
+fn check_space(dir: &SecretDir, mode: Mode, missing: usize) -> Result<(), SecretsError> {
     let available = dir.available_space()?;
     let needed = space_needed(mode, missing, available.block_size);
     if needed.bytes > available.bytes || needed.inodes > available.inodes {
-        return Err(CommandError(format!(
-            "{}: not enough space for {} and the manifest: they need {} bytes ({}) \
-             and {} inodes, the filesystem has {} bytes ({}) and {} inodes available; nothing was written. \
-             Free space or use a larger volume, then run again",
-            dir.path().display(),
-            count(missing, &format!("{mode} file")),
-            needed.bytes,
-            HumanBytes(needed.bytes),
-            needed.inodes,
-            available.bytes,
-            HumanBytes(available.bytes),
-            available.inodes,
-        )));
+        return Err(SecretsError::NotEnoughSpace {
+            dir: dir.path().to_owned(),
+            mode,
+            missing,
+            needed,
+            available,
+        });
     }
     Ok(())
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct Needed {
-    bytes: u64,
-    inodes: u64,
-}
-
 /// Space `missing` files of `mode` and the manifest take, each rounded up to whole blocks.
-fn space_needed(mode: Mode, missing: usize, block_size: u64) -> Needed {
+fn space_needed(mode: Mode, missing: usize, block_size: u64) -> Space {
     let on_disk = |len: u64| len.div_ceil(block_size) * block_size;
     let manifest_len = Manifest::describe(mode, &vec![[0; 32]; mode.file_count()])
         .to_json()
         .len() as u64;
-    Needed {
+    Space {
         bytes: missing as u64 * on_disk(mode.file_len()) + on_disk(manifest_len),
         inodes: missing as u64 + 1,
+        block_size,
     }
 }
 
 /// Fills `secret` with fresh secret bytes: a ChaCha20 stream keyed with 32 bytes
-/// from the operating system's CSPRNG (getrandom). The README explains the choice.
-pub fn fill_secret(secret: &mut [u8]) -> Result<(), CommandError> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|error| {
-        CommandError(format!(
-            "cannot read the operating system's random number generator (getrandom): {error}"
-        ))
-    })?;
-    ChaCha20Rng::from_seed(seed).fill_bytes(secret);
+/// from the operating system's CSPRNG (getrandom), which is as strong and several
+/// times faster than getrandom for every byte (docs/design.md).
+pub fn fill_secret(secret: &mut [u8]) -> Result<(), SecretsError> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    getrandom::fill(key.as_mut()).map_err(SecretsError::Random)?;
+    ChaCha20Rng::from_seed(*key).fill_bytes(secret);
     Ok(())
 }
 
 /// Writer threads per job: a disk (an EBS volume above all) writes fastest with
-/// many files in flight; on the test VM 2 writers reached ~65% of the disk's
-/// sequential bandwidth, 8 writers ~95%.
+/// many files in flight, while each writer holds a 2 MiB buffer; more writers
+/// cost memory and gain little once the disk's queue stays full.
 const WRITERS_PER_JOB: usize = 4;
 
 /// Files each writer starts before it finishes them as a group (see [`FileWork::write_files`]).
@@ -325,7 +299,7 @@ impl FileWork<'_> {
     pub fn write_files(
         &self,
         indices: &[usize],
-    ) -> Result<(Vec<[u8; 32]>, Duration), CommandError> {
+    ) -> Result<(Vec<[u8; 32]>, Duration), SecretsError> {
         let file_len = self.mode.file_len();
         let (to_writers, queue) = mpsc::sync_channel(self.jobs.get());
         let writers = Writers {
@@ -349,7 +323,7 @@ impl FileWork<'_> {
                         return Err(());
                     }
                     let mut secret = writers.spare_buffer(file_len as usize);
-                    fill_secret(&mut secret).map_err(|error| writers.fail(Stop::Random(error)))?;
+                    fill_secret(&mut secret).map_err(|error| writers.fail(error))?;
                     let digest: [u8; 32] = Sha256::digest(&secret).into();
                     to_writers
                         .send((self.mode.file_name(indices[position]), secret))
@@ -368,7 +342,11 @@ impl FileWork<'_> {
         } = writers;
         let elapsed = progress.finish();
         match failure.into_inner().expect("no writer panicked") {
-            Some(stop) => Err(stop.explain(self.dir, written.into_inner())),
+            Some(cause) => Err(SecretsError::Stopped {
+                cause: Box::new(cause),
+                dir: self.dir.path().to_owned(),
+                written: written.into_inner(),
+            }),
             None => Ok((
                 computed.expect("jobs stop early only after a failure"),
                 elapsed,
@@ -378,7 +356,7 @@ impl FileWork<'_> {
 
     /// SHA-256 of the files complete before this run (for the manifest), which are
     /// also given mode 0400 and the owner; their content is only read.
-    fn hash_kept_files(&self, indices: &[usize]) -> Result<Vec<[u8; 32]>, CommandError> {
+    fn hash_kept_files(&self, indices: &[usize]) -> Result<Vec<[u8; 32]>, SecretsError> {
         if indices.is_empty() {
             return Ok(Vec::new());
         }
@@ -392,11 +370,10 @@ impl FileWork<'_> {
             self.dir.secure_file(&name, self.owner)?;
             let (digest, len) = hash_file(&self.dir.path().join(&name), buffer)?;
             if len != self.mode.file_len() {
-                return Err(CommandError(format!(
-                    "{}: changed size to {len} bytes while this run was hashing it; nothing more was \
-                     written. Stop whatever else writes to this directory and run again",
-                    self.dir.path().join(&name).display()
-                )));
+                return Err(SecretsError::ChangedWhileHashing {
+                    path: self.dir.path().join(&name),
+                    len,
+                });
             }
             progress.add(len);
             Ok(digest)
@@ -416,7 +393,7 @@ struct Writers<'a> {
     progress: Progress,
     written: AtomicUsize,
     /// The first failure; once set, nothing more is computed or started.
-    failure: Mutex<Option<Stop>>,
+    failure: Mutex<Option<SecretsError>>,
 }
 
 impl Writers<'_> {
@@ -430,7 +407,7 @@ impl Writers<'_> {
             if !self.failed() {
                 match self.work.dir.start_file(&name, &secret, self.work.owner) {
                     Ok(pending) => group.push(pending),
-                    Err(error) => self.fail(Stop::File(error)),
+                    Err(error) => self.fail(error.into()),
                 }
             }
             self.spare_buffers
@@ -455,7 +432,7 @@ impl Writers<'_> {
                 self.written.fetch_add(count, Ordering::Relaxed);
                 self.progress.add(count as u64 * self.work.mode.file_len());
             }
-            Err(error) => self.fail(Stop::File(error)),
+            Err(error) => self.fail(error.into()),
         }
     }
 
@@ -464,51 +441,15 @@ impl Writers<'_> {
         spare.unwrap_or_else(|| vec![0; len])
     }
 
-    fn fail(&self, stop: Stop) {
+    fn fail(&self, cause: SecretsError) {
         self.failure
             .lock()
             .expect("no writer panics")
-            .get_or_insert(stop);
+            .get_or_insert(cause);
     }
 
     fn failed(&self) -> bool {
         self.failure.lock().expect("no writer panics").is_some()
-    }
-}
-
-/// Why writing stopped part-way.
-enum Stop {
-    File(FileError),
-    Random(CommandError),
-}
-
-impl From<FileError> for Stop {
-    fn from(error: FileError) -> Self {
-        Stop::File(error)
-    }
-}
-
-impl Stop {
-    /// The error that ends the run, saying what is kept and how to go on.
-    fn explain(self, dir: &SecretDir, written: usize) -> CommandError {
-        let disk_full = matches!(&self, Stop::File(error) if error.is_disk_full());
-        let cause = match self {
-            Stop::File(error) if disk_full => format!(
-                "{}: the filesystem is full (another process may have filled it since the space check)",
-                error.path.display()
-            ),
-            Stop::File(error) => error.to_string(),
-            Stop::Random(error) => error.0,
-        };
-        CommandError(format!(
-            "{cause}. This run completed {written} files before stopping; every complete file is kept \
-             and no partial file remains. {}, then run the same command again to resume",
-            if disk_full {
-                format!("Free space on the filesystem of {}", dir.path().display())
-            } else {
-                "Fix the cause".to_owned()
-            }
-        ))
     }
 }
 
@@ -543,13 +484,25 @@ mod tests {
             .all(|slot| slot.iter().any(|&byte| byte != 0)));
     }
 
-    fn args(dir: &std::path::Path, mode: Mode) -> GenerateArgs {
-        GenerateArgs {
+    fn args(dir: &std::path::Path, mode: Mode) -> GenerateOptions {
+        GenerateOptions {
             mode,
             dir: dir.to_owned(),
             jobs: NonZeroUsize::new(2),
             owner: None,
         }
+    }
+
+    #[test]
+    fn a_manifest_is_never_replaced() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = SecretDir::open_locked(parent.path()).unwrap();
+        let manifest = Manifest::describe(Mode::Mode16, &[[0xab; 32]]);
+        write_manifest(&dir, &manifest, None).unwrap();
+        let other = Manifest::describe(Mode::Mode0, &[[0; 32]]);
+        let error = write_manifest(&dir, &other, None).unwrap_err();
+        assert_eq!(error.source.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(Manifest::read(parent.path()).unwrap().unwrap(), manifest);
     }
 
     #[test]
@@ -580,8 +533,14 @@ mod tests {
         std::fs::write(parent.path().join("0000"), b"short").unwrap();
         let error =
             generate(&args(parent.path(), Mode::Mode16), ProgressOutput::Hidden).unwrap_err();
-        assert!(error.0.contains("0000: is 5 bytes"), "{error}");
-        assert!(error.0.contains("nothing was written"), "{error}");
+        assert!(matches!(
+            error,
+            SecretsError::WrongFiles {
+                first: WrongFile::Size { len: 5, .. },
+                more: 0,
+                ..
+            }
+        ));
         assert_eq!(std::fs::read(parent.path().join("0000")).unwrap(), b"short");
         assert!(!Manifest::path(parent.path()).exists());
     }
@@ -592,10 +551,14 @@ mod tests {
         generate(&args(parent.path(), Mode::Mode0), ProgressOutput::Hidden).unwrap();
         let error =
             generate(&args(parent.path(), Mode::Mode16), ProgressOutput::Hidden).unwrap_err();
-        assert!(
-            error.0.contains("holds MODE0 secrets, not MODE16"),
-            "{error}"
-        );
+        assert!(matches!(
+            error,
+            SecretsError::OtherModeManifest {
+                holds: Mode::Mode0,
+                wanted: Mode::Mode16,
+                ..
+            }
+        ));
         assert!(!parent.path().join("0000").exists());
     }
 
@@ -606,7 +569,9 @@ mod tests {
         std::fs::remove_file(parent.path().join("secret")).unwrap();
         let error =
             generate(&args(parent.path(), Mode::Mode0), ProgressOutput::Hidden).unwrap_err();
-        assert!(error.0.contains("secret: is missing"), "{error}");
+        assert!(
+            matches!(error, SecretsError::LostFile { path, .. } if path == parent.path().join("secret"))
+        );
         assert!(!parent.path().join("secret").exists());
     }
 }

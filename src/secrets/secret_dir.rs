@@ -3,31 +3,21 @@
 //! durably (temporary name, fsync, rename that refuses to replace, fsync of the
 //! directory), so that no code path can overwrite a secret.
 
-use std::ffi::CString;
 use std::fmt;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::SecretsError;
+use crate::sys::{self, gid_t, uid_t, Space};
 
 /// Permissions of the directory: only its owner (the service user) enters it.
 pub const DIR_MODE: u32 = 0o700;
 /// Permissions of every file written: read-only, owner only.
 pub const FILE_MODE: u32 = 0o400;
-
-/// A failure of `generate` or `verify`, worded for the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandError(pub String);
-
-impl fmt::Display for CommandError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for CommandError {}
 
 /// A system call on one path failed.
 #[derive(Debug)]
@@ -53,10 +43,7 @@ impl FileError {
 
     /// The filesystem (or the user's quota) ran out of space.
     pub fn is_disk_full(&self) -> bool {
-        matches!(
-            self.source.raw_os_error(),
-            Some(libc::ENOSPC | libc::EDQUOT)
-        )
+        sys::is_disk_full(&self.source)
     }
 }
 
@@ -75,63 +62,35 @@ impl fmt::Display for FileError {
 /// The message already includes the cause, so it is not chained again.
 impl std::error::Error for FileError {}
 
-impl From<FileError> for CommandError {
-    fn from(error: FileError) -> Self {
-        CommandError(error.to_string())
-    }
-}
-
 /// The user the files are given to (`--owner`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub name: String,
-    pub uid: libc::uid_t,
+    pub uid: uid_t,
     /// The user's primary group.
-    pub gid: libc::gid_t,
+    pub gid: gid_t,
 }
 
 impl Owner {
     /// Looks `name` up in the system's user database.
-    pub fn lookup(name: &str) -> Result<Owner, CommandError> {
-        let unknown = || {
-            CommandError(format!(
-                "--owner {name}: no such user on this system; create the service user first"
-            ))
-        };
-        let c_name = CString::new(name).map_err(|_| unknown())?;
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-        // SAFETY: every pointer is valid for the call and `buffer` outlives `entry`'s strings,
-        // which are not used after it.
-        let status = unsafe {
-            libc::getpwnam_r(
-                c_name.as_ptr(),
-                &mut entry,
-                buffer.as_mut_ptr(),
-                buffer.len(),
-                &mut found,
-            )
-        };
-        if status != 0 {
-            return Err(CommandError(format!(
-                "--owner {name}: cannot read the user database: {}",
-                io::Error::from_raw_os_error(status)
-            )));
-        }
-        if found.is_null() {
-            return Err(unknown());
-        }
+    pub fn lookup(name: &str) -> Result<Owner, SecretsError> {
+        let ids = sys::lookup_user(name)
+            .map_err(|source| SecretsError::UserDatabase {
+                name: name.to_owned(),
+                source,
+            })?
+            .ok_or_else(|| SecretsError::UnknownOwner {
+                name: name.to_owned(),
+            })?;
         Ok(Owner {
             name: name.to_owned(),
-            uid: entry.pw_uid,
-            gid: entry.pw_gid,
+            uid: ids.uid,
+            gid: ids.gid,
         })
     }
 
     fn apply(&self, file: &File) -> io::Result<()> {
-        // SAFETY: fchown on an open descriptor.
-        check(unsafe { libc::fchown(file.as_raw_fd(), self.uid, self.gid) })
+        sys::change_owner(file, self.uid, self.gid)
     }
 }
 
@@ -144,7 +103,7 @@ pub struct SecretDir {
 impl SecretDir {
     /// Opens `path`, creating it with mode 0700 if absent, and locks it so a
     /// second generator cannot run on it at the same time.
-    pub fn open_locked(path: &Path) -> Result<SecretDir, CommandError> {
+    pub fn open_locked(path: &Path) -> Result<SecretDir, SecretsError> {
         // Missing parents get the usual permissions: only the secrets directory
         // itself is closed, so the service user can still reach it.
         if let Some(parent) = path
@@ -159,21 +118,12 @@ impl SecretDir {
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
             Err(error) => Err(FileError::at(path, "create the directory")(error))?,
         }
-        let handle = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY)
-            .open(path)
-            .map_err(FileError::at(path, "open the directory"))?;
-        // SAFETY: flock on an open descriptor; the lock lives as long as `handle`.
-        if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let error = io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(CommandError(format!(
-                    "{}: another cryptoserver-secrets is working on this directory; wait for it to finish",
-                    path.display()
-                )));
-            }
-            Err(FileError::at(path, "lock the directory")(error))?;
+        let handle =
+            sys::open_directory(path).map_err(FileError::at(path, "open the directory"))?;
+        if !sys::try_lock_exclusive(&handle).map_err(FileError::at(path, "lock the directory"))? {
+            return Err(SecretsError::Locked {
+                path: path.to_owned(),
+            });
         }
         Ok(SecretDir {
             path: path.to_owned(),
@@ -245,11 +195,7 @@ impl SecretDir {
         file.set_permissions(Permissions::from_mode(FILE_MODE))
             .and_then(|()| owner.map_or(Ok(()), |owner| owner.apply(file)))
             .map_err(FileError::at(temp, "set the owner and permissions of"))?;
-        // SAFETY: sync_file_range on an open descriptor; it only starts write-back.
-        check(unsafe {
-            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
-        })
-        .map_err(FileError::at(temp, "start writing back"))?;
+        sys::start_write_back(file).map_err(FileError::at(temp, "start writing back"))?;
         Ok(pending)
     }
 
@@ -273,7 +219,7 @@ impl SecretDir {
         }
         for pending in &mut group {
             let target = self.path.join(&pending.name);
-            rename_no_replace(&pending.temp, &target).map_err(FileError::at(
+            sys::rename_no_replace(&pending.temp, &target).map_err(FileError::at(
                 &target,
                 "rename the finished temporary file to",
             ))?;
@@ -304,15 +250,8 @@ impl SecretDir {
 
     /// Bytes and inodes an unprivileged writer may still use on the directory's filesystem.
     pub fn available_space(&self) -> Result<Space, FileError> {
-        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: fstatvfs on an open descriptor into a valid struct.
-        check(unsafe { libc::fstatvfs(self.handle.as_raw_fd(), &mut stats) })
-            .map_err(FileError::at(&self.path, "query the free space of"))?;
-        Ok(Space {
-            bytes: stats.f_bavail as u64 * stats.f_frsize as u64,
-            inodes: stats.f_favail as u64,
-            block_size: stats.f_frsize as u64,
-        })
+        sys::available_space(&self.handle)
+            .map_err(FileError::at(&self.path, "query the free space of"))
     }
 }
 
@@ -334,47 +273,31 @@ impl Drop for PendingFile {
     }
 }
 
-/// Free space on a filesystem, as statvfs reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Space {
-    pub bytes: u64,
-    pub inodes: u64,
-    pub block_size: u64,
-}
-
 /// The temporary name `name` is written under before it is renamed: hidden, and
 /// recognisable so a later run can remove it.
 pub fn temp_name(name: &str) -> String {
     format!(".{name}.tmp")
 }
 
-/// rename(2) that fails with EEXIST instead of replacing `to`: the guarantee
-/// that a secret is never overwritten, even by a second process racing this one.
-fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    let from = c_path(from)?;
-    let to = c_path(to)?;
-    // SAFETY: both paths are valid NUL-terminated strings.
-    check(unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    })
-}
+/// Bytes read at a time while hashing.
+const READ_CHUNK: usize = 1 << 20;
 
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
-}
-
-fn check(status: libc::c_int) -> io::Result<()> {
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+/// SHA-256 and length of the file at `path`, read through `buffer`.
+pub fn hash_file(path: &Path, buffer: &mut Vec<u8>) -> Result<([u8; 32], u64), FileError> {
+    let mut file = File::open(path).map_err(FileError::at(path, "open"))?;
+    buffer.resize(READ_CHUNK, 0);
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    loop {
+        match io::Read::read(&mut file, buffer) {
+            Ok(0) => return Ok((hasher.finalize().into(), len)),
+            Ok(read) => {
+                hasher.update(&buffer[..read]);
+                len += read as u64;
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(FileError::at(path, "read")(error)),
+        }
     }
 }
 
@@ -400,7 +323,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, FILE_MODE);
 
         let error = dir.create_file("0000", b"second", None).unwrap_err();
-        assert_eq!(error.source.raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(error.source.kind(), io::ErrorKind::AlreadyExists);
         assert!(error.to_string().contains("0000"), "{error}");
         assert_eq!(std::fs::read(&path).unwrap(), b"first");
         assert!(!dir.path().join(temp_name("0000")).exists());
@@ -411,8 +334,7 @@ mod tests {
         let parent = scratch();
         let _held = SecretDir::open_locked(parent.path()).unwrap();
         let error = SecretDir::open_locked(parent.path()).err().unwrap();
-        assert!(error.0.contains("another cryptoserver-secrets"), "{error}");
-        assert!(error.0.contains(&parent.path().display().to_string()));
+        assert!(matches!(error, SecretsError::Locked { path } if path == parent.path()));
     }
 
     #[test]
@@ -428,7 +350,9 @@ mod tests {
     #[test]
     fn unknown_owner_is_named() {
         let error = Owner::lookup("no-such-user-cryptoserver").unwrap_err();
-        assert!(error.0.contains("no-such-user-cryptoserver"), "{error}");
+        assert!(
+            matches!(error, SecretsError::UnknownOwner { name } if name == "no-such-user-cryptoserver")
+        );
         assert_eq!(Owner::lookup("root").unwrap().uid, 0);
     }
 

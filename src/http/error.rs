@@ -1,0 +1,165 @@
+//! Every way a request can fail, turned into a response in one place: a status,
+//! a short JSON body `{"error": "..."}` that never echoes the request, and the
+//! header the status calls for.
+
+use std::fmt;
+
+use axum::http::header::{CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::ROUTES;
+use crate::batch::FrameError;
+use crate::limits::Refusal;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// `?encoding=` names no known encoding.
+    UnknownEncoding,
+    MissingMacHeader,
+    UndecodableMacHeader,
+    MalformedBatch(FrameError),
+    UnreadableBody,
+    BodyTimeout,
+    TooLarge {
+        limit: usize,
+    },
+    /// A key could not be read (MODE32): never a wrong MAC.
+    KeyUnavailable,
+    Unauthorized,
+    RateLimited(Refusal),
+    /// At the concurrency limit: refused at once rather than queued.
+    Shed,
+    NotFound,
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnknownEncoding
+            | ApiError::MissingMacHeader
+            | ApiError::UndecodableMacHeader
+            | ApiError::MalformedBatch(_)
+            | ApiError::UnreadableBody => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::KeyUnavailable | ApiError::Shed => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// What the client reads: what went wrong and what to do, never its data.
+    fn message(&self) -> String {
+        match self {
+            ApiError::UnknownEncoding => {
+                "unknown encoding: use ?encoding=hex or ?encoding=base64".into()
+            }
+            ApiError::MissingMacHeader => {
+                "missing X-Cryptoserver-Mac header: send the MAC to check as 64 hex digits or base64"
+                    .into()
+            }
+            ApiError::UndecodableMacHeader => {
+                "X-Cryptoserver-Mac is neither 64 hex digits nor base64 of 32 bytes".into()
+            }
+            ApiError::MalformedBatch(error) => error.to_string(),
+            ApiError::UnreadableBody => "could not read the request body".into(),
+            ApiError::BodyTimeout => {
+                "the request body was not received in time (CRYPTOSERVER_BODY_TIMEOUT)".into()
+            }
+            ApiError::TooLarge { limit } => format!(
+                "message is larger than the {limit}-byte limit (CRYPTOSERVER_MAX_BODY)"
+            ),
+            ApiError::KeyUnavailable => "key storage is unavailable; retry later".into(),
+            ApiError::Unauthorized => {
+                "missing or unknown bearer token: send Authorization: Bearer <token>".into()
+            }
+            ApiError::RateLimited(Refusal::RetryAfter(_)) => {
+                "rate limit exceeded (CRYPTOSERVER_RATE_LIMIT); retry after the Retry-After seconds"
+                    .into()
+            }
+            ApiError::RateLimited(Refusal::LargerThanBurst) => {
+                "this batch has more messages than the rate limit's burst allows; split it".into()
+            }
+            ApiError::Shed => {
+                "server is at its concurrency limit (CRYPTOSERVER_MAX_CONCURRENT); retry shortly"
+                    .into()
+            }
+            ApiError::NotFound => {
+                let routes: Vec<String> = ROUTES
+                    .iter()
+                    .map(|(method, path)| format!("{method} {path}"))
+                    .collect();
+                format!("no such route: use {}", routes.join(", "))
+            }
+            ApiError::MethodNotAllowed => {
+                "method not allowed on this route (see the Allow header)".into()
+            }
+        }
+    }
+
+    fn header(&self) -> Option<(HeaderName, HeaderValue)> {
+        match self {
+            // The client may still be sending; closing is the only way to stop it.
+            ApiError::BodyTimeout | ApiError::TooLarge { .. } => {
+                Some((CONNECTION, HeaderValue::from_static("close")))
+            }
+            ApiError::Unauthorized => Some((
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"cryptoserver\""),
+            )),
+            ApiError::RateLimited(Refusal::RetryAfter(wait)) => Some((
+                RETRY_AFTER,
+                HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+            )),
+            ApiError::Shed => Some((RETRY_AFTER, HeaderValue::from_static("1"))),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApiError::MalformedBatch(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status(),
+            Json(serde_json::json!({ "error": self.message() })),
+        )
+            .into_response();
+        if let Some((name, value)) = self.header() {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_404_text_lists_every_route() {
+        let text = ApiError::NotFound.message();
+        for (method, path) in ROUTES {
+            assert!(text.contains(&format!("{method} {path}")), "{text}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The routes: `POST /hmac`, `POST /hmac/batch`, `POST /verify`, `GET /healthz`,
+//! `GET /readyz`, `GET /metrics`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::body::read_message;
+use super::guard::take_rate;
+use super::{ApiError, AppState};
+use crate::batch::parse_frames;
+use crate::limits::ClientId;
+use crate::mac::{macs_equal, parse_mac, Mac, BASE64};
+
+/// Header carrying the MAC that `POST /verify` checks.
+pub const MAC_HEADER: &str = "x-cryptoserver-mac";
+
+#[derive(Deserialize)]
+struct MacQuery {
+    encoding: Option<Encoding>,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Encoding {
+    Raw,
+    Hex,
+    Base64,
+}
+
+/// `?encoding=` of `POST /hmac`: raw bytes unless it says otherwise.
+impl<S: Send + Sync> FromRequestParts<S> for Encoding {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Encoding, ApiError> {
+        // The usual request has no query: no parser runs for it.
+        if parts.uri.query().is_none() {
+            return Ok(Encoding::Raw);
+        }
+        let Query(query) =
+            Query::<MacQuery>::try_from_uri(&parts.uri).map_err(|_| ApiError::UnknownEncoding)?;
+        Ok(query.encoding.unwrap_or(Encoding::Raw))
+    }
+}
+
+pub(super) async fn hmac(
+    State(state): State<Arc<AppState>>,
+    encoding: Encoding,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let message = read_message(body, &state).await?;
+    let mac = mac_of(&state, &message).await?;
+    Ok(match encoding {
+        // A Vec<u8> is already application/octet-stream.
+        Encoding::Raw => mac.to_vec().into_response(),
+        Encoding::Hex => ([(CONTENT_TYPE, "text/plain")], hex::encode(mac)).into_response(),
+        Encoding::Base64 => ([(CONTENT_TYPE, "text/plain")], BASE64.encode(mac)).into_response(),
+    })
+}
+
+/// Nothing is computed unless the whole body frames correctly; each message
+/// counts against the rate limit (the request itself took one).
+pub(super) async fn hmac_batch(
+    State(state): State<Arc<AppState>>,
+    client: Option<Extension<ClientId>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_message(body, &state).await?;
+    let frames = parse_frames(&body).map_err(ApiError::MalformedBatch)?;
+    if let Some(Extension(client)) = client {
+        take_rate(&state, client, frames.len().saturating_sub(1) as u32)?;
+    }
+    let hashed: usize = frames.iter().map(|frame| frame.len()).sum();
+    let count = frames.len();
+    let macs = state
+        .keys
+        .mac_batch(body, frames)
+        .await
+        .map_err(|_| ApiError::KeyUnavailable)?;
+    record_macs(&state, count, hashed);
+    Ok(macs.into_response())
+}
+
+pub(super) async fn verify(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let presented = decode_mac_header(headers.get(MAC_HEADER))?;
+    let message = read_message(body, &state).await?;
+    let expected = mac_of(&state, &message).await?;
+    Ok(Json(serde_json::json!({ "valid": macs_equal(&expected, &presented) })).into_response())
+}
+
+async fn mac_of(state: &AppState, message: &[u8]) -> Result<Mac, ApiError> {
+    let mac = state
+        .keys
+        .mac(message)
+        .await
+        .map_err(|_| ApiError::KeyUnavailable)?;
+    record_macs(state, 1, message.len());
+    Ok(mac)
+}
+
+fn record_macs(state: &AppState, count: usize, bytes: usize) {
+    state
+        .metrics
+        .macs_computed
+        .fetch_add(count as u64, Ordering::Relaxed);
+    state
+        .metrics
+        .bytes_hashed
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.render(
+        state.keys.mode().name(),
+        state.concurrency.in_flight(),
+        state.keys.read_stats(),
+    );
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
+    if state.keys.is_ready().await {
+        Ok("ready\n")
+    } else {
+        Err(ApiError::KeyUnavailable)
+    }
+}
+
+fn decode_mac_header(value: Option<&HeaderValue>) -> Result<Mac, ApiError> {
+    let value = value.ok_or(ApiError::MissingMacHeader)?;
+    parse_mac(value.as_bytes()).ok_or(ApiError::UndecodableMacHeader)
+}

@@ -1,0 +1,112 @@
+//! Every request observed: a span with its id, the latency histogram and the
+//! per-route status counts, an `x-request-id` header; and refused at once with
+//! 503 when the concurrency limit is reached.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context as TaskContext, Poll};
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
+use tower_service::Service;
+
+use super::{ApiError, App, AppState};
+use crate::metrics::Route;
+
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Service<Request> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Observed;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Observed {
+        let route = Route::of_path(request.uri().path());
+        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        let span =
+            tracing::info_span!("request", id, method = %request.method(), route = route.label());
+        let stage = if self.state.concurrency.try_enter() {
+            Stage::Serving(span.in_scope(|| self.router.call(request)))
+        } else {
+            self.state.metrics.shed.fetch_add(1, Ordering::Relaxed);
+            Stage::Shed(ApiError::Shed.into_response())
+        };
+        Observed {
+            stage: Some(stage),
+            state: Arc::clone(&self.state),
+            span,
+            route,
+            id,
+            started: Instant::now(),
+        }
+    }
+}
+
+enum Stage {
+    /// Counted in by the concurrency limit until the response is out.
+    Serving(RouteFuture<Infallible>),
+    Shed(Response),
+}
+
+/// A request being observed; it holds its place under the concurrency limit
+/// until it answers or is dropped (the client went away).
+pub struct Observed {
+    /// `None` once the response is out.
+    stage: Option<Stage>,
+    state: Arc<AppState>,
+    span: tracing::Span,
+    route: Route,
+    id: u64,
+    started: Instant,
+}
+
+impl Future for Observed {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut response = match this.stage.as_mut().expect("polled after completion") {
+            Stage::Serving(response) => {
+                let _entered = this.span.enter();
+                let Ok(response) = ready!(Pin::new(response).poll(cx));
+                this.state.concurrency.leave();
+                response
+            }
+            Stage::Shed(response) => std::mem::take(response),
+        };
+        this.stage = None;
+        let metrics = &this.state.metrics;
+        let elapsed = this.started.elapsed();
+        metrics.request_latency.observe(elapsed);
+        metrics.count_request(this.route, response.status().as_u16());
+        this.span.in_scope(|| {
+            tracing::debug!(
+                status = response.status().as_u16(),
+                ?elapsed,
+                "request finished"
+            )
+        });
+        response
+            .headers_mut()
+            .insert("x-request-id", HeaderValue::from(this.id));
+        Poll::Ready(Ok(response))
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if let Some(Stage::Serving(_)) = self.stage {
+            self.state.concurrency.leave();
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! MODE32's 65,536 files: kept open where the descriptor limit allows, read
+//! one key at a time (through io_uring, else on the blocking threads), checked
+//! after every read, and tracked while they fail so `/readyz` can say so.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use zeroize::Zeroizing;
+
+use super::descriptors::{files_kept_open_under, open_files_wanted, raise_open_file_limit};
+use super::ring::KeyReadRing;
+use super::startup::{open_secret_file, warn_readable_by_others, LoadError, SecretFile};
+use super::{KeyReads, KeyUnavailable};
+use crate::layout::{KeyLocation, Mode, KEY_LEN};
+use crate::metrics::KeyReadStats;
+use crate::sys::{self, Access};
+
+type Key = Zeroizing<[u8; KEY_LEN]>;
+
+pub(super) struct KeyFiles {
+    dir: PathBuf,
+    /// Files `0..open.len()`, opened once at startup: a key read is one read.
+    /// All of them when RLIMIT_NOFILE allows; the rest are opened per read.
+    /// A file that fails is reopened, so a restored file is picked up; a read
+    /// in flight keeps the file it started on.
+    open: Box<[RwLock<Arc<File>>]>,
+    /// Reads of the files kept open, when io_uring is used.
+    ring: Option<KeyReadRing>,
+    /// Files whose last read failed; `/readyz` reports 503 while any is listed.
+    failing: Mutex<BTreeSet<usize>>,
+    failing_count: AtomicUsize,
+    stats: KeyReadStats,
+}
+
+impl KeyFiles {
+    pub(super) fn open(dir: &Path, reads: KeyReads) -> Result<KeyFiles, LoadError> {
+        let mode = Mode::Mode32;
+        let ring = match reads {
+            KeyReads::Threads => None,
+            KeyReads::IoUring => Some(KeyReadRing::new().map_err(LoadError::IoUringUnavailable)?),
+            KeyReads::Auto => KeyReadRing::new()
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        %error,
+                        "io_uring is unavailable; MODE32 key reads use a thread pool (slower)"
+                    )
+                })
+                .ok(),
+        };
+        let wanted = open_files_wanted();
+        let limit = raise_open_file_limit(wanted);
+        let keep_open = files_kept_open_under(limit);
+        if keep_open < mode.file_count() {
+            tracing::warn!(
+                limit,
+                wanted,
+                kept_open = keep_open,
+                "RLIMIT_NOFILE is too low to keep all MODE32 files open; keys in the other files are read by \
+                 opening the file per request (slower). Raise the hard limit (systemd: LimitNOFILE=131072)"
+            );
+        }
+        let mut open = Vec::with_capacity(keep_open);
+        let mut readable_by_others = 0;
+        let mut example = PathBuf::new();
+        for index in 0..mode.file_count() {
+            let path = dir.join(mode.file_name(index));
+            let secret = open_secret_file(mode, &path)?;
+            if secret.readable_by_others {
+                readable_by_others += 1;
+                example = path;
+            }
+            if index < keep_open {
+                // A 32-byte read must not pull a readahead window off the disk.
+                sys::advise(&secret.file, Access::Random);
+                open.push(RwLock::new(Arc::new(secret.file)));
+            }
+        }
+        warn_readable_by_others(readable_by_others, &example);
+        Ok(KeyFiles {
+            dir: dir.to_owned(),
+            open: open.into(),
+            ring,
+            failing: Mutex::new(BTreeSet::new()),
+            failing_count: AtomicUsize::new(0),
+            stats: KeyReadStats::default(),
+        })
+    }
+
+    pub(super) fn stats(&self) -> &KeyReadStats {
+        &self.stats
+    }
+
+    pub(super) fn reads_through_ring(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    pub(super) fn any_failing(&self) -> bool {
+        self.failing_count.load(Ordering::Relaxed) > 0
+    }
+
+    fn path(&self, file: usize) -> PathBuf {
+        self.dir.join(Mode::Mode32.file_name(file))
+    }
+
+    /// A key read that does not block the async worker: through io_uring from a
+    /// file kept open, else on the blocking thread pool. Anything unusual (a
+    /// failed read, a replaced file) takes the blocking path, which reopens the
+    /// file and reports.
+    pub(super) async fn read_key_async(
+        files: &Arc<KeyFiles>,
+        location: KeyLocation,
+    ) -> Result<Key, KeyUnavailable> {
+        if let (Some(ring), Some(kept)) = (&files.ring, files.open.get(location.file)) {
+            let started = Instant::now();
+            let file = Arc::clone(&kept.read().expect("no panics while holding the lock"));
+            let read = ring.read(Arc::clone(&file), location.offset).await;
+            if let Ok(key) = read.and_then(|key| check_still_secret(&file).map(|()| key)) {
+                files.stats.latency.observe(started.elapsed());
+                files.note_success(location.file);
+                return Ok(key);
+            }
+        }
+        let files = Arc::clone(files);
+        // A cold read can take milliseconds: keep it off the async workers.
+        tokio::task::spawn_blocking(move || files.read_key(location))
+            .await
+            .expect("key reads do not panic")
+    }
+
+    /// A key read on this thread, reopening the file once if the read fails.
+    pub(super) fn read_key(&self, location: KeyLocation) -> Result<Key, KeyUnavailable> {
+        let started = Instant::now();
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        let result = match self.open.get(location.file) {
+            Some(kept) => self.read_kept(kept, location, &mut key),
+            None => self
+                .reopen(location.file)
+                .and_then(|file| read_checked(&file, location, &mut key)),
+        };
+        self.stats.latency.observe(started.elapsed());
+        match result {
+            Ok(()) => {
+                self.note_success(location.file);
+                Ok(key)
+            }
+            Err(source) => {
+                let path = self.path(location.file);
+                tracing::error!(path = %path.display(), error = %source, "cannot read a MODE32 key; answering 503");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.mark(location.file, true);
+                Err(KeyUnavailable { path, source })
+            }
+        }
+    }
+
+    /// Reads from the file kept open; when that fails, the file may have been
+    /// replaced or restored, so it is opened again once.
+    fn read_kept(
+        &self,
+        kept: &RwLock<Arc<File>>,
+        location: KeyLocation,
+        key: &mut [u8; KEY_LEN],
+    ) -> io::Result<()> {
+        let first_try = read_checked(
+            &kept.read().expect("no panics while holding the lock"),
+            location,
+            key,
+        );
+        let Err(first_error) = first_try else {
+            return Ok(());
+        };
+        let reopened = self.reopen(location.file).map_err(|_| first_error)?;
+        read_checked(&reopened, location, key)?;
+        sys::advise(&reopened, Access::Random);
+        *kept.write().expect("no panics while holding the lock") = Arc::new(reopened);
+        Ok(())
+    }
+
+    /// Opens a file again, with the same checks as at startup.
+    fn reopen(&self, file: usize) -> io::Result<File> {
+        open_secret_file(Mode::Mode32, &self.path(file))
+            .map(|SecretFile { file, .. }| file)
+            .map_err(io::Error::other)
+    }
+
+    fn note_success(&self, file: usize) {
+        if self.any_failing() {
+            self.mark(file, false);
+        }
+    }
+
+    fn mark(&self, file: usize, failing: bool) {
+        let mut set = self
+            .failing
+            .lock()
+            .expect("no panics while holding the lock");
+        if failing {
+            set.insert(file);
+        } else {
+            set.remove(&file);
+        }
+        self.failing_count.store(set.len(), Ordering::Relaxed);
+    }
+
+    /// Reads every failing file again; true when all of them read now.
+    pub(super) fn probe_failing(&self) -> bool {
+        let failing: Vec<usize> = self
+            .failing
+            .lock()
+            .expect("no panics while holding the lock")
+            .iter()
+            .copied()
+            .collect();
+        failing
+            .into_iter()
+            .all(|file| self.read_key(KeyLocation { file, offset: 0 }).is_ok())
+    }
+}
+
+/// One positioned read, then [`check_still_secret`].
+fn read_checked(file: &File, location: KeyLocation, key: &mut [u8; KEY_LEN]) -> io::Result<()> {
+    file.read_exact_at(key, location.offset)?;
+    check_still_secret(file)
+}
+
+/// Checked after each read: a deleted file (no links left) or one made
+/// unreadable (mode 0) fails, even though the open descriptor could still read it.
+fn check_still_secret(file: &File) -> io::Result<()> {
+    let metadata = file.metadata()?;
+    if metadata.nlink() == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the file was deleted",
+        ));
+    }
+    if metadata.permissions().mode() & 0o444 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the file was made unreadable",
+        ));
+    }
+    Ok(())
+}
