@@ -7,7 +7,7 @@ One scenario, run once for the module, stage by stage:
 2. run again on a terminal, it reports the removed temporary files and the files
    kept, shows its progress bar, and is killed again;
 3. all but 32 of the missing files are filled in by hand (hard links to a few
-   random files: what the generator must keep and hash, like seed-made files);
+   random files: what the generator must keep and hash, like hand-made files);
    while the command runs, another process fills the filesystem;
 4. with the space freed, the command finishes and writes the manifest.
 The tests then check each stage's record, and that the server serves the result.

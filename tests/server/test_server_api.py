@@ -16,7 +16,7 @@ import requests
 import reference
 from conftest import running_server
 
-SEED_CLIENT = '''
+ORIGINAL_CLIENT = '''
 from requests import post
 CRYPTO_SERVER_URL = "http://localhost:8080/hmac"
 def compute(msg):
@@ -49,10 +49,10 @@ def assert_still_serves(server):
     assert response.content == expected_mac(server, b"still here")
 
 
-def test_the_seeds_python_client_works_unchanged(server, tmp_path):
-    # Only the URL's port differs from the seed's client.
+def test_the_original_python_client_works_unchanged(server, tmp_path):
+    # Only the URL's port differs from the original design's client (README).
     script = tmp_path / "client.py"
-    script.write_text(SEED_CLIENT.replace("http://localhost:8080/hmac", f"{server.url.replace('127.0.0.1', 'localhost')}/hmac"))
+    script.write_text(ORIGINAL_CLIENT.replace("http://localhost:8080/hmac", f"{server.url.replace('127.0.0.1', 'localhost')}/hmac"))
     output = subprocess.run([sys.executable, script], capture_output=True, check=True, timeout=60).stdout.decode()
     printed = [ast.literal_eval(line) for line in output.splitlines()]
     assert printed == [expected_mac(server, b"hello world"), expected_mac(server, b"apples and pears")]
