@@ -1,5 +1,6 @@
 //! The HTTP application: its state, its routes and the layers that guard them.
 //!
+//! - [`state`]: what every request shares.
 //! - [`observe`]: every request's span, metrics and `x-request-id`, and load shedding.
 //! - [`guard`]: bearer tokens and per-client rate limits.
 //! - [`handlers`]: the routes themselves.
@@ -8,56 +9,28 @@
 //!
 //! No response or log line ever carries a message body, a MAC or key material.
 
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context as TaskContext, Poll};
 
+use axum::extract::Request;
 use axum::middleware::from_fn_with_state;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-
-use crate::access::Tokens;
-use crate::keystore::KeyStore;
-use crate::limits::{ConcurrencyLimit, RateLimiter};
-use crate::metrics::Metrics;
+use tower_service::Service;
 
 mod body;
 mod error;
 mod guard;
 mod handlers;
 mod observe;
+mod state;
 
-pub use error::ApiError;
+pub use error::{ApiError, ROUTES};
 pub use handlers::MAC_HEADER;
 pub use observe::Observed;
-
-/// Every route the server answers, as the 404 text lists them.
-pub const ROUTES: [(&str, &str); 6] = [
-    ("POST", "/hmac"),
-    ("POST", "/hmac/batch"),
-    ("POST", "/verify"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-];
-
-pub struct AppState {
-    pub keys: KeyStore,
-    pub max_body: usize,
-    pub body_timeout: Duration,
-    /// Allowed bearer tokens; `None` leaves the server open, as the original design has it.
-    pub tokens: Option<Tokens>,
-    pub rate_limiter: Option<RateLimiter>,
-    pub concurrency: ConcurrencyLimit,
-    pub metrics: Metrics,
-}
-
-impl AppState {
-    /// Whether requests must carry their peer address (`ConnectInfo`): only
-    /// the rate limit of a server without tokens tells clients apart by it.
-    pub fn limits_clients_by_address(&self) -> bool {
-        self.rate_limiter.is_some() && self.tokens.is_none()
-    }
-}
+pub use state::AppState;
 
 /// The application as a connection serves it. Every request is observed
 /// (span, metrics, `x-request-id`) and refused at once beyond the concurrency
@@ -93,6 +66,20 @@ impl App {
             .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
             .with_state(Arc::clone(&state));
         App { router, state }
+    }
+}
+
+impl Service<Request> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Observed;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Observed {
+        Observed::start(&self.state, &mut self.router, request)
     }
 }
 

@@ -7,11 +7,11 @@
 //! - [`batch`]: how a batch's keys are read and its MACs computed.
 //! - [`ring`]: the io_uring driver; [`table`]: the in-memory keys.
 
-use std::fmt;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
+
+use axum::body::Bytes;
 
 use crate::layout::{KeyLocation, Mode, KEY_LEN};
 use crate::mac::{self, Mac};
@@ -25,87 +25,11 @@ mod startup;
 mod table;
 
 pub use descriptors::mode32_files_kept_open;
+pub use files::{KeyReads, KeyUnavailable, UnknownKeyReads};
 pub use startup::LoadError;
 
 use files::KeyFiles;
 use table::KeyTable;
-
-/// How MODE32 reads its keys from disk.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum KeyReads {
-    /// io_uring where the kernel allows it, else a thread pool.
-    #[default]
-    Auto,
-    /// io_uring only: startup fails where it is unavailable.
-    IoUring,
-    /// A thread pool doing `pread` (slower: each read is handed to a thread).
-    Threads,
-}
-
-impl KeyReads {
-    pub const ALL: [KeyReads; 3] = [KeyReads::Auto, KeyReads::IoUring, KeyReads::Threads];
-
-    /// The name operators write in `CRYPTOSERVER_KEY_READS`.
-    pub fn name(self) -> &'static str {
-        match self {
-            KeyReads::Auto => "auto",
-            KeyReads::IoUring => "io-uring",
-            KeyReads::Threads => "threads",
-        }
-    }
-}
-
-impl fmt::Display for KeyReads {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A key-read strategy that is none of auto, io-uring, threads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownKeyReads(pub String);
-
-impl fmt::Display for UnknownKeyReads {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown key-read strategy '{}': use auto, io-uring or threads",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for UnknownKeyReads {}
-
-impl FromStr for KeyReads {
-    type Err = UnknownKeyReads;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        KeyReads::ALL
-            .into_iter()
-            .find(|reads| reads.name().eq_ignore_ascii_case(text))
-            .ok_or_else(|| UnknownKeyReads(text.to_owned()))
-    }
-}
-
-/// A MODE32 key could not be read; the request must fail rather than get a wrong MAC.
-#[derive(Debug)]
-pub struct KeyUnavailable {
-    pub path: PathBuf,
-    pub source: io::Error,
-}
-
-impl fmt::Display for KeyUnavailable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: cannot read a key", self.path.display())
-    }
-}
-
-impl std::error::Error for KeyUnavailable {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
 
 /// Cheap to clone: the keys are shared.
 #[derive(Clone)]
@@ -150,6 +74,31 @@ impl KeyStore {
             Keys::OnDisk(files) => {
                 let key = KeyFiles::read_key_async(files, self.mode.locate(message)).await?;
                 Ok(mac::mac(&key, message))
+            }
+        }
+    }
+
+    /// The MACs of the messages at `frames` in `body`, concatenated in order.
+    pub async fn mac_batch(
+        &self,
+        body: Bytes,
+        frames: Vec<Range<usize>>,
+    ) -> Result<Vec<u8>, KeyUnavailable> {
+        match &self.keys {
+            Keys::OnDisk(files) if files.reads_through_ring() => {
+                batch::macs_as_keys_arrive(files, self.mode, &body, frames).await
+            }
+            Keys::InMemory(_) => {
+                let store = self.clone();
+                batch::macs_on_threads(body, frames, batch::CHUNK_IN_MEMORY, move |message| {
+                    store.mac_blocking(message)
+                })
+                .await
+            }
+            Keys::OnDisk(_) => {
+                let store = self.clone();
+                batch::macs_on_threads(body, frames, 1, move |message| store.mac_blocking(message))
+                    .await
             }
         }
     }

@@ -10,7 +10,8 @@ use axum::body::HttpBody as _;
 use axum::body::{Body, Bytes};
 use http_body_util::BodyExt;
 
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 
 /// After a body passes the limit, read and discard up to this many times the
 /// limit more, so the client sees the 413 instead of a reset connection.

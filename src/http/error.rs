@@ -9,9 +9,18 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::ROUTES;
 use crate::batch::FrameError;
 use crate::limits::Refusal;
+
+/// Every route the server answers, as the 404 text lists them.
+pub const ROUTES: [(&str, &str); 6] = [
+    ("POST", "/hmac"),
+    ("POST", "/hmac/batch"),
+    ("POST", "/verify"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
 
 #[derive(Debug)]
 pub enum ApiError {

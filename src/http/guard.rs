@@ -11,7 +11,8 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 use crate::limits::ClientId;
 
 /// Identifies the client (its token, else its address), checks its token and

@@ -15,8 +15,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::body::read_message;
+use super::error::ApiError;
 use super::guard::take_rate;
-use super::{ApiError, AppState};
+use super::state::AppState;
 use crate::batch::parse_frames;
 use crate::limits::ClientId;
 use crate::mac::{macs_equal, parse_mac, Mac, BASE64};

@@ -14,43 +14,14 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
+use axum::Router;
 use tower_service::Service;
 
-use super::{ApiError, App, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 use crate::metrics::Route;
 
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
-
-impl Service<Request> for App {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Observed;
-
-    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Observed {
-        let route = Route::of_path(request.uri().path());
-        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
-        let span =
-            tracing::info_span!("request", id, method = %request.method(), route = route.label());
-        let stage = if self.state.concurrency.try_enter() {
-            Stage::Serving(span.in_scope(|| self.router.call(request)))
-        } else {
-            self.state.metrics.shed.fetch_add(1, Ordering::Relaxed);
-            Stage::Shed(ApiError::Shed.into_response())
-        };
-        Observed {
-            stage: Some(stage),
-            state: Arc::clone(&self.state),
-            span,
-            route,
-            id,
-            started: Instant::now(),
-        }
-    }
-}
 
 enum Stage {
     /// Counted in by the concurrency limit until the response is out.
@@ -68,6 +39,30 @@ pub struct Observed {
     route: Route,
     id: u64,
     started: Instant,
+}
+
+impl Observed {
+    /// Counts the request in and routes it, or refuses it at the concurrency limit.
+    pub(super) fn start(state: &Arc<AppState>, router: &mut Router, request: Request) -> Observed {
+        let route = Route::of_path(request.uri().path());
+        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        let span =
+            tracing::info_span!("request", id, method = %request.method(), route = route.label());
+        let stage = if state.concurrency.try_enter() {
+            Stage::Serving(span.in_scope(|| router.call(request)))
+        } else {
+            state.metrics.shed.fetch_add(1, Ordering::Relaxed);
+            Stage::Shed(ApiError::Shed.into_response())
+        };
+        Observed {
+            stage: Some(stage),
+            state: Arc::clone(state),
+            span,
+            route,
+            id,
+            started: Instant::now(),
+        }
+    }
 }
 
 impl Future for Observed {

@@ -3,10 +3,12 @@
 //! after every read, and tracked while they fail so `/readyz` can say so.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -16,13 +18,90 @@ use zeroize::Zeroizing;
 use super::descriptors::{files_kept_open_under, open_files_wanted, raise_open_file_limit};
 use super::ring::KeyReadRing;
 use super::startup::{open_secret_file, warn_readable_by_others, LoadError, SecretFile};
-use super::{KeyReads, KeyUnavailable};
 use crate::layout::{KeyLocation, Mode, KEY_LEN};
 use crate::metrics::KeyReadStats;
 use crate::sys::{self, Access};
 
 type Key = Zeroizing<[u8; KEY_LEN]>;
 
+/// How MODE32 reads its keys from disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyReads {
+    /// io_uring where the kernel allows it, else a thread pool.
+    #[default]
+    Auto,
+    /// io_uring only: startup fails where it is unavailable.
+    IoUring,
+    /// A thread pool doing `pread` (slower: each read is handed to a thread).
+    Threads,
+}
+
+impl KeyReads {
+    pub const ALL: [KeyReads; 3] = [KeyReads::Auto, KeyReads::IoUring, KeyReads::Threads];
+
+    /// The name operators write in `CRYPTOSERVER_KEY_READS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyReads::Auto => "auto",
+            KeyReads::IoUring => "io-uring",
+            KeyReads::Threads => "threads",
+        }
+    }
+}
+
+impl fmt::Display for KeyReads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A key-read strategy that is none of auto, io-uring, threads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownKeyReads(pub String);
+
+impl fmt::Display for UnknownKeyReads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown key-read strategy '{}': use auto, io-uring or threads",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownKeyReads {}
+
+impl FromStr for KeyReads {
+    type Err = UnknownKeyReads;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        KeyReads::ALL
+            .into_iter()
+            .find(|reads| reads.name().eq_ignore_ascii_case(text))
+            .ok_or_else(|| UnknownKeyReads(text.to_owned()))
+    }
+}
+
+/// A MODE32 key could not be read; the request must fail rather than get a wrong MAC.
+#[derive(Debug)]
+pub struct KeyUnavailable {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl fmt::Display for KeyUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: cannot read a key", self.path.display())
+    }
+}
+
+impl std::error::Error for KeyUnavailable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// MODE32's files, as the key store reads them.
 pub(super) struct KeyFiles {
     dir: PathBuf,
     /// Files `0..open.len()`, opened once at startup: a key read is one read.

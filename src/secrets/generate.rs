@@ -21,10 +21,10 @@ use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::error::{FileError, SecretsError, WrongFile};
 use super::jobs;
 use super::progress::{count, throughput, Progress, ProgressOutput};
-use super::secret_dir::{hash_file, FileError, Owner, PendingFile, SecretDir};
-use super::{SecretsError, WrongFile};
+use super::secret_dir::{hash_file, Owner, PendingFile, SecretDir};
 use crate::layout::{Mode, MANIFEST_FILE_NAME};
 use crate::manifest::Manifest;
 use crate::sys::Space;

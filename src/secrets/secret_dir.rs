@@ -3,7 +3,6 @@
 //! durably (temporary name, fsync, rename that refuses to replace, fsync of the
 //! directory), so that no code path can overwrite a secret.
 
-use std::fmt;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -11,56 +10,13 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::SecretsError;
+use super::error::{FileError, SecretsError};
 use crate::sys::{self, gid_t, uid_t, Space};
 
 /// Permissions of the directory: only its owner (the service user) enters it.
 pub const DIR_MODE: u32 = 0o700;
 /// Permissions of every file written: read-only, owner only.
 pub const FILE_MODE: u32 = 0o400;
-
-/// A system call on one path failed.
-#[derive(Debug)]
-pub struct FileError {
-    pub path: PathBuf,
-    /// What was being done, as in "cannot {action}".
-    pub action: &'static str,
-    pub source: io::Error,
-}
-
-impl FileError {
-    /// Wraps the error of `action` on `path`: `.map_err(FileError::at(path, "open"))`.
-    pub fn at<'a>(
-        path: &'a Path,
-        action: &'static str,
-    ) -> impl FnOnce(io::Error) -> FileError + 'a {
-        move |source| FileError {
-            path: path.to_owned(),
-            action,
-            source,
-        }
-    }
-
-    /// The filesystem (or the user's quota) ran out of space.
-    pub fn is_disk_full(&self) -> bool {
-        sys::is_disk_full(&self.source)
-    }
-}
-
-impl fmt::Display for FileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: cannot {}: {}",
-            self.path.display(),
-            self.action,
-            self.source
-        )
-    }
-}
-
-/// The message already includes the cause, so it is not chained again.
-impl std::error::Error for FileError {}
 
 /// The user the files are given to (`--owner`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,16 +4,15 @@
 //! at startup, because reading 128 GiB takes minutes.
 
 use std::convert::Infallible;
-use std::fmt;
 use std::io;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::error::{FileProblem, SecretsError};
 use super::jobs;
 use super::progress::{count, throughput, Progress, ProgressOutput};
-use super::secret_dir::{hash_file, FileError};
-use super::SecretsError;
+use super::secret_dir::hash_file;
 use crate::layout::{Mode, MANIFEST_FILE_NAME};
 use crate::manifest::{Manifest, ManifestFile};
 
@@ -24,46 +23,6 @@ pub struct VerifyOptions {
     pub dir: PathBuf,
     /// Files read in parallel; `None` for one per core.
     pub jobs: Option<NonZeroUsize>,
-}
-
-/// What is wrong with one file of the manifest.
-#[derive(Debug)]
-pub enum FileProblem {
-    Missing {
-        path: PathBuf,
-    },
-    Unreadable(FileError),
-    Resized {
-        path: PathBuf,
-        len: u64,
-        expected: u64,
-    },
-    Changed {
-        path: PathBuf,
-    },
-}
-
-impl fmt::Display for FileProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FileProblem::Missing { path } => write!(f, "{}: is missing", path.display()),
-            FileProblem::Unreadable(error) => error.fmt(f),
-            FileProblem::Resized {
-                path,
-                len,
-                expected,
-            } => write!(
-                f,
-                "{}: is {len} bytes, the manifest says {expected}",
-                path.display()
-            ),
-            FileProblem::Changed { path } => write!(
-                f,
-                "{}: content differs from its SHA-256 in the manifest",
-                path.display()
-            ),
-        }
-    }
 }
 
 /// A directory whose every file matched its manifest.

@@ -1,0 +1,27 @@
+//! What every request shares: the keys, the limits and the metrics.
+
+use std::time::Duration;
+
+use crate::access::Tokens;
+use crate::keystore::KeyStore;
+use crate::limits::{ConcurrencyLimit, RateLimiter};
+use crate::metrics::Metrics;
+
+pub struct AppState {
+    pub keys: KeyStore,
+    pub max_body: usize,
+    pub body_timeout: Duration,
+    /// Allowed bearer tokens; `None` leaves the server open, as the original design has it.
+    pub tokens: Option<Tokens>,
+    pub rate_limiter: Option<RateLimiter>,
+    pub concurrency: ConcurrencyLimit,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// Whether requests must carry their peer address (`ConnectInfo`): only
+    /// the rate limit of a server without tokens tells clients apart by it.
+    pub fn limits_clients_by_address(&self) -> bool {
+        self.rate_limiter.is_some() && self.tokens.is_none()
+    }
+}
