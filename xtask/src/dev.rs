@@ -11,7 +11,7 @@ use cryptoserver::generate::{generate, GenerateArgs};
 use cryptoserver::layout::Mode;
 use cryptoserver::progress::ProgressOutput;
 
-use crate::process::{cargo, repo_root, run};
+use crate::process::{cargo, repo_root, run, target_dir};
 
 const WARNING_FILE: &str = "DEVELOPMENT-SECRETS-NOT-FOR-PRODUCTION.txt";
 
@@ -58,7 +58,7 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         "--bin",
         "cryptoserver",
     ]))?;
-    let server = repo_root().join("target/debug/cryptoserver");
+    let server = target_dir().join("debug/cryptoserver");
     eprintln!(
         "Serving {} development secrets from {} on http://{}",
         args.mode,
