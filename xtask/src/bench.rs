@@ -14,6 +14,7 @@ use crate::process::cargo;
 
 mod gen;
 mod mode32;
+mod scratch;
 mod server;
 mod tools;
 mod wrk;

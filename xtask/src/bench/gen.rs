@@ -32,8 +32,9 @@ use cryptoserver::progress::ProgressOutput;
 use cryptoserver::secret_dir::SecretDir;
 use sha2::{Digest, Sha256};
 
+use super::scratch::{self, Scratch};
 use super::{check_goals, print_table, CpuPressure, Goal, Measurement};
-use crate::process::repo_root;
+use crate::process::output;
 
 /// The seed's MODE32 loop, unchanged but for stopping after `count` files and
 /// syncing at the end, so its data is on disk like gen-secrets' when the clock stops.
@@ -57,7 +58,7 @@ os.sync()
 #[derive(clap::Args)]
 pub struct GenBenchArgs {
     /// Directory to measure in, on the filesystem of interest; must not exist, and is removed
-    /// afterwards [default: target/bench-gen]
+    /// afterwards [default: bench-gen in cargo's target directory]
     #[arg(long)]
     dir: Option<PathBuf>,
 
@@ -91,19 +92,21 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
     let scratch = Scratch::create(
         args.dir
             .clone()
-            .unwrap_or_else(|| repo_root().join("target/bench-gen")),
+            .unwrap_or_else(|| scratch::default_path("gen")),
     )?;
-    let available = SecretDir::open_locked(&scratch.0)?.available_space()?.bytes;
+    let available = SecretDir::open_locked(scratch.path())?
+        .available_space()?
+        .bytes;
     if available < bytes + (256 << 20) {
         bail!(
             "{}: the benchmark writes {bytes} bytes at a time but only {available} bytes are available; \
              free space, choose another --dir or a smaller --gib",
-            scratch.0.display()
+            scratch.path().display()
         );
     }
     eprintln!(
         "measuring in {} with {jobs} jobs: {files} files, {} GiB per run (takes a few minutes)",
-        scratch.0.display(),
+        scratch.path().display(),
         args.gib
     );
 
@@ -144,7 +147,7 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
             "disk: one file of zeros, then fsync",
             None,
             bytes,
-            || write_zeros(&scratch.0.join("zeros"), bytes),
+            || write_zeros(&scratch.path().join("zeros"), bytes),
         )?);
         scratch.empty()?;
         gen_runs.push(measure(
@@ -152,7 +155,7 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
             Some(files),
             bytes,
             || {
-                let dir = SecretDir::open_locked(&scratch.0.join("gen"))?;
+                let dir = SecretDir::open_locked(&scratch.path().join("gen"))?;
                 let indices: Vec<usize> = (0..files).collect();
                 let work = FileWork {
                     dir: &dir,
@@ -169,17 +172,19 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
     }
     let disk = fastest(disk_runs);
     let gen = fastest(gen_runs);
+    let python_loop = scratch.write_file("original-loop.py", SEED_PYTHON_LOOP.as_bytes())?;
     let python = measure(
         "seed: Python urandom loop (+ final sync)",
         Some(files),
         bytes,
         || {
-            run_quietly(
+            output(
                 Command::new("python3")
-                    .args(["-c", SEED_PYTHON_LOOP])
-                    .arg(&scratch.0)
+                    .arg(&python_loop)
+                    .arg(scratch.path())
                     .arg(files.to_string()),
             )
+            .map(drop)
         },
     )?;
     scratch.empty()?;
@@ -190,13 +195,13 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
         dd_bytes,
         || {
             for index in 0..args.dd_files {
-                let output = scratch.0.join(Mode::Mode32.file_name(index));
+                let file = scratch.path().join(Mode::Mode32.file_name(index));
                 let mut dd = Command::new("dd");
                 dd.args(["if=/dev/urandom", "bs=32", "count=65536", "status=none"])
-                    .arg(format!("of={}", output.display()));
-                run_quietly(&mut dd)?;
+                    .arg(format!("of={}", file.display()));
+                output(&mut dd)?;
             }
-            run_quietly(Command::new("sync").arg("-f").arg(&scratch.0))
+            output(Command::new("sync").arg("-f").arg(scratch.path())).map(drop)
         },
     )?;
     scratch.empty()?;
@@ -290,53 +295,4 @@ fn write_zeros(path: &Path, bytes: u64) -> anyhow::Result<()> {
     }
     file.sync_all()
         .with_context(|| format!("cannot fsync {}", path.display()))
-}
-
-fn run_quietly(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {:?}", command.get_program()))?;
-    if !status.success() {
-        bail!("{:?} failed with {status}", command.get_program());
-    }
-    Ok(())
-}
-
-/// The benchmark's directory: created empty, emptied between runs, removed at the end
-/// (also on error), so the benchmark leaves nothing behind.
-pub(super) struct Scratch(pub(super) PathBuf);
-
-impl Scratch {
-    pub(super) fn create(path: PathBuf) -> anyhow::Result<Scratch> {
-        std::fs::create_dir(&path).with_context(|| {
-            format!(
-                "cannot create the benchmark directory {} (it must not exist yet, so that nothing in it is lost)",
-                path.display()
-            )
-        })?;
-        Ok(Scratch(path))
-    }
-
-    /// Removes everything written so far, and waits until the removal is on disk,
-    /// so one run's write-back never slows the next.
-    fn empty(&self) -> anyhow::Result<()> {
-        for entry in std::fs::read_dir(&self.0)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            }
-            .with_context(|| format!("cannot remove {}", path.display()))?;
-        }
-        run_quietly(Command::new("sync").arg("-f").arg(&self.0))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {error}", self.0.display());
-        }
-    }
 }

@@ -25,7 +25,9 @@ use cryptoserver::generate::fill_secret;
 use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::{KeyLocation, Mode, KEY_FILE_LEN, MODE32_FILE_COUNT};
 
-use super::tools::{ensure_installed, output_of};
+use super::scratch::reuse_or_empty;
+use super::tools::ensure_installed;
+use crate::process::output;
 
 /// The unit the disk reads: the page a 32-byte key read pulls in.
 pub const BLOCK_LEN: u64 = 4096;
@@ -68,24 +70,18 @@ impl Mode32Dir {
             })
         };
         // The message files are written last, so they exist only for a whole directory.
-        if let (Some(cold), Some(warm_up)) = (
-            read_messages(&cold_file, cold)
-                .filter(|cold| cold.iter().all(|m| block_of(m).file < kept_open)),
-            read_messages(&warm_up_file, warm_up),
-        ) {
-            eprintln!("  reusing {}", cache.display());
+        let kept = reuse_or_empty(cache, |_| {
+            let cold = read_messages(&cold_file, cold)
+                .filter(|cold| cold.iter().all(|m| block_of(m).file < kept_open))?;
+            Some((cold, read_messages(&warm_up_file, warm_up)?))
+        })?;
+        if let Some((cold, warm_up)) = kept {
             return Ok(Mode32Dir {
                 path,
                 cold,
                 warm_up,
             });
         }
-        if cache.exists() {
-            std::fs::remove_dir_all(cache)
-                .with_context(|| format!("cannot remove the outdated {}", cache.display()))?;
-        }
-        std::fs::create_dir_all(cache)
-            .with_context(|| format!("cannot create {}", cache.display()))?;
         let dir = Mode32Dir::create(path, cold, warm_up, kept_open)?;
         std::fs::write(&warm_up_file, dir.warm_up.concat())
             .and_then(|()| std::fs::write(&cold_file, dir.cold.concat()))
@@ -210,12 +206,11 @@ impl Mode32Dir {
         let job_path = work.join("cold-reads.fio");
         std::fs::write(&job_path, job_file)
             .with_context(|| format!("cannot write {}", job_path.display()))?;
-        let stdout = output_of(
+        let stdout = output(
             Command::new("fio")
                 .args(["--output-format=terse", "--terse-version=3"])
                 .arg(&job_path)
                 .current_dir(&self.path),
-            "fio",
         )?;
         let (rate, jobs) = parse_fio_terse(&stdout)?;
         // fio's replay leaves the last reads in flight of each job uncounted.

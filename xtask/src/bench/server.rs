@@ -21,19 +21,19 @@ use std::process::Command;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use cryptoserver::batch::encode_frames;
 use cryptoserver::generate::{fill_secret, generate, GenerateArgs};
 use cryptoserver::keystore::{mode32_files_kept_open, KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
 use cryptoserver::progress::ProgressOutput;
 
-use super::gen::Scratch;
 use super::mode32::{Mode32Dir, MESSAGE_LEN};
+use super::scratch::{self, Scratch};
 use super::tools::{free_address, Server};
 use super::wrk::{Load, LoadResult, Wrk};
 use super::Verdict;
-use crate::process::{cargo, repo_root, run};
+use crate::process::{cargo, run, target_dir};
 
 /// Concurrent requests of the per-request measurements.
 const CONCURRENCY: usize = 64;
@@ -66,8 +66,8 @@ pub struct ServerBenchArgs {
     rounds: usize,
 
     /// MODE32 messages whose keys are planted on disk, one 4 KiB block each (1 GiB
-    /// for the default, kept in target/bench-mode32 for the next run); each cold run
-    /// stops before it could run out of them.
+    /// for the default, kept in bench-mode32 in cargo's target directory for the
+    /// next run); each cold run stops before it could run out of them.
     #[arg(long, default_value_t = 262_144)]
     cold_keys: usize,
 }
@@ -95,10 +95,10 @@ pub fn run_parts(parts: &[Part], args: &ServerBenchArgs) -> anyhow::Result<()> {
         "--example",
         "floor",
     ]))?;
-    let scratch = Scratch::create(repo_root().join("target/bench-server"))?;
+    let work = Scratch::create(scratch::default_path("server"))?;
     let bench = Bench {
-        work: scratch.0.clone(),
-        wrk: Wrk::prepare(&scratch.0)?,
+        wrk: Wrk::prepare(work.path())?,
+        work,
         args: args.clone(),
     };
     let mut report = Report::default();
@@ -114,7 +114,7 @@ pub fn run_parts(parts: &[Part], args: &ServerBenchArgs) -> anyhow::Result<()> {
 }
 
 struct Bench {
-    work: PathBuf,
+    work: Scratch,
     wrk: Wrk,
     args: ServerBenchArgs,
 }
@@ -126,7 +126,9 @@ impl Bench {
 
     fn http(&self, report: &mut Report) -> anyhow::Result<()> {
         eprintln!("http: MODE0 and MODE16 POST /hmac against the HTTP floor");
-        let messages = self.write_file("messages-64.bin", &random_messages(MESSAGES)?)?;
+        let messages = self
+            .work
+            .write_file("messages-64.bin", &random_messages(MESSAGES)?)?;
         let floor = self.start_floor()?;
         let mode0 = self
             .start_server(Mode::Mode0, &self.secrets(Mode::Mode0)?)?
@@ -224,7 +226,7 @@ impl Bench {
         let messages = random_messages(BATCH_LEN)?;
         let messages: Vec<&[u8]> = messages.chunks_exact(MESSAGE_LEN).collect();
         let body = encode_frames(&messages);
-        let body_file = self.write_file("batch.bin", &body)?;
+        let body_file = self.work.write_file("batch.bin", &body)?;
         let store = KeyStore::load(Mode::Mode16, &dir, KeyReads::Auto)
             .map_err(|error| anyhow::anyhow!("cannot load the MODE16 secrets: {error}"))?;
         let (server, _) = self.start_server(Mode::Mode16, &dir)?;
@@ -280,7 +282,7 @@ impl Bench {
         let started = Instant::now();
         let kept_open = mode32_files_kept_open();
         let dir = Mode32Dir::reuse_or_create(
-            &repo_root().join("target/bench-mode32"),
+            &scratch::default_path("mode32"),
             self.args.cold_keys,
             MESSAGES,
             kept_open,
@@ -288,8 +290,12 @@ impl Bench {
         eprintln!("  ready in {:.1} s", started.elapsed().as_secs_f64());
         // Half the cold keys for the key store alone, half for the server over HTTP.
         let (store_keys, http_keys) = dir.cold.split_at(dir.cold.len() / 2);
-        let cold_file = self.write_file("mode32-cold.bin", &http_keys.concat())?;
-        let warm_up_file = self.write_file("mode32-warm-up.bin", &dir.warm_up.concat())?;
+        let cold_file = self
+            .work
+            .write_file("mode32-cold.bin", &http_keys.concat())?;
+        let warm_up_file = self
+            .work
+            .write_file("mode32-warm-up.bin", &dir.warm_up.concat())?;
 
         let mut startups = Vec::new();
         for _ in 1..STARTS {
@@ -306,7 +312,7 @@ impl Bench {
 
         eprintln!("  fio: the same blocks, 4 KiB direct reads, {CONCURRENCY} in flight");
         dir.evict()?;
-        let fio = dir.fio_random_reads(CONCURRENCY, &self.work)?;
+        let fio = dir.fio_random_reads(CONCURRENCY, self.work.path())?;
         eprintln!("  fio: {:.0} reads/s", fio.per_second());
         // Stop well before a run could use up its cold keys, even at 1.5x fio's rate.
         let duration = self.seconds().min(Duration::from_secs_f64(
@@ -426,7 +432,7 @@ impl Bench {
 
     /// Development secrets of `mode`, made on first use in the work directory.
     fn secrets(&self, mode: Mode) -> anyhow::Result<PathBuf> {
-        let dir = self.work.join(mode.name().to_ascii_lowercase());
+        let dir = self.work.path().join(mode.name().to_ascii_lowercase());
         generate(
             &GenerateArgs {
                 mode,
@@ -441,16 +447,22 @@ impl Bench {
 
     fn start_floor(&self) -> anyhow::Result<Server> {
         let address = free_address()?;
-        let binary = repo_root().join("target/release/examples/floor");
+        let binary = target_dir().join("release/examples/floor");
         let mut command = Command::new(binary);
         command.arg(address.to_string());
-        Ok(Server::start("floor", &mut command, address, &self.work.join("floor.log"))?.0)
+        Ok(Server::start(
+            "floor",
+            &mut command,
+            address,
+            &self.work.path().join("floor.log"),
+        )?
+        .0)
     }
 
     /// Starts the release server; returns it with the time until it accepted a connection.
     fn start_server(&self, mode: Mode, dir: &Path) -> anyhow::Result<(Server, Duration)> {
         let address = free_address()?;
-        let mut command = Command::new(repo_root().join("target/release/cryptoserver"));
+        let mut command = Command::new(target_dir().join("release/cryptoserver"));
         command
             .env_clear()
             .env("CRYPTOSERVER_MODE", mode.name())
@@ -458,15 +470,9 @@ impl Bench {
             .env("CRYPTOSERVER_BIND", address.to_string());
         let log = self
             .work
+            .path()
             .join(format!("{}.log", mode.name().to_ascii_lowercase()));
         Server::start(mode.name(), &mut command, address, &log)
-    }
-
-    fn write_file(&self, name: &str, content: &[u8]) -> anyhow::Result<PathBuf> {
-        let path = self.work.join(name);
-        std::fs::write(&path, content)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(path)
     }
 }
 
