@@ -32,8 +32,8 @@ use cryptoserver::progress::ProgressOutput;
 use cryptoserver::secret_dir::SecretDir;
 use sha2::{Digest, Sha256};
 
+use super::report::{thousands, Ceiling, Goal, Report, Row};
 use super::scratch::{self, Scratch};
-use super::{check_goals, print_table, CpuPressure, Goal, Measurement};
 use crate::process::output;
 
 /// The seed's MODE32 loop, unchanged but for stopping after `count` files and
@@ -110,7 +110,7 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
         args.gib
     );
 
-    let pressure = CpuPressure::start();
+    let mut report = Report::start();
     let chacha = measure(
         "CSPRNG: ChaCha20 seeded by getrandom (gen-secrets'), all cores",
         None,
@@ -206,28 +206,91 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
     )?;
     scratch.empty()?;
 
-    let rows = [chacha, getrandom, chacha_sha, disk, gen, python, dd];
-    let [chacha, _, chacha_sha, disk, gen, python, _] = &rows;
-    print_table(&rows, gen);
-    pressure.report();
     // No generator doing gen-secrets' work (random bytes and their SHA-256 for the
     // manifest, written to this disk) can beat the slower of those two.
     let best_possible = chacha_sha.rate().min(disk.rate());
     let csprng_or_disk = chacha.rate().min(disk.rate());
-    check_goals(&[
-        Goal {
-            what: "gen-secrets vs min(its CSPRNG, disk)".to_owned(),
+    let ceiling = |baseline: f64| {
+        Some(Ceiling {
+            ratio: best_possible / baseline,
+            set_by: "the slower of gen-secrets' CPU work and the disk",
+        })
+    };
+    report.row(Row {
+        what: format!("{}, fastest of {}", gen.name, args.repeat),
+        value: gen.figure(),
+        baseline: String::new(),
+        goal: Goal::None,
+    });
+    for baseline in [&chacha, &getrandom, &chacha_sha, &disk] {
+        report.row(gen.against(baseline, Goal::Ratio(gen.rate() / baseline.rate())));
+    }
+    report.row(Row {
+        what: "gen-secrets vs min(its CSPRNG, disk)".to_owned(),
+        value: mib_per_second(gen.rate()),
+        baseline: mib_per_second(csprng_or_disk),
+        goal: Goal::AtLeast {
             ratio: gen.rate() / csprng_or_disk,
             minimum: 0.9,
-            best_possible: best_possible / csprng_or_disk,
+            ceiling: ceiling(csprng_or_disk),
         },
-        Goal {
-            what: "gen-secrets vs the seed's Python loop".to_owned(),
+    });
+    report.row(gen.against(
+        &python,
+        Goal::AtLeast {
             ratio: gen.rate() / python.rate(),
             minimum: 4.0,
-            best_possible: best_possible / python.rate(),
+            ceiling: ceiling(python.rate()),
         },
-    ])
+    ));
+    report.row(gen.against(&dd, Goal::Ratio(gen.rate() / dd.rate())));
+    report.finish()
+}
+
+/// One timed run: `bytes` processed in `elapsed`.
+struct Measurement {
+    name: String,
+    /// Files written, where that is what the run does.
+    files: Option<usize>,
+    bytes: u64,
+    elapsed: Duration,
+}
+
+impl Measurement {
+    /// Bytes per second.
+    fn rate(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The rate, with what was written in what time.
+    fn figure(&self) -> String {
+        let files = self
+            .files
+            .map_or(String::new(), |files| format!("{files} files, "));
+        format!(
+            "{} ({files}{:.2} GiB in {:.2} s)",
+            mib_per_second(self.rate()),
+            self.bytes as f64 / (1u64 << 30) as f64,
+            self.elapsed.as_secs_f64()
+        )
+    }
+
+    /// A row comparing this run (gen-secrets) with `baseline`.
+    fn against(&self, baseline: &Measurement, goal: Goal) -> Row {
+        Row {
+            what: format!("gen-secrets vs {}", baseline.name),
+            value: mib_per_second(self.rate()),
+            baseline: baseline.figure(),
+            goal,
+        }
+    }
+}
+
+fn mib_per_second(bytes_per_second: f64) -> String {
+    format!(
+        "{} MiB/s",
+        thousands(bytes_per_second / (1u64 << 20) as f64)
+    )
 }
 
 fn fastest(runs: Vec<Measurement>) -> Measurement {
@@ -295,4 +358,25 @@ fn write_zeros(path: &Path, bytes: u64) -> anyhow::Result<()> {
     }
     file.sync_all()
         .with_context(|| format!("cannot fsync {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_shows_both_rates_with_what_they_measured() {
+        let run = |name: &str, files, seconds| Measurement {
+            name: name.to_owned(),
+            files,
+            bytes: 4 << 30,
+            elapsed: Duration::from_secs(seconds),
+        };
+        let gen = run("gen-secrets", Some(2048), 8);
+        let row = gen.against(&run("disk", None, 4), Goal::None);
+        assert_eq!(row.what, "gen-secrets vs disk");
+        assert_eq!(row.value, "512 MiB/s");
+        assert_eq!(row.baseline, "1,024 MiB/s (4.00 GiB in 4.00 s)");
+        assert_eq!(gen.figure(), "512 MiB/s (2048 files, 4.00 GiB in 8.00 s)");
+    }
 }
