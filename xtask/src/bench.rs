@@ -26,7 +26,7 @@ pub struct BenchArgs {
 
 #[derive(clap::Subcommand)]
 enum Benchmark {
-    /// Secret generation against the CSPRNG alone, the disk's write bandwidth and the seed's recipes
+    /// Secret generation against the CSPRNG alone, the disk's write bandwidth and the original design's recipes
     Gen(gen::GenBenchArgs),
     /// MODE0 and MODE16 POST /hmac against the HTTP floor (axum answering constant bytes), and MODE16's idle memory
     Http(server::ServerBenchArgs),

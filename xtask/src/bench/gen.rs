@@ -2,18 +2,19 @@
 //! predecessors, in one run on one filesystem:
 //! - gen-secrets itself: the library writing the first MODE32 files (>= 4 GiB);
 //! - the CSPRNG alone on every core, output discarded: ChaCha20 as gen-secrets
-//!   uses it, and getrandom directly (the alternative the README weighs); and
+//!   uses it, and getrandom directly (the alternative to ChaCha20); and
 //!   ChaCha20 plus the SHA-256 the manifest needs, gen-secrets' whole CPU work;
 //! - the disk's sequential write bandwidth: one file of zeros, then fsync
 //!   (alternating with gen-secrets, best of three each by default);
-//! - the seed's recipes: its Python `urandom` loop on as many files, and
+//! - the original design's recipes: its Python `urandom` loop on as many files, and
 //!   `dd if=/dev/urandom bs=32 count=65536` per file on a few files (each
 //!   makes 131,072 system calls, so the full count would take many minutes).
 //!
-//! Goals: gen-secrets >= 0.9x min(CSPRNG, disk), and >= 4x the seed's Python loop.
+//! Goals: gen-secrets >= 0.9x min(CSPRNG, disk), and >= 4x the original design's
+//! Python loop.
 //! A goal the machine itself puts out of reach (the best possible being the
 //! slower of ChaCha20 + SHA-256 and the disk) is reported as such, not failed:
-//! on a disk slower than about 4x one core's getrandom, the seed's loop is
+//! on a disk slower than about 4x one core's getrandom, the original loop is
 //! disk-bound too; on tmpfs, hashing bounds gen-secrets below the bare CSPRNG.
 
 use std::fs::File;
@@ -36,9 +37,9 @@ use super::report::{thousands, Ceiling, Goal, Report, Row};
 use super::scratch::{self, Scratch};
 use crate::process::output;
 
-/// The seed's MODE32 loop, unchanged but for stopping after `count` files and
+/// The original design's MODE32 loop, unchanged but for stopping after `count` files and
 /// syncing at the end, so its data is on disk like gen-secrets' when the clock stops.
-const SEED_PYTHON_LOOP: &str = r#"
+const ORIGINAL_PYTHON_LOOP: &str = r#"
 import os, sys
 from itertools import islice, product
 from os import urandom
@@ -70,7 +71,7 @@ pub struct GenBenchArgs {
     #[arg(long, short = 'j')]
     jobs: Option<NonZeroUsize>,
 
-    /// Files the seed's dd recipe writes.
+    /// Files the original design's dd recipe writes.
     #[arg(long, default_value_t = 64)]
     dd_files: usize,
 
@@ -172,9 +173,9 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
     }
     let disk = fastest(disk_runs);
     let gen = fastest(gen_runs);
-    let python_loop = scratch.write_file("original-loop.py", SEED_PYTHON_LOOP.as_bytes())?;
+    let python_loop = scratch.write_file("original-loop.py", ORIGINAL_PYTHON_LOOP.as_bytes())?;
     let python = measure(
-        "seed: Python urandom loop (+ final sync)",
+        "the original design's Python urandom loop (+ final sync)",
         Some(files),
         bytes,
         || {
@@ -190,7 +191,7 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
     scratch.empty()?;
     let dd_bytes = args.dd_files as u64 * KEY_FILE_LEN;
     let dd = measure(
-        "seed: dd bs=32 count=65536 per file (+ final sync)",
+        "the original design's dd bs=32 count=65536 per file (+ final sync)",
         Some(args.dd_files),
         dd_bytes,
         || {

@@ -8,8 +8,8 @@
 //!
 //! The cold keys lie in the files the server keeps open, as on a host whose
 //! RLIMIT_NOFILE lets it keep all of them open (the systemd unit's does);
-//! where the hard limit is lower, as on these machines, the other files cost
-//! an `open` per read, which is not what the benchmark is about.
+//! where the hard limit is lower, the other files cost an `open` per read,
+//! which is not what the benchmark is about.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -34,7 +34,9 @@ pub const BLOCK_LEN: u64 = 4096;
 /// Length of every benchmark message.
 pub const MESSAGE_LEN: usize = 64;
 pub type Message = [u8; MESSAGE_LEN];
-/// Files one fio job opens at once: below RLIMIT_NOFILE (20,000 here).
+/// Files one fio job opens at once. fio fails when a job opens more files than
+/// RLIMIT_NOFILE allows, so this stays below common hard limits; fewer files per
+/// job would mean more jobs, and each job leaves its last reads uncounted.
 const FILES_PER_FIO_JOB: usize = 12_000;
 
 /// The benchmark's MODE32 directory.
@@ -50,8 +52,8 @@ pub struct Mode32Dir {
 
 impl Mode32Dir {
     /// The directory kept in `cache` by an earlier run with as many messages, or
-    /// else a new one written there. It is kept because deleting it costs minutes
-    /// here: the filesystem discards every freed block as the files go.
+    /// else a new one written there. It is kept because deleting 65,536 files can
+    /// take minutes where the filesystem discards every freed block as they go.
     pub fn reuse_or_create(
         cache: &Path,
         cold: usize,

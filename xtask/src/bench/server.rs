@@ -36,7 +36,9 @@ use crate::process::{cargo, run, target_dir};
 
 /// Concurrent requests of the per-request measurements.
 const CONCURRENCY: usize = 64;
-/// One wrk thread: on two cores a second one only takes CPU from the server.
+/// One wrk thread keeps the connections busy while taking as little CPU from the
+/// server as the load generator can; more threads add load only where cores are
+/// to spare.
 const PER_REQUEST_LOAD: Load = Load {
     connections: CONCURRENCY,
     threads: 1,
