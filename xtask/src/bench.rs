@@ -1,8 +1,9 @@
 //! `cargo xtask bench [benchmark]`: every speed goal is a ratio against
 //! baselines measured in the same run on the same machine, never an absolute
-//! number (only memory and startup time have absolute limits). Benchmarks measure optimised code: a debug xtask re-runs itself with
-//! `--release`. Each benchmark lives in its own module under `bench/` and reports
-//! through [`report::Report`]. Without a benchmark named, all of them run.
+//! number (only memory and startup time have absolute limits). Benchmarks
+//! measure optimised code: a debug xtask re-runs itself with `--release`. Each
+//! benchmark lives in its own module under `bench/` and reports through
+//! [`report::Report`]. Without a benchmark named, all of them run.
 
 use std::os::unix::process::CommandExt;
 
