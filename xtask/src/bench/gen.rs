@@ -112,31 +112,22 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
     );
 
     let mut report = Report::start();
-    let chacha = measure(
+    let on_all_cores = |name: &str, fill: &(dyn Fn(&mut [u8]) -> anyhow::Result<()> + Sync)| {
+        measure(name, None, bytes, || fill_in_parallel(jobs, bytes, fill))
+    };
+    let chacha = on_all_cores(
         "CSPRNG: ChaCha20 seeded by getrandom (gen-secrets'), all cores",
-        None,
-        bytes,
-        || {
-            fill_in_parallel(jobs, bytes, |chunk| {
-                fill_secret(chunk).map_err(anyhow::Error::from)
-            })
-        },
+        &|chunk| fill_secret(chunk).map_err(anyhow::Error::from),
     )?;
-    let getrandom = measure("CSPRNG: getrandom directly, all cores", None, bytes, || {
-        fill_in_parallel(jobs, bytes, |chunk| {
-            getrandom::fill(chunk).map_err(|error| anyhow::anyhow!("getrandom failed: {error}"))
-        })
+    let getrandom = on_all_cores("CSPRNG: getrandom directly, all cores", &|chunk| {
+        getrandom::fill(chunk).map_err(|error| anyhow::anyhow!("getrandom failed: {error}"))
     })?;
-    let chacha_sha = measure(
+    let chacha_sha = on_all_cores(
         "ChaCha20 + SHA-256 (gen-secrets' CPU work), all cores",
-        None,
-        bytes,
-        || {
-            fill_in_parallel(jobs, bytes, |chunk| {
-                fill_secret(chunk)?;
-                std::hint::black_box(Sha256::digest(&chunk[..]));
-                Ok(())
-            })
+        &|chunk| {
+            fill_secret(chunk)?;
+            std::hint::black_box(Sha256::digest(&chunk[..]));
+            Ok(())
         },
     )?;
     // The disk and gen-secrets alternate, best of `repeat` each, so that a burst of

@@ -71,66 +71,25 @@ impl Mode32Dir {
                     .collect()
             })
         };
-        // The message files are written last, so they exist only for a whole directory.
         let kept = reuse_or_empty(cache, |_| {
             let cold = read_messages(&cold_file, cold)
                 .filter(|cold| cold.iter().all(|m| block_of(m).file < kept_open))?;
             Some((cold, read_messages(&warm_up_file, warm_up)?))
         })?;
-        if let Some((cold, warm_up)) = kept {
-            return Ok(Mode32Dir {
-                path,
-                cold,
-                warm_up,
-            });
-        }
-        let dir = Mode32Dir::create(path, cold, warm_up, kept_open)?;
-        std::fs::write(&warm_up_file, dir.warm_up.concat())
-            .and_then(|()| std::fs::write(&cold_file, dir.cold.concat()))
-            .with_context(|| format!("cannot write the messages into {}", cache.display()))?;
-        Ok(dir)
-    }
-
-    /// Writes the directory at `path` (which must not exist) with `cold` planted
-    /// messages and `warm_up` others, then flushes it to disk.
-    fn create(
-        path: PathBuf,
-        cold: usize,
-        warm_up: usize,
-        kept_open: usize,
-    ) -> anyhow::Result<Mode32Dir> {
-        let (cold, warm_up) = distinct_block_messages(cold, warm_up, kept_open)?;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        let mut planted: Vec<KeyLocation> = cold.iter().map(|m| block_of(m)).collect();
-        planted.sort_by_key(|location| (location.file, location.offset));
-        let mut data = vec![0u8; BLOCK_LEN as usize];
-        let mut blocks = planted.iter().peekable();
-        for file in 0..MODE32_FILE_COUNT {
-            let name = path.join(Mode::Mode32.file_name(file));
-            let handle = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&name)
-                .with_context(|| format!("cannot create {}", name.display()))?;
-            handle.set_len(KEY_FILE_LEN)?;
-            while let Some(block) = blocks.next_if(|block| block.file == file) {
-                fill_secret(&mut data)?;
-                handle
-                    .write_all_at(&data, block.offset)
-                    .with_context(|| format!("cannot write {}", name.display()))?;
+        let (cold, warm_up) = match kept {
+            Some(messages) => messages,
+            None => {
+                let (cold, warm_up) = distinct_block_messages(cold, warm_up, kept_open)?;
+                write_secrets(&path, &cold)?;
+                // The message files are written last, so they exist only for a whole directory.
+                std::fs::write(&warm_up_file, warm_up.concat())
+                    .and_then(|()| std::fs::write(&cold_file, cold.concat()))
+                    .with_context(|| {
+                        format!("cannot write the messages into {}", cache.display())
+                    })?;
+                (cold, warm_up)
             }
-            handle.set_permissions(std::fs::Permissions::from_mode(0o400))?;
-        }
-        let dir = File::open(&path)?;
-        // SAFETY: syncfs on a valid descriptor; no memory is passed.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot flush {} to disk", path.display()));
-        }
+        };
         Ok(Mode32Dir {
             path,
             cold,
@@ -293,6 +252,44 @@ impl IoRate {
     pub fn per_second(&self) -> f64 {
         self.reads as f64 / self.elapsed.as_secs_f64()
     }
+}
+
+/// Writes the MODE32 directory at `path` (which must not exist): sparse files,
+/// but for the key block of every `cold` message, which holds random data. Then
+/// flushes it to disk.
+fn write_secrets(path: &Path, cold: &[Message]) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut planted: Vec<KeyLocation> = cold.iter().map(|m| block_of(m)).collect();
+    planted.sort_by_key(|location| (location.file, location.offset));
+    let mut data = vec![0u8; BLOCK_LEN as usize];
+    let mut blocks = planted.iter().peekable();
+    for file in 0..MODE32_FILE_COUNT {
+        let name = path.join(Mode::Mode32.file_name(file));
+        let handle = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&name)
+            .with_context(|| format!("cannot create {}", name.display()))?;
+        handle.set_len(KEY_FILE_LEN)?;
+        while let Some(block) = blocks.next_if(|block| block.file == file) {
+            fill_secret(&mut data)?;
+            handle
+                .write_all_at(&data, block.offset)
+                .with_context(|| format!("cannot write {}", name.display()))?;
+        }
+        handle.set_permissions(std::fs::Permissions::from_mode(0o400))?;
+    }
+    let dir = File::open(path)?;
+    // SAFETY: syncfs on a valid descriptor; no memory is passed.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot flush {} to disk", path.display()));
+    }
+    Ok(())
 }
 
 /// The 4 KiB block holding `message`'s MODE32 key.

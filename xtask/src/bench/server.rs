@@ -22,10 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cryptoserver::batch::encode_frames;
-use cryptoserver::generate::{fill_secret, generate, GenerateArgs};
+use cryptoserver::generate::fill_secret;
 use cryptoserver::keystore::{mode32_files_kept_open, KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
-use cryptoserver::progress::ProgressOutput;
 
 use super::mode32::{Mode32Dir, MESSAGE_LEN};
 use super::report::{thousands, Ceiling, Goal, Report, Row};
@@ -33,6 +32,7 @@ use super::scratch::{self, Scratch};
 use super::tools::{free_address, Server};
 use super::wrk::{Load, LoadResult, Wrk};
 use crate::process::{cargo, run, target_dir};
+use crate::secrets;
 
 /// Concurrent requests of the per-request measurements.
 const CONCURRENCY: usize = 64;
@@ -137,14 +137,7 @@ impl Bench {
         let mode16_rss = mode16.resident_bytes()?;
         let targets = [&floor, &mode0, &mode16];
         for target in targets {
-            self.load(
-                target,
-                "/hmac",
-                &messages,
-                MESSAGE_LEN,
-                PER_REQUEST_LOAD,
-                WARM_UP,
-            )?;
+            self.post_hmac(target, &messages, WARM_UP)?;
         }
         let mut results: [Vec<LoadResult>; 3] = Default::default();
         for round in 1..=self.args.rounds {
@@ -152,14 +145,7 @@ impl Bench {
             // first or last.
             for index in (0..targets.len()).map(|step| (round + step) % targets.len()) {
                 let target = targets[index];
-                let result = self.load(
-                    target,
-                    "/hmac",
-                    &messages,
-                    MESSAGE_LEN,
-                    PER_REQUEST_LOAD,
-                    self.seconds(),
-                )?;
+                let result = self.post_hmac(target, &messages, self.seconds())?;
                 eprintln!(
                     "  round {round}: {:<8} {:>7.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
                     target.name,
@@ -237,25 +223,20 @@ impl Bench {
         let store = KeyStore::load(Mode::Mode16, &dir, KeyReads::Auto)
             .map_err(|error| anyhow::anyhow!("cannot load the MODE16 secrets: {error}"))?;
         let (server, _) = self.start_server(Mode::Mode16, &dir)?;
-        self.load(
-            &server,
-            "/hmac/batch",
-            &body_file,
-            body.len(),
-            BATCH_LOAD,
-            WARM_UP,
-        )?;
-        let (mut over_http, mut in_process) = (Vec::new(), Vec::new());
-        for round in 1..=self.args.rounds {
-            let local = macs_per_second_in_process(&store, &messages, self.seconds());
-            let result = self.load(
-                &server,
-                "/hmac/batch",
+        let post_batches = |duration| {
+            self.wrk.run(
+                &server.url("/hmac/batch"),
                 &body_file,
                 body.len(),
                 BATCH_LOAD,
-                self.seconds(),
-            )?;
+                duration,
+            )
+        };
+        post_batches(WARM_UP)?;
+        let (mut over_http, mut in_process) = (Vec::new(), Vec::new());
+        for round in 1..=self.args.rounds {
+            let local = macs_per_second_in_process(&store, &messages, self.seconds());
+            let result = post_batches(self.seconds())?;
             let remote = result.per_second() * BATCH_LEN as f64;
             eprintln!(
                 "  round {round}: {remote:.0} MACs/s over HTTP, {local:.0} MACs/s in process"
@@ -328,14 +309,7 @@ impl Bench {
 
         // What any HTTP server can do here at this load: the ceiling over HTTP.
         let floor = self.start_floor()?;
-        let floor = self.load(
-            &floor,
-            "/hmac",
-            &warm_up_file,
-            MESSAGE_LEN,
-            PER_REQUEST_LOAD,
-            duration,
-        )?;
+        let floor = self.post_hmac(&floor, &warm_up_file, duration)?;
         eprintln!("  HTTP floor: {:.0} requests/s", floor.per_second());
 
         dir.evict()?;
@@ -345,23 +319,9 @@ impl Bench {
             store.per_second()
         );
 
-        self.load(
-            &server,
-            "/hmac",
-            &warm_up_file,
-            MESSAGE_LEN,
-            PER_REQUEST_LOAD,
-            WARM_UP,
-        )?;
+        self.post_hmac(&server, &warm_up_file, WARM_UP)?;
         dir.evict()?;
-        let cold = self.load(
-            &server,
-            "/hmac",
-            &cold_file,
-            MESSAGE_LEN,
-            PER_REQUEST_LOAD,
-            duration,
-        )?;
+        let cold = self.post_hmac(&server, &cold_file, duration)?;
         if cold.repeated > 0 {
             bail!(
                 "the cold run reused keys it had already read; raise --cold-keys above {}",
@@ -441,31 +401,27 @@ impl Bench {
         Ok(())
     }
 
-    fn load(
+    /// `POST /hmac` with the 64-byte messages of `messages` in turn, at the
+    /// per-request load.
+    fn post_hmac(
         &self,
         server: &Server,
-        path: &str,
-        bodies: &Path,
-        body_len: usize,
-        load: Load,
+        messages: &Path,
         duration: Duration,
     ) -> anyhow::Result<LoadResult> {
-        self.wrk
-            .run(&server.url(path), bodies, body_len, load, duration)
+        self.wrk.run(
+            &server.url("/hmac"),
+            messages,
+            MESSAGE_LEN,
+            PER_REQUEST_LOAD,
+            duration,
+        )
     }
 
     /// Development secrets of `mode`, made on first use in the work directory.
     fn secrets(&self, mode: Mode) -> anyhow::Result<PathBuf> {
         let dir = self.work.path().join(mode.name().to_ascii_lowercase());
-        generate(
-            &GenerateArgs {
-                mode,
-                dir: dir.clone(),
-                jobs: None,
-                owner: None,
-            },
-            ProgressOutput::Hidden,
-        )?;
+        secrets::make_quietly(mode, &dir)?;
         Ok(dir)
     }
 
