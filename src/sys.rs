@@ -99,14 +99,17 @@ pub enum Access {
     DontNeed,
 }
 
-/// posix_fadvise over the whole file; a hint, so it cannot fail in a way that matters.
-pub fn advise(file: &File, access: Access) {
+/// posix_fadvise over the whole file.
+pub fn advise(file: &File, access: Access) -> io::Result<()> {
     let advice = match access {
         Access::Random => libc::POSIX_FADV_RANDOM,
         Access::DontNeed => libc::POSIX_FADV_DONTNEED,
     };
     // SAFETY: the descriptor is valid while `file` is borrowed; no memory is passed.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, advice) };
+    match unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, advice) } {
+        0 => Ok(()),
+        error => Err(io::Error::from_raw_os_error(error)),
+    }
 }
 
 /// Flushes the whole filesystem that holds `file` (syncfs).

@@ -155,8 +155,9 @@ impl KeyFiles {
                 example = path;
             }
             if index < keep_open {
-                // A 32-byte read must not pull a readahead window off the disk.
-                sys::advise(&secret.file, Access::Random);
+                // A 32-byte read must not pull a readahead window off the disk;
+                // only a hint, so a refusal changes nothing but speed.
+                let _ = sys::advise(&secret.file, Access::Random);
                 open.push(RwLock::new(Arc::new(secret.file)));
             }
         }
@@ -256,7 +257,7 @@ impl KeyFiles {
         };
         let reopened = self.reopen(location.file).map_err(|_| first_error)?;
         read_checked(&reopened, location, key)?;
-        sys::advise(&reopened, Access::Random);
+        let _ = sys::advise(&reopened, Access::Random);
         *kept.write().expect("no panics while holding the lock") = Arc::new(reopened);
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::process::{cargo, repo_root};
+use crate::process::{cargo, target_dir};
 
 /// Everything after `seal` or `audit`, `--help` included, goes to xtask-aws as is.
 #[derive(clap::Args)]
@@ -30,8 +30,7 @@ pub fn forward(subcommand: &str, args: &AwsArgs) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(2))
 }
 
-/// Where `cargo run` (started in the repository root) puts the binary.
+/// Where `cargo run` puts the binary.
 fn built_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
-    repo_root().join(target).join("debug/xtask-aws")
+    target_dir().join("debug/xtask-aws")
 }

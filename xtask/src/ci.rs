@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use crate::process::{cargo, repo_root, run};
+use crate::process::{cargo, output, repo_root, run, target_dir};
 
 pub fn run_ci() -> anyhow::Result<()> {
     let root = repo_root();
@@ -32,16 +32,13 @@ pub fn run_ci() -> anyhow::Result<()> {
 }
 
 fn has_nextest() -> bool {
-    cargo()
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|output| output.status.success())
+    output(cargo().args(["nextest", "--version"])).is_ok()
 }
 
-/// Creates `target/venv` and installs tests/requirements.txt into it, again only
-/// when the requirements changed since the last install.
+/// Creates `venv` in cargo's target directory and installs tests/requirements.txt
+/// into it, again only when the requirements changed since the last install.
 fn prepare_python(root: &Path) -> anyhow::Result<std::path::PathBuf> {
-    let venv = root.join("target/venv");
+    let venv = target_dir().join("venv");
     let requirements = root.join("tests/requirements.txt");
     let wanted = hex::encode(Sha256::digest(
         std::fs::read(&requirements)

@@ -8,10 +8,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use cryptoserver::layout::Mode;
-use cryptoserver::secrets::generate::{generate, GenerateOptions};
-use cryptoserver::secrets::progress::ProgressOutput;
 
-use crate::process::{cargo, repo_root, run};
+use crate::process::{cargo, repo_root, run, target_dir};
+use crate::secrets;
 
 const WARNING_FILE: &str = "DEVELOPMENT-SECRETS-NOT-FOR-PRODUCTION.txt";
 
@@ -33,16 +32,7 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let dir = dev_secrets_dir(args.mode);
     std::fs::create_dir_all(dir.parent().expect("dev-secrets has a parent"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    generate(
-        &GenerateOptions {
-            mode: args.mode,
-            dir: dir.clone(),
-            jobs: None,
-            owner: None,
-        },
-        ProgressOutput::Hidden,
-    )
-    .map_err(|error| anyhow::anyhow!("{error}"))?;
+    secrets::make_quietly(args.mode, &dir)?;
     std::fs::write(
         dir.join(WARNING_FILE),
         "These are development secrets made by `cargo xtask dev` on a developer machine.\n\
@@ -58,7 +48,7 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         "--bin",
         "cryptoserver",
     ]))?;
-    let server = repo_root().join("target/debug/cryptoserver");
+    let server = target_dir().join("debug/cryptoserver");
     eprintln!(
         "Serving {} development secrets from {} on http://{}",
         args.mode,

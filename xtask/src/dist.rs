@@ -19,7 +19,7 @@ use object::read::elf::{ElfFile64, Sym};
 use object::{elf, Architecture, Endianness, Object};
 use sha2::{Digest, Sha256};
 
-use crate::process::{cargo, repo_root, run, target_dir};
+use crate::process::{cargo, output, repo_root, run, target_dir};
 
 /// The base OS of the image (`base_image_name_filter` in packer/cryptoserver.pkr.hcl)
 /// and the glibc it ships.
@@ -85,17 +85,7 @@ pub fn run_dist(args: &DistArgs) -> anyhow::Result<()> {
 fn shipped_version(binaries: &[PathBuf]) -> anyhow::Result<String> {
     let mut versions = Vec::new();
     for binary in binaries {
-        let output = Command::new(binary)
-            .arg("--version")
-            .output()
-            .with_context(|| format!("cannot run {}", binary.display()))?;
-        ensure!(
-            output.status.success(),
-            "`{} --version` failed with {}",
-            binary.display(),
-            output.status
-        );
-        let text = String::from_utf8_lossy(&output.stdout);
+        let text = output(Command::new(binary).arg("--version"))?;
         let version = text.split_whitespace().nth(1).with_context(|| {
             format!(
                 "`{} --version` printed {text:?}, not a name and a version",
@@ -205,7 +195,7 @@ impl fmt::Display for GlibcVersion {
 /// Writes the tarball under a temporary name and renames it, so that a failed run
 /// never leaves a truncated tarball under the name Packer uploads.
 fn pack(tarball: &Path, top: &str, binaries: &[PathBuf]) -> anyhow::Result<()> {
-    let dir = tarball.parent().expect("the tarball is inside target/dist");
+    let dir = tarball.parent().expect("the tarball is inside dist/");
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let partial = tarball.with_extension("partial");
     let file =

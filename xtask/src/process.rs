@@ -1,7 +1,10 @@
-//! Running the programs a task drives: announced, checked, with a clear error.
+//! Running the programs a task drives, and where cargo puts what it builds.
+//! Every program runs through [`run`] (its output shown as it comes) or
+//! [`output`] (its output captured); both fail naming the command line and its
+//! exit status.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
 use anyhow::{bail, Context};
 
@@ -25,17 +28,40 @@ pub fn cargo() -> Command {
     command
 }
 
-/// Runs `command` to completion; fails naming the command and its exit status.
+/// Runs `command` to completion after printing its command line, its output
+/// going where ours goes.
 pub fn run(command: &mut Command) -> anyhow::Result<()> {
     let shown = show(command);
     eprintln!("$ {shown}");
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start `{shown}`: is it installed?"))?;
-    if !status.success() {
-        bail!("`{shown}` failed with {status}");
+    let status = command.status().with_context(|| cannot_start(&shown))?;
+    check(&shown, status, "")
+}
+
+/// Runs `command` to completion without printing anything and returns its
+/// standard output; when it fails, the error holds everything it printed.
+pub fn output(command: &mut Command) -> anyhow::Result<String> {
+    let shown = show(command);
+    let output = command.output().with_context(|| cannot_start(&shown))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let printed = format!(
+        "{}\n{}",
+        stdout.trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    check(&shown, output.status, printed.trim())?;
+    Ok(stdout)
+}
+
+fn cannot_start(shown: &str) -> String {
+    format!("cannot start `{shown}`: is it installed?")
+}
+
+fn check(shown: &str, status: ExitStatus, printed: &str) -> anyhow::Result<()> {
+    match (status.success(), printed.is_empty()) {
+        (true, _) => Ok(()),
+        (false, true) => bail!("`{shown}` failed with {status}"),
+        (false, false) => bail!("`{shown}` failed with {status}:\n{printed}"),
     }
-    Ok(())
 }
 
 fn show(command: &Command) -> String {
@@ -44,4 +70,34 @@ fn show(command: &Command) -> String {
         .map(|part| part.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_returns_what_the_program_printed() {
+        let printed = output(Command::new("sh").args(["-c", "echo out; echo err >&2"])).unwrap();
+        assert_eq!(printed, "out\n");
+    }
+
+    #[test]
+    fn a_failure_names_the_command_and_holds_its_output() {
+        let error = output(Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("`sh -c echo out;"), "{error}");
+        assert!(error.contains("exit status: 3"), "{error}");
+        assert!(error.ends_with(":\nout\nerr"), "{error}");
+        let error = run(&mut Command::new("false")).unwrap_err().to_string();
+        assert_eq!(error, "`false` failed with exit status: 1");
+        let error = output(&mut Command::new("no-such-program-here"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("cannot start `no-such-program-here`"),
+            "{error}"
+        );
+    }
 }

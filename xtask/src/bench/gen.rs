@@ -2,18 +2,19 @@
 //! predecessors, in one run on one filesystem:
 //! - gen-secrets itself: the library writing the first MODE32 files (>= 4 GiB);
 //! - the CSPRNG alone on every core, output discarded: ChaCha20 as gen-secrets
-//!   uses it, and getrandom directly (the alternative the README weighs); and
+//!   uses it, and getrandom directly (the alternative to ChaCha20); and
 //!   ChaCha20 plus the SHA-256 the manifest needs, gen-secrets' whole CPU work;
 //! - the disk's sequential write bandwidth: one file of zeros, then fsync
 //!   (alternating with gen-secrets, best of three each by default);
-//! - the seed's recipes: its Python `urandom` loop on as many files, and
+//! - the original design's recipes: its Python `urandom` loop on as many files, and
 //!   `dd if=/dev/urandom bs=32 count=65536` per file on a few files (each
 //!   makes 131,072 system calls, so the full count would take many minutes).
 //!
-//! Goals: gen-secrets >= 0.9x min(CSPRNG, disk), and >= 4x the seed's Python loop.
+//! Goals: gen-secrets >= 0.9x min(CSPRNG, disk), and >= 4x the original design's
+//! Python loop.
 //! A goal the machine itself puts out of reach (the best possible being the
 //! slower of ChaCha20 + SHA-256 and the disk) is reported as such, not failed:
-//! on a disk slower than about 4x one core's getrandom, the seed's loop is
+//! on a disk slower than about 4x one core's getrandom, the original loop is
 //! disk-bound too; on tmpfs, hashing bounds gen-secrets below the bare CSPRNG.
 
 use std::fs::File;
@@ -32,12 +33,13 @@ use cryptoserver::secrets::progress::ProgressOutput;
 use cryptoserver::secrets::secret_dir::SecretDir;
 use sha2::{Digest, Sha256};
 
-use super::{check_goals, print_table, CpuPressure, Goal, Measurement};
-use crate::process::repo_root;
+use super::report::{thousands, Ceiling, Goal, Report, Row};
+use super::scratch::{self, Scratch};
+use crate::process::output;
 
-/// The seed's MODE32 loop, unchanged but for stopping after `count` files and
+/// The original design's MODE32 loop, unchanged but for stopping after `count` files and
 /// syncing at the end, so its data is on disk like gen-secrets' when the clock stops.
-const SEED_PYTHON_LOOP: &str = r#"
+const ORIGINAL_PYTHON_LOOP: &str = r#"
 import os, sys
 from itertools import islice, product
 from os import urandom
@@ -57,7 +59,7 @@ os.sync()
 #[derive(clap::Args)]
 pub struct GenBenchArgs {
     /// Directory to measure in, on the filesystem of interest; must not exist, and is removed
-    /// afterwards [default: target/bench-gen]
+    /// afterwards [default: bench-gen in cargo's target directory]
     #[arg(long)]
     dir: Option<PathBuf>,
 
@@ -69,7 +71,7 @@ pub struct GenBenchArgs {
     #[arg(long, short = 'j')]
     jobs: Option<NonZeroUsize>,
 
-    /// Files the seed's dd recipe writes.
+    /// Files the original design's dd recipe writes.
     #[arg(long, default_value_t = 64)]
     dd_files: usize,
 
@@ -91,48 +93,41 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
     let scratch = Scratch::create(
         args.dir
             .clone()
-            .unwrap_or_else(|| repo_root().join("target/bench-gen")),
+            .unwrap_or_else(|| scratch::default_path("gen")),
     )?;
-    let available = SecretDir::open_locked(&scratch.0)?.available_space()?.bytes;
+    let available = SecretDir::open_locked(scratch.path())?
+        .available_space()?
+        .bytes;
     if available < bytes + (256 << 20) {
         bail!(
             "{}: the benchmark writes {bytes} bytes at a time but only {available} bytes are available; \
              free space, choose another --dir or a smaller --gib",
-            scratch.0.display()
+            scratch.path().display()
         );
     }
     eprintln!(
         "measuring in {} with {jobs} jobs: {files} files, {} GiB per run (takes a few minutes)",
-        scratch.0.display(),
+        scratch.path().display(),
         args.gib
     );
 
-    let pressure = CpuPressure::start();
-    let chacha = measure(
+    let mut report = Report::start();
+    let on_all_cores = |name: &str, fill: &(dyn Fn(&mut [u8]) -> anyhow::Result<()> + Sync)| {
+        measure(name, None, bytes, || fill_in_parallel(jobs, bytes, fill))
+    };
+    let chacha = on_all_cores(
         "CSPRNG: ChaCha20 seeded by getrandom (gen-secrets'), all cores",
-        None,
-        bytes,
-        || {
-            fill_in_parallel(jobs, bytes, |chunk| {
-                fill_secret(chunk).map_err(anyhow::Error::from)
-            })
-        },
+        &|chunk| fill_secret(chunk).map_err(anyhow::Error::from),
     )?;
-    let getrandom = measure("CSPRNG: getrandom directly, all cores", None, bytes, || {
-        fill_in_parallel(jobs, bytes, |chunk| {
-            getrandom::fill(chunk).map_err(|error| anyhow::anyhow!("getrandom failed: {error}"))
-        })
+    let getrandom = on_all_cores("CSPRNG: getrandom directly, all cores", &|chunk| {
+        getrandom::fill(chunk).map_err(|error| anyhow::anyhow!("getrandom failed: {error}"))
     })?;
-    let chacha_sha = measure(
+    let chacha_sha = on_all_cores(
         "ChaCha20 + SHA-256 (gen-secrets' CPU work), all cores",
-        None,
-        bytes,
-        || {
-            fill_in_parallel(jobs, bytes, |chunk| {
-                fill_secret(chunk)?;
-                std::hint::black_box(Sha256::digest(&chunk[..]));
-                Ok(())
-            })
+        &|chunk| {
+            fill_secret(chunk)?;
+            std::hint::black_box(Sha256::digest(&chunk[..]));
+            Ok(())
         },
     )?;
     // The disk and gen-secrets alternate, best of `repeat` each, so that a burst of
@@ -144,7 +139,7 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
             "disk: one file of zeros, then fsync",
             None,
             bytes,
-            || write_zeros(&scratch.0.join("zeros"), bytes),
+            || write_zeros(&scratch.path().join("zeros"), bytes),
         )?);
         scratch.empty()?;
         gen_runs.push(measure(
@@ -152,7 +147,7 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
             Some(files),
             bytes,
             || {
-                let dir = SecretDir::open_locked(&scratch.0.join("gen"))?;
+                let dir = SecretDir::open_locked(&scratch.path().join("gen"))?;
                 let indices: Vec<usize> = (0..files).collect();
                 let work = FileWork {
                     dir: &dir,
@@ -169,60 +164,125 @@ pub fn run(args: &GenBenchArgs) -> anyhow::Result<()> {
     }
     let disk = fastest(disk_runs);
     let gen = fastest(gen_runs);
+    let python_loop = scratch.write_file("original-loop.py", ORIGINAL_PYTHON_LOOP.as_bytes())?;
     let python = measure(
-        "seed: Python urandom loop (+ final sync)",
+        "the original design's Python urandom loop (+ final sync)",
         Some(files),
         bytes,
         || {
-            run_quietly(
+            output(
                 Command::new("python3")
-                    .args(["-c", SEED_PYTHON_LOOP])
-                    .arg(&scratch.0)
+                    .arg(&python_loop)
+                    .arg(scratch.path())
                     .arg(files.to_string()),
             )
+            .map(drop)
         },
     )?;
     scratch.empty()?;
     let dd_bytes = args.dd_files as u64 * KEY_FILE_LEN;
     let dd = measure(
-        "seed: dd bs=32 count=65536 per file (+ final sync)",
+        "the original design's dd bs=32 count=65536 per file (+ final sync)",
         Some(args.dd_files),
         dd_bytes,
         || {
             for index in 0..args.dd_files {
-                let output = scratch.0.join(Mode::Mode32.file_name(index));
+                let file = scratch.path().join(Mode::Mode32.file_name(index));
                 let mut dd = Command::new("dd");
                 dd.args(["if=/dev/urandom", "bs=32", "count=65536", "status=none"])
-                    .arg(format!("of={}", output.display()));
-                run_quietly(&mut dd)?;
+                    .arg(format!("of={}", file.display()));
+                output(&mut dd)?;
             }
-            run_quietly(Command::new("sync").arg("-f").arg(&scratch.0))
+            output(Command::new("sync").arg("-f").arg(scratch.path())).map(drop)
         },
     )?;
     scratch.empty()?;
 
-    let rows = [chacha, getrandom, chacha_sha, disk, gen, python, dd];
-    let [chacha, _, chacha_sha, disk, gen, python, _] = &rows;
-    print_table(&rows, gen);
-    pressure.report();
     // No generator doing gen-secrets' work (random bytes and their SHA-256 for the
     // manifest, written to this disk) can beat the slower of those two.
     let best_possible = chacha_sha.rate().min(disk.rate());
     let csprng_or_disk = chacha.rate().min(disk.rate());
-    check_goals(&[
-        Goal {
-            what: "gen-secrets vs min(its CSPRNG, disk)".to_owned(),
+    let ceiling = |baseline: f64| {
+        Some(Ceiling {
+            ratio: best_possible / baseline,
+            set_by: "the slower of gen-secrets' CPU work and the disk",
+        })
+    };
+    report.row(Row {
+        what: format!("{}, fastest of {}", gen.name, args.repeat),
+        value: gen.figure(),
+        baseline: String::new(),
+        goal: Goal::None,
+    });
+    for baseline in [&chacha, &getrandom, &chacha_sha, &disk] {
+        report.row(gen.against(baseline, Goal::Ratio(gen.rate() / baseline.rate())));
+    }
+    report.row(Row {
+        what: "gen-secrets vs min(its CSPRNG, disk)".to_owned(),
+        value: mib_per_second(gen.rate()),
+        baseline: mib_per_second(csprng_or_disk),
+        goal: Goal::AtLeast {
             ratio: gen.rate() / csprng_or_disk,
             minimum: 0.9,
-            best_possible: best_possible / csprng_or_disk,
+            ceiling: ceiling(csprng_or_disk),
         },
-        Goal {
-            what: "gen-secrets vs the seed's Python loop".to_owned(),
+    });
+    report.row(gen.against(
+        &python,
+        Goal::AtLeast {
             ratio: gen.rate() / python.rate(),
             minimum: 4.0,
-            best_possible: best_possible / python.rate(),
+            ceiling: ceiling(python.rate()),
         },
-    ])
+    ));
+    report.row(gen.against(&dd, Goal::Ratio(gen.rate() / dd.rate())));
+    report.finish()
+}
+
+/// One timed run: `bytes` processed in `elapsed`.
+struct Measurement {
+    name: String,
+    /// Files written, where that is what the run does.
+    files: Option<usize>,
+    bytes: u64,
+    elapsed: Duration,
+}
+
+impl Measurement {
+    /// Bytes per second.
+    fn rate(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The rate, with what was written in what time.
+    fn figure(&self) -> String {
+        let files = self
+            .files
+            .map_or(String::new(), |files| format!("{files} files, "));
+        format!(
+            "{} ({files}{:.2} GiB in {:.2} s)",
+            mib_per_second(self.rate()),
+            self.bytes as f64 / (1u64 << 30) as f64,
+            self.elapsed.as_secs_f64()
+        )
+    }
+
+    /// A row comparing this run (gen-secrets) with `baseline`.
+    fn against(&self, baseline: &Measurement, goal: Goal) -> Row {
+        Row {
+            what: format!("gen-secrets vs {}", baseline.name),
+            value: mib_per_second(self.rate()),
+            baseline: baseline.figure(),
+            goal,
+        }
+    }
+}
+
+fn mib_per_second(bytes_per_second: f64) -> String {
+    format!(
+        "{} MiB/s",
+        thousands(bytes_per_second / (1u64 << 20) as f64)
+    )
 }
 
 fn fastest(runs: Vec<Measurement>) -> Measurement {
@@ -292,51 +352,23 @@ fn write_zeros(path: &Path, bytes: u64) -> anyhow::Result<()> {
         .with_context(|| format!("cannot fsync {}", path.display()))
 }
 
-fn run_quietly(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {:?}", command.get_program()))?;
-    if !status.success() {
-        bail!("{:?} failed with {status}", command.get_program());
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The benchmark's directory: created empty, emptied between runs, removed at the end
-/// (also on error), so the benchmark leaves nothing behind.
-pub(super) struct Scratch(pub(super) PathBuf);
-
-impl Scratch {
-    pub(super) fn create(path: PathBuf) -> anyhow::Result<Scratch> {
-        std::fs::create_dir(&path).with_context(|| {
-            format!(
-                "cannot create the benchmark directory {} (it must not exist yet, so that nothing in it is lost)",
-                path.display()
-            )
-        })?;
-        Ok(Scratch(path))
-    }
-
-    /// Removes everything written so far, and waits until the removal is on disk,
-    /// so one run's write-back never slows the next.
-    fn empty(&self) -> anyhow::Result<()> {
-        for entry in std::fs::read_dir(&self.0)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            }
-            .with_context(|| format!("cannot remove {}", path.display()))?;
-        }
-        run_quietly(Command::new("sync").arg("-f").arg(&self.0))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("warning: cannot remove {}: {error}", self.0.display());
-        }
+    #[test]
+    fn a_row_shows_both_rates_with_what_they_measured() {
+        let run = |name: &str, files, seconds| Measurement {
+            name: name.to_owned(),
+            files,
+            bytes: 4 << 30,
+            elapsed: Duration::from_secs(seconds),
+        };
+        let gen = run("gen-secrets", Some(2048), 8);
+        let row = gen.against(&run("disk", None, 4), Goal::None);
+        assert_eq!(row.what, "gen-secrets vs disk");
+        assert_eq!(row.value, "512 MiB/s");
+        assert_eq!(row.baseline, "1,024 MiB/s (4.00 GiB in 4.00 s)");
+        assert_eq!(gen.figure(), "512 MiB/s (2048 files, 4.00 GiB in 8.00 s)");
     }
 }

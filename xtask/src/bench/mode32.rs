@@ -8,13 +8,12 @@
 //!
 //! The cold keys lie in the files the server keeps open, as on a host whose
 //! RLIMIT_NOFILE lets it keep all of them open (the systemd unit's does);
-//! where the hard limit is lower, as on these machines, the other files cost
-//! an `open` per read, which is not what the benchmark is about.
+//! where the hard limit is lower, the other files cost an `open` per read,
+//! which is not what the benchmark is about.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -24,15 +23,20 @@ use anyhow::{bail, Context};
 use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::{KeyLocation, Mode, KEY_FILE_LEN, MODE32_FILE_COUNT};
 use cryptoserver::secrets::generate::fill_secret;
+use cryptoserver::sys::{self, Access};
 
-use super::tools::{ensure_installed, output_of};
+use super::scratch::reuse_or_empty;
+use super::tools::ensure_installed;
+use crate::process::output;
 
 /// The unit the disk reads: the page a 32-byte key read pulls in.
 pub const BLOCK_LEN: u64 = 4096;
 /// Length of every benchmark message.
 pub const MESSAGE_LEN: usize = 64;
 pub type Message = [u8; MESSAGE_LEN];
-/// Files one fio job opens at once: below RLIMIT_NOFILE (20,000 here).
+/// Files one fio job opens at once. fio fails when a job opens more files than
+/// RLIMIT_NOFILE allows, so this stays below common hard limits; fewer files per
+/// job would mean more jobs, and each job leaves its last reads uncounted.
 const FILES_PER_FIO_JOB: usize = 12_000;
 
 /// The benchmark's MODE32 directory.
@@ -48,8 +52,8 @@ pub struct Mode32Dir {
 
 impl Mode32Dir {
     /// The directory kept in `cache` by an earlier run with as many messages, or
-    /// else a new one written there. It is kept because deleting it costs minutes
-    /// here: the filesystem discards every freed block as the files go.
+    /// else a new one written there. It is kept because deleting 65,536 files can
+    /// take minutes where the filesystem discards every freed block as they go.
     pub fn reuse_or_create(
         cache: &Path,
         cold: usize,
@@ -67,72 +71,25 @@ impl Mode32Dir {
                     .collect()
             })
         };
-        // The message files are written last, so they exist only for a whole directory.
-        if let (Some(cold), Some(warm_up)) = (
-            read_messages(&cold_file, cold)
-                .filter(|cold| cold.iter().all(|m| block_of(m).file < kept_open)),
-            read_messages(&warm_up_file, warm_up),
-        ) {
-            eprintln!("  reusing {}", cache.display());
-            return Ok(Mode32Dir {
-                path,
-                cold,
-                warm_up,
-            });
-        }
-        if cache.exists() {
-            std::fs::remove_dir_all(cache)
-                .with_context(|| format!("cannot remove the outdated {}", cache.display()))?;
-        }
-        std::fs::create_dir_all(cache)
-            .with_context(|| format!("cannot create {}", cache.display()))?;
-        let dir = Mode32Dir::create(path, cold, warm_up, kept_open)?;
-        std::fs::write(&warm_up_file, dir.warm_up.concat())
-            .and_then(|()| std::fs::write(&cold_file, dir.cold.concat()))
-            .with_context(|| format!("cannot write the messages into {}", cache.display()))?;
-        Ok(dir)
-    }
-
-    /// Writes the directory at `path` (which must not exist) with `cold` planted
-    /// messages and `warm_up` others, then flushes it to disk.
-    fn create(
-        path: PathBuf,
-        cold: usize,
-        warm_up: usize,
-        kept_open: usize,
-    ) -> anyhow::Result<Mode32Dir> {
-        let (cold, warm_up) = distinct_block_messages(cold, warm_up, kept_open)?;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        let mut planted: Vec<KeyLocation> = cold.iter().map(|m| block_of(m)).collect();
-        planted.sort_by_key(|location| (location.file, location.offset));
-        let mut data = vec![0u8; BLOCK_LEN as usize];
-        let mut blocks = planted.iter().peekable();
-        for file in 0..MODE32_FILE_COUNT {
-            let name = path.join(Mode::Mode32.file_name(file));
-            let handle = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&name)
-                .with_context(|| format!("cannot create {}", name.display()))?;
-            handle.set_len(KEY_FILE_LEN)?;
-            while let Some(block) = blocks.next_if(|block| block.file == file) {
-                fill_secret(&mut data)?;
-                handle
-                    .write_all_at(&data, block.offset)
-                    .with_context(|| format!("cannot write {}", name.display()))?;
+        let kept = reuse_or_empty(cache, |_| {
+            let cold = read_messages(&cold_file, cold)
+                .filter(|cold| cold.iter().all(|m| block_of(m).file < kept_open))?;
+            Some((cold, read_messages(&warm_up_file, warm_up)?))
+        })?;
+        let (cold, warm_up) = match kept {
+            Some(messages) => messages,
+            None => {
+                let (cold, warm_up) = distinct_block_messages(cold, warm_up, kept_open)?;
+                write_secrets(&path, &cold)?;
+                // The message files are written last, so they exist only for a whole directory.
+                std::fs::write(&warm_up_file, warm_up.concat())
+                    .and_then(|()| std::fs::write(&cold_file, cold.concat()))
+                    .with_context(|| {
+                        format!("cannot write the messages into {}", cache.display())
+                    })?;
+                (cold, warm_up)
             }
-            handle.set_permissions(std::fs::Permissions::from_mode(0o400))?;
-        }
-        let dir = File::open(&path)?;
-        // SAFETY: syncfs on a valid descriptor; no memory is passed.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot flush {} to disk", path.display()));
-        }
+        };
         Ok(Mode32Dir {
             path,
             cold,
@@ -147,13 +104,8 @@ impl Mode32Dir {
             let path = self.path.join(file);
             let handle =
                 File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            // SAFETY: a valid descriptor; the call has no memory effects.
-            let error =
-                unsafe { libc::posix_fadvise(handle.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            if error != 0 {
-                return Err(std::io::Error::from_raw_os_error(error))
-                    .with_context(|| format!("cannot evict {}", path.display()));
-            }
+            sys::advise(&handle, Access::DontNeed)
+                .with_context(|| format!("cannot evict {}", path.display()))?;
         }
         Ok(())
     }
@@ -210,12 +162,11 @@ impl Mode32Dir {
         let job_path = work.join("cold-reads.fio");
         std::fs::write(&job_path, job_file)
             .with_context(|| format!("cannot write {}", job_path.display()))?;
-        let stdout = output_of(
+        let stdout = output(
             Command::new("fio")
                 .args(["--output-format=terse", "--terse-version=3"])
                 .arg(&job_path)
                 .current_dir(&self.path),
-            "fio",
         )?;
         let (rate, jobs) = parse_fio_terse(&stdout)?;
         // fio's replay leaves the last reads in flight of each job uncounted.
@@ -296,6 +247,41 @@ impl IoRate {
     pub fn per_second(&self) -> f64 {
         self.reads as f64 / self.elapsed.as_secs_f64()
     }
+}
+
+/// Writes the MODE32 directory at `path` (which must not exist): sparse files,
+/// but for the key block of every `cold` message, which holds random data. Then
+/// flushes it to disk.
+fn write_secrets(path: &Path, cold: &[Message]) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut planted: Vec<KeyLocation> = cold.iter().map(|m| block_of(m)).collect();
+    planted.sort_by_key(|location| (location.file, location.offset));
+    let mut data = vec![0u8; BLOCK_LEN as usize];
+    let mut blocks = planted.iter().peekable();
+    for file in 0..MODE32_FILE_COUNT {
+        let name = path.join(Mode::Mode32.file_name(file));
+        let handle = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&name)
+            .with_context(|| format!("cannot create {}", name.display()))?;
+        handle.set_len(KEY_FILE_LEN)?;
+        while let Some(block) = blocks.next_if(|block| block.file == file) {
+            fill_secret(&mut data)?;
+            handle
+                .write_all_at(&data, block.offset)
+                .with_context(|| format!("cannot write {}", name.display()))?;
+        }
+        handle.set_permissions(std::fs::Permissions::from_mode(0o400))?;
+    }
+    let dir = File::open(path)?;
+    sys::sync_filesystem(&dir)
+        .with_context(|| format!("cannot flush {} to disk", path.display()))?;
+    Ok(())
 }
 
 /// The 4 KiB block holding `message`'s MODE32 key.

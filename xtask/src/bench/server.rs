@@ -13,7 +13,6 @@
 //! each figure is the median of its rounds, and each ratio against the floor the
 //! median of the rounds' ratios.
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
@@ -21,23 +20,25 @@ use std::process::Command;
 use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use cryptoserver::batch::encode_frames;
 use cryptoserver::keystore::{mode32_files_kept_open, KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
-use cryptoserver::secrets::generate::{fill_secret, generate, GenerateOptions};
-use cryptoserver::secrets::progress::ProgressOutput;
+use cryptoserver::secrets::generate::fill_secret;
 
-use super::gen::Scratch;
 use super::mode32::{Mode32Dir, MESSAGE_LEN};
+use super::report::{thousands, Ceiling, Goal, Report, Row};
+use super::scratch::{self, Scratch};
 use super::tools::{free_address, Server};
 use super::wrk::{Load, LoadResult, Wrk};
-use super::Verdict;
-use crate::process::{cargo, repo_root, run};
+use crate::process::{cargo, run, target_dir};
+use crate::secrets;
 
 /// Concurrent requests of the per-request measurements.
 const CONCURRENCY: usize = 64;
-/// One wrk thread: on two cores a second one only takes CPU from the server.
+/// One wrk thread keeps the connections busy while taking as little CPU from the
+/// server as the load generator can; more threads add load only where cores are
+/// to spare.
 const PER_REQUEST_LOAD: Load = Load {
     connections: CONCURRENCY,
     threads: 1,
@@ -66,8 +67,8 @@ pub struct ServerBenchArgs {
     rounds: usize,
 
     /// MODE32 messages whose keys are planted on disk, one 4 KiB block each (1 GiB
-    /// for the default, kept in target/bench-mode32 for the next run); each cold run
-    /// stops before it could run out of them.
+    /// for the default, kept in bench-mode32 in cargo's target directory for the
+    /// next run); each cold run stops before it could run out of them.
     #[arg(long, default_value_t = 262_144)]
     cold_keys: usize,
 }
@@ -95,13 +96,13 @@ pub fn run_parts(parts: &[Part], args: &ServerBenchArgs) -> anyhow::Result<()> {
         "--example",
         "floor",
     ]))?;
-    let scratch = Scratch::create(repo_root().join("target/bench-server"))?;
+    let work = Scratch::create(scratch::default_path("server"))?;
     let bench = Bench {
-        work: scratch.0.clone(),
-        wrk: Wrk::prepare(&scratch.0)?,
+        wrk: Wrk::prepare(work.path())?,
+        work,
         args: args.clone(),
     };
-    let mut report = Report::default();
+    let mut report = Report::start();
     for part in parts {
         match part {
             Part::Http => bench.http(&mut report)?,
@@ -109,12 +110,11 @@ pub fn run_parts(parts: &[Part], args: &ServerBenchArgs) -> anyhow::Result<()> {
             Part::Mode32 => bench.mode32(&mut report)?,
         }
     }
-    print!("{}", report.table(&machine()));
-    report.check()
+    report.finish()
 }
 
 struct Bench {
-    work: PathBuf,
+    work: Scratch,
     wrk: Wrk,
     args: ServerBenchArgs,
 }
@@ -126,7 +126,9 @@ impl Bench {
 
     fn http(&self, report: &mut Report) -> anyhow::Result<()> {
         eprintln!("http: MODE0 and MODE16 POST /hmac against the HTTP floor");
-        let messages = self.write_file("messages-64.bin", &random_messages(MESSAGES)?)?;
+        let messages = self
+            .work
+            .write_file("messages-64.bin", &random_messages(MESSAGES)?)?;
         let floor = self.start_floor()?;
         let mode0 = self
             .start_server(Mode::Mode0, &self.secrets(Mode::Mode0)?)?
@@ -135,14 +137,7 @@ impl Bench {
         let mode16_rss = mode16.resident_bytes()?;
         let targets = [&floor, &mode0, &mode16];
         for target in targets {
-            self.load(
-                target,
-                "/hmac",
-                &messages,
-                MESSAGE_LEN,
-                PER_REQUEST_LOAD,
-                WARM_UP,
-            )?;
+            self.post_hmac(target, &messages, WARM_UP)?;
         }
         let mut results: [Vec<LoadResult>; 3] = Default::default();
         for round in 1..=self.args.rounds {
@@ -150,14 +145,7 @@ impl Bench {
             // first or last.
             for index in (0..targets.len()).map(|step| (round + step) % targets.len()) {
                 let target = targets[index];
-                let result = self.load(
-                    target,
-                    "/hmac",
-                    &messages,
-                    MESSAGE_LEN,
-                    PER_REQUEST_LOAD,
-                    self.seconds(),
-                )?;
+                let result = self.post_hmac(target, &messages, self.seconds())?;
                 eprintln!(
                     "  round {round}: {:<8} {:>7.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
                     target.name,
@@ -186,35 +174,42 @@ impl Bench {
             let rate = median(results.iter().map(LoadResult::per_second));
             let p50 = median(results.iter().map(|r| millis(r.p50)));
             let p99 = median(results.iter().map(|r| millis(r.p99)));
-            report.row(
-                format!("{mode} POST /hmac, requests/s (64 B, {CONCURRENCY} connections)"),
-                thousands(rate),
-                format!("floor {}", thousands(floor_rate)),
-                Some(RowGoal::RatioAtLeast(
-                    ratio(LoadResult::per_second),
-                    0.95,
-                    f64::INFINITY,
-                )),
-            );
-            report.row(
-                format!("{mode} p50 latency"),
-                format!("{p50:.2} ms"),
-                format!("floor {floor_p50:.2} ms"),
-                Some(RowGoal::RatioInfo(ratio(|r| millis(r.p50)))),
-            );
-            report.row(
-                format!("{mode} p99 latency"),
-                format!("{p99:.2} ms"),
-                format!("floor {floor_p99:.2} ms"),
-                Some(RowGoal::RatioAtMost(ratio(|r| millis(r.p99)), 1.1)),
-            );
+            report.row(Row {
+                what: format!("{mode} POST /hmac, requests/s (64 B, {CONCURRENCY} connections)"),
+                value: thousands(rate),
+                baseline: format!("floor {}", thousands(floor_rate)),
+                goal: Goal::AtLeast {
+                    ratio: ratio(LoadResult::per_second),
+                    minimum: 0.95,
+                    ceiling: None,
+                },
+            });
+            report.row(Row {
+                what: format!("{mode} p50 latency"),
+                value: format!("{p50:.2} ms"),
+                baseline: format!("floor {floor_p50:.2} ms"),
+                goal: Goal::Ratio(ratio(|r| millis(r.p50))),
+            });
+            report.row(Row {
+                what: format!("{mode} p99 latency"),
+                value: format!("{p99:.2} ms"),
+                baseline: format!("floor {floor_p99:.2} ms"),
+                goal: Goal::AtMost {
+                    ratio: ratio(|r| millis(r.p99)),
+                    maximum: 1.1,
+                },
+            });
         }
-        report.row(
-            "MODE16 idle RSS".to_owned(),
-            mebibytes(mode16_rss),
-            String::new(),
-            Some(RowGoal::Below(mode16_rss as f64 / MIB, 30.0, "MiB")),
-        );
+        report.row(Row {
+            what: "MODE16 idle RSS".to_owned(),
+            value: mebibytes(mode16_rss),
+            baseline: String::new(),
+            goal: Goal::Below {
+                value: mode16_rss as f64 / MIB,
+                limit: 30.0,
+                unit: "MiB",
+            },
+        });
         Ok(())
     }
 
@@ -224,29 +219,24 @@ impl Bench {
         let messages = random_messages(BATCH_LEN)?;
         let messages: Vec<&[u8]> = messages.chunks_exact(MESSAGE_LEN).collect();
         let body = encode_frames(&messages);
-        let body_file = self.write_file("batch.bin", &body)?;
+        let body_file = self.work.write_file("batch.bin", &body)?;
         let store = KeyStore::load(Mode::Mode16, &dir, KeyReads::Auto)
             .map_err(|error| anyhow::anyhow!("cannot load the MODE16 secrets: {error}"))?;
         let (server, _) = self.start_server(Mode::Mode16, &dir)?;
-        self.load(
-            &server,
-            "/hmac/batch",
-            &body_file,
-            body.len(),
-            BATCH_LOAD,
-            WARM_UP,
-        )?;
-        let (mut over_http, mut in_process) = (Vec::new(), Vec::new());
-        for round in 1..=self.args.rounds {
-            let local = macs_per_second_in_process(&store, &messages, self.seconds());
-            let result = self.load(
-                &server,
-                "/hmac/batch",
+        let post_batches = |duration| {
+            self.wrk.run(
+                &server.url("/hmac/batch"),
                 &body_file,
                 body.len(),
                 BATCH_LOAD,
-                self.seconds(),
-            )?;
+                duration,
+            )
+        };
+        post_batches(WARM_UP)?;
+        let (mut over_http, mut in_process) = (Vec::new(), Vec::new());
+        for round in 1..=self.args.rounds {
+            let local = macs_per_second_in_process(&store, &messages, self.seconds());
+            let result = post_batches(self.seconds())?;
             let remote = result.per_second() * BATCH_LEN as f64;
             eprintln!(
                 "  round {round}: {remote:.0} MACs/s over HTTP, {local:.0} MACs/s in process"
@@ -256,19 +246,19 @@ impl Bench {
         }
         let (remote, local) = (median(over_http), median(in_process));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        report.row(
-            format!(
+        report.row(Row {
+            what: format!(
                 "MODE16 POST /hmac/batch, MACs/s ({BATCH_LEN} x 64 B, {} connections)",
                 BATCH_LOAD.connections
             ),
-            thousands(remote),
-            format!("in process, 1 core: {}", thousands(local)),
-            Some(RowGoal::PerCoreAtLeast(
-                remote / cores as f64 / local,
+            value: thousands(remote),
+            baseline: format!("in process, 1 core: {}", thousands(local)),
+            goal: Goal::PerCoreAtLeast {
+                ratio: remote / cores as f64 / local,
                 cores,
-                0.5,
-            )),
-        );
+                minimum: 0.5,
+            },
+        });
         Ok(())
     }
 
@@ -280,7 +270,7 @@ impl Bench {
         let started = Instant::now();
         let kept_open = mode32_files_kept_open();
         let dir = Mode32Dir::reuse_or_create(
-            &repo_root().join("target/bench-mode32"),
+            &scratch::default_path("mode32"),
             self.args.cold_keys,
             MESSAGES,
             kept_open,
@@ -288,8 +278,12 @@ impl Bench {
         eprintln!("  ready in {:.1} s", started.elapsed().as_secs_f64());
         // Half the cold keys for the key store alone, half for the server over HTTP.
         let (store_keys, http_keys) = dir.cold.split_at(dir.cold.len() / 2);
-        let cold_file = self.write_file("mode32-cold.bin", &http_keys.concat())?;
-        let warm_up_file = self.write_file("mode32-warm-up.bin", &dir.warm_up.concat())?;
+        let cold_file = self
+            .work
+            .write_file("mode32-cold.bin", &http_keys.concat())?;
+        let warm_up_file = self
+            .work
+            .write_file("mode32-warm-up.bin", &dir.warm_up.concat())?;
 
         let mut startups = Vec::new();
         for _ in 1..STARTS {
@@ -306,7 +300,7 @@ impl Bench {
 
         eprintln!("  fio: the same blocks, 4 KiB direct reads, {CONCURRENCY} in flight");
         dir.evict()?;
-        let fio = dir.fio_random_reads(CONCURRENCY, &self.work)?;
+        let fio = dir.fio_random_reads(CONCURRENCY, self.work.path())?;
         eprintln!("  fio: {:.0} reads/s", fio.per_second());
         // Stop well before a run could use up its cold keys, even at 1.5x fio's rate.
         let duration = self.seconds().min(Duration::from_secs_f64(
@@ -315,14 +309,7 @@ impl Bench {
 
         // What any HTTP server can do here at this load: the ceiling over HTTP.
         let floor = self.start_floor()?;
-        let floor = self.load(
-            &floor,
-            "/hmac",
-            &warm_up_file,
-            MESSAGE_LEN,
-            PER_REQUEST_LOAD,
-            duration,
-        )?;
+        let floor = self.post_hmac(&floor, &warm_up_file, duration)?;
         eprintln!("  HTTP floor: {:.0} requests/s", floor.per_second());
 
         dir.evict()?;
@@ -332,23 +319,9 @@ impl Bench {
             store.per_second()
         );
 
-        self.load(
-            &server,
-            "/hmac",
-            &warm_up_file,
-            MESSAGE_LEN,
-            PER_REQUEST_LOAD,
-            WARM_UP,
-        )?;
+        self.post_hmac(&server, &warm_up_file, WARM_UP)?;
         dir.evict()?;
-        let cold = self.load(
-            &server,
-            "/hmac",
-            &cold_file,
-            MESSAGE_LEN,
-            PER_REQUEST_LOAD,
-            duration,
-        )?;
+        let cold = self.post_hmac(&server, &cold_file, duration)?;
         if cold.repeated > 0 {
             bail!(
                 "the cold run reused keys it had already read; raise --cold-keys above {}",
@@ -366,91 +339,110 @@ impl Bench {
             "fio 4 KiB direct, {CONCURRENCY} in flight: {}",
             thousands(fio_rate)
         );
-        report.row(
-            format!("MODE32 cold page cache, requests/s ({CONCURRENCY} connections, keys in files kept open)"),
-            thousands(cold.per_second()),
-            fio_baseline.clone(),
-            Some(RowGoal::RatioAtLeast(
-                cold.per_second() / fio_rate,
-                0.8,
-                floor.per_second() / fio_rate,
-            )),
-        );
-        report.row(
-            format!("MODE32 cold, the key store alone (no HTTP), reads/s ({CONCURRENCY} at once)"),
-            thousands(store.per_second()),
-            fio_baseline.clone(),
-            Some(RowGoal::RatioInfo(store.per_second() / fio_rate)),
-        );
-        report.row(
-            "HTTP floor at the same load (no key reads), requests/s".to_owned(),
-            thousands(floor.per_second()),
-            fio_baseline,
-            Some(RowGoal::RatioInfo(floor.per_second() / fio_rate)),
-        );
-        report.row(
-            "MODE32 cold p50 / p99 latency".to_owned(),
-            format!("{:.2} / {:.2} ms", millis(cold.p50), millis(cold.p99)),
-            String::new(),
-            None,
-        );
-        report.row(
-            format!(
-                "MODE32 startup, 65,536 files checked ({kept_open} kept open, the rest opened per read)"
+        report.row(Row {
+            what: format!(
+                "MODE32 cold page cache, requests/s \
+                 ({CONCURRENCY} connections, keys in files kept open)"
             ),
-            format!("{startup:.2} s"),
-            String::new(),
-            Some(RowGoal::Below(startup, 1.0, "s")),
-        );
-        report.row(
-            "MODE32 idle RSS".to_owned(),
-            mebibytes(rss),
-            String::new(),
-            Some(RowGoal::Below(rss as f64 / MIB, 50.0, "MiB")),
-        );
+            value: thousands(cold.per_second()),
+            baseline: fio_baseline.clone(),
+            goal: Goal::AtLeast {
+                ratio: cold.per_second() / fio_rate,
+                minimum: 0.8,
+                ceiling: Some(Ceiling {
+                    ratio: floor.per_second() / fio_rate,
+                    set_by: "the HTTP floor itself",
+                }),
+            },
+        });
+        report.row(Row {
+            what: format!(
+                "MODE32 cold, the key store alone (no HTTP), reads/s ({CONCURRENCY} at once)"
+            ),
+            value: thousands(store.per_second()),
+            baseline: fio_baseline.clone(),
+            goal: Goal::Ratio(store.per_second() / fio_rate),
+        });
+        report.row(Row {
+            what: "HTTP floor at the same load (no key reads), requests/s".to_owned(),
+            value: thousands(floor.per_second()),
+            baseline: fio_baseline,
+            goal: Goal::Ratio(floor.per_second() / fio_rate),
+        });
+        report.row(Row {
+            what: "MODE32 cold p50 / p99 latency".to_owned(),
+            value: format!("{:.2} / {:.2} ms", millis(cold.p50), millis(cold.p99)),
+            baseline: String::new(),
+            goal: Goal::None,
+        });
+        report.row(Row {
+            what: format!(
+                "MODE32 startup, 65,536 files checked \
+                 ({kept_open} kept open, the rest opened per read)"
+            ),
+            value: format!("{startup:.2} s"),
+            baseline: String::new(),
+            goal: Goal::Below {
+                value: startup,
+                limit: 1.0,
+                unit: "s",
+            },
+        });
+        report.row(Row {
+            what: "MODE32 idle RSS".to_owned(),
+            value: mebibytes(rss),
+            baseline: String::new(),
+            goal: Goal::Below {
+                value: rss as f64 / MIB,
+                limit: 50.0,
+                unit: "MiB",
+            },
+        });
         Ok(())
     }
 
-    fn load(
+    /// `POST /hmac` with the 64-byte messages of `messages` in turn, at the
+    /// per-request load.
+    fn post_hmac(
         &self,
         server: &Server,
-        path: &str,
-        bodies: &Path,
-        body_len: usize,
-        load: Load,
+        messages: &Path,
         duration: Duration,
     ) -> anyhow::Result<LoadResult> {
-        self.wrk
-            .run(&server.url(path), bodies, body_len, load, duration)
+        self.wrk.run(
+            &server.url("/hmac"),
+            messages,
+            MESSAGE_LEN,
+            PER_REQUEST_LOAD,
+            duration,
+        )
     }
 
     /// Development secrets of `mode`, made on first use in the work directory.
     fn secrets(&self, mode: Mode) -> anyhow::Result<PathBuf> {
-        let dir = self.work.join(mode.name().to_ascii_lowercase());
-        generate(
-            &GenerateOptions {
-                mode,
-                dir: dir.clone(),
-                jobs: None,
-                owner: None,
-            },
-            ProgressOutput::Hidden,
-        )?;
+        let dir = self.work.path().join(mode.name().to_ascii_lowercase());
+        secrets::make_quietly(mode, &dir)?;
         Ok(dir)
     }
 
     fn start_floor(&self) -> anyhow::Result<Server> {
         let address = free_address()?;
-        let binary = repo_root().join("target/release/examples/floor");
+        let binary = target_dir().join("release/examples/floor");
         let mut command = Command::new(binary);
         command.arg(address.to_string());
-        Ok(Server::start("floor", &mut command, address, &self.work.join("floor.log"))?.0)
+        Ok(Server::start(
+            "floor",
+            &mut command,
+            address,
+            &self.work.path().join("floor.log"),
+        )?
+        .0)
     }
 
     /// Starts the release server; returns it with the time until it accepted a connection.
     fn start_server(&self, mode: Mode, dir: &Path) -> anyhow::Result<(Server, Duration)> {
         let address = free_address()?;
-        let mut command = Command::new(repo_root().join("target/release/cryptoserver"));
+        let mut command = Command::new(target_dir().join("release/cryptoserver"));
         command
             .env_clear()
             .env("CRYPTOSERVER_MODE", mode.name())
@@ -458,15 +450,9 @@ impl Bench {
             .env("CRYPTOSERVER_BIND", address.to_string());
         let log = self
             .work
+            .path()
             .join(format!("{}.log", mode.name().to_ascii_lowercase()));
         Server::start(mode.name(), &mut command, address, &log)
-    }
-
-    fn write_file(&self, name: &str, content: &[u8]) -> anyhow::Result<PathBuf> {
-        let path = self.work.join(name);
-        std::fs::write(&path, content)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(path)
     }
 }
 
@@ -512,19 +498,6 @@ fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB)
 }
 
-/// `31234.6` as `31,235`.
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
 fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.into_iter().collect();
     assert!(!values.is_empty(), "a median needs at least one value");
@@ -537,167 +510,13 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
-/// A goal from the issue, judged on one row.
-enum RowGoal {
-    /// The ratio to the baseline must reach the minimum; where the machine allows
-    /// at most the third figure (a baseline caps it), missing is "out of reach".
-    RatioAtLeast(f64, f64, f64),
-    /// The ratio to the baseline must stay at or below the maximum.
-    RatioAtMost(f64, f64),
-    /// A ratio shown without a goal.
-    RatioInfo(f64),
-    /// Ratio per server core (the figure divided by the core count, over the baseline).
-    PerCoreAtLeast(f64, usize, f64),
-    /// An absolute figure that must stay below a limit, in a unit.
-    Below(f64, f64, &'static str),
-}
-
-impl RowGoal {
-    /// (ratio column, goal column with its verdict, whether the goal was missed)
-    fn judge(&self) -> (String, String, bool) {
-        let verdict_of = |goal: String, met: bool| {
-            let verdict = if met { "met" } else { "MISSED" };
-            (format!("{goal}: {verdict}"), !met)
-        };
-        let ((goal, missed), ratio) = match *self {
-            RowGoal::RatioAtLeast(ratio, minimum, best_possible) => {
-                let judged = match Verdict::of(ratio, minimum, best_possible) {
-                    Verdict::OutOfReach => (
-                        format!(
-                            ">= {minimum}x: out of reach here, the HTTP floor itself reaches {best_possible:.2}x"
-                        ),
-                        false,
-                    ),
-                    verdict => verdict_of(format!(">= {minimum}x"), verdict == Verdict::Met),
-                };
-                (judged, ratio)
-            }
-            RowGoal::RatioAtMost(ratio, maximum) => (
-                verdict_of(format!("<= {maximum}x"), ratio <= maximum),
-                ratio,
-            ),
-            RowGoal::RatioInfo(ratio) => ((String::new(), false), ratio),
-            RowGoal::PerCoreAtLeast(ratio, cores, minimum) => {
-                let (goal, missed) =
-                    verdict_of(format!(">= {minimum}x per core"), ratio >= minimum);
-                return (
-                    format!("{ratio:.2}x per core ({cores} cores)"),
-                    goal,
-                    missed,
-                );
-            }
-            RowGoal::Below(value, limit, unit) => {
-                let (goal, missed) = verdict_of(format!("< {limit} {unit}"), value < limit);
-                return (String::new(), goal, missed);
-            }
-        };
-        (format!("{ratio:.2}x"), goal, missed)
-    }
-}
-
-#[derive(Default)]
-struct Report {
-    rows: Vec<[String; 5]>,
-    missed: Vec<String>,
-}
-
-impl Report {
-    fn row(&mut self, what: String, value: String, baseline: String, goal: Option<RowGoal>) {
-        let (ratio, goal, missed) = goal.map_or_else(Default::default, |goal| goal.judge());
-        if missed {
-            self.missed.push(what.clone());
-        }
-        self.rows.push([what, value, baseline, ratio, goal]);
-    }
-
-    /// A Markdown table, ready for the README, under a line naming the machine.
-    fn table(&self, machine: &str) -> String {
-        let mut out = format!("\n{machine}\n\n");
-        out.push_str("| measurement | cryptoserver | baseline (same run) | ratio | goal |\n");
-        out.push_str("|---|---:|---:|---:|---|\n");
-        for row in &self.rows {
-            let _ = writeln!(out, "| {} |", row.join(" | "));
-        }
-        out
-    }
-
-    fn check(&self) -> anyhow::Result<()> {
-        if !self.missed.is_empty() {
-            bail!("speed goals missed: {}", self.missed.join("; "));
-        }
-        Ok(())
-    }
-}
-
-/// Cores, CPU model and kernel, for the table's heading.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|line| line.strip_prefix("model name"))
-                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown kernel".to_owned(), |r| r.trim().to_owned());
-    format!("Machine: {cores} cores ({cpu}), Linux {kernel}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn numbers_read_well() {
-        assert_eq!(thousands(31234.6), "31,235");
-        assert_eq!(thousands(999.0), "999");
-        assert_eq!(thousands(1_000_000.0), "1,000,000");
+    fn medians() {
         assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median([4.0, 1.0, 2.0, 3.0]), 2.5);
-    }
-
-    #[test]
-    fn missed_goals_fail_the_report() {
-        let mut report = Report::default();
-        report.row(
-            "fast".into(),
-            "2".into(),
-            "1".into(),
-            Some(RowGoal::RatioAtLeast(2.0, 0.95, f64::INFINITY)),
-        );
-        report.row(
-            "small".into(),
-            "60 MiB".into(),
-            String::new(),
-            Some(RowGoal::Below(60.0, 50.0, "MiB")),
-        );
-        let table = report.table("Machine: test");
-        assert!(
-            table.contains("| fast | 2 | 1 | 2.00x | >= 0.95x: met |"),
-            "{table}"
-        );
-        assert!(
-            table.contains("| small | 60 MiB |  |  | < 50 MiB: MISSED |"),
-            "{table}"
-        );
-        report.row(
-            "capped".into(),
-            "1".into(),
-            "2".into(),
-            Some(RowGoal::RatioAtLeast(0.5, 0.8, 0.6)),
-        );
-        let table = report.table("Machine: test");
-        assert!(
-            table.contains("out of reach here, the HTTP floor itself reaches 0.60x"),
-            "{table}"
-        );
-        let error = report.check().unwrap_err().to_string();
-        assert!(!error.contains("capped"), "{error}");
-        assert!(
-            error.contains("small") && !error.contains("fast"),
-            "{error}"
-        );
     }
 }

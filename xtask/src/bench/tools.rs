@@ -2,12 +2,14 @@
 //! when missing, and the processes they start, stopped on every exit path.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use cryptoserver::sys;
 
 use crate::process::run;
 
@@ -33,31 +35,15 @@ pub fn ensure_installed(program: &str, package: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `program` is an executable file in one of PATH's directories, as
+/// starting it would find it.
 fn is_installed(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// Runs `command` to completion and returns its standard output; fails with
-/// everything it printed when it fails.
-pub fn output_of(command: &mut Command, what: &str) -> anyhow::Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("cannot run {what}"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        bail!(
-            "{what} failed with {}: {}{}",
-            output.status,
-            stdout.trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(stdout)
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|file| file.is_file() && file.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// A loopback address with a port that was free a moment ago.
@@ -86,17 +72,12 @@ impl Server {
     ) -> anyhow::Result<(Server, Duration)> {
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        // SAFETY: prctl is async-signal-safe and touches only the new process.
-        // Should the benchmark die without running its destructors, the kernel
-        // still stops its servers.
+        // SAFETY: the closure only makes one system call (prctl is
+        // async-signal-safe) and touches only the new process. Should the
+        // benchmark die without running its destructors, the kernel still
+        // stops its servers.
         unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
+            command.pre_exec(sys::terminate_with_parent);
         }
         let started = Instant::now();
         let child = command
@@ -153,10 +134,8 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SAFETY: signals our own child, which has not been reaped yet.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        // Our own child, not reaped yet, so its id is still its own.
+        let _ = sys::terminate(self.child.id());
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -186,6 +165,12 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_programs_on_path() {
+        assert!(is_installed("sh"));
+        assert!(!is_installed("no-such-program-here"));
+    }
 
     #[test]
     fn reads_vm_rss() {

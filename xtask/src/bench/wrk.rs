@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::tools::{ensure_installed, output_of};
+use super::tools::ensure_installed;
+use crate::process::output;
 
 /// Keeps `count` requests in flight per thread from `wrk.thread:get("id")`'s
 /// share of the bodies (every `threads`-th body of the file). `rounds` counts
@@ -113,7 +114,7 @@ impl Wrk {
         duration: Duration,
     ) -> anyhow::Result<LoadResult> {
         let (base, path) = split_url(url)?;
-        let stdout = output_of(
+        let stdout = output(
             Command::new("wrk")
                 .arg(format!("--threads={}", load.threads))
                 .arg(format!("--connections={}", load.connections))
@@ -127,7 +128,6 @@ impl Wrk {
                 .arg(bodies)
                 .arg(body_len.to_string())
                 .arg(load.threads.to_string()),
-            &format!("wrk against {url}"),
         )?;
         let result = parse_summary(&stdout)
             .with_context(|| format!("wrk against {url} printed no summary: {stdout}"))?;
