@@ -73,6 +73,18 @@ pub struct Config {
     #[arg(long, env = "CRYPTOSERVER_MAX_CONCURRENT", default_value = "1024")]
     pub max_concurrent: usize,
 
+    /// Connections open at once; more are closed as soon as they are accepted. Default: the
+    /// file descriptors RLIMIT_NOFILE leaves once the secrets are open, less those the server
+    /// keeps for itself (files reopened by key reads, the metrics listener).
+    #[arg(long, env = "CRYPTOSERVER_MAX_CONNECTIONS", value_parser = parse_count)]
+    pub max_connections: Option<usize>,
+
+    /// Connections open at once from one client address (an IPv6 /64 counts as one);
+    /// more are closed as soon as they are accepted. Default: a quarter of the
+    /// connection limit, at most 256.
+    #[arg(long, env = "CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT", value_parser = parse_count)]
+    pub max_connections_per_client: Option<usize>,
+
     /// How MODE32 reads keys: auto (io_uring where the kernel allows it, else a thread
     /// pool), io-uring (startup fails without it) or threads.
     #[arg(long, env = "CRYPTOSERVER_KEY_READS", default_value_t = KeyReads::Auto)]
@@ -112,6 +124,7 @@ pub enum ValueError {
     SizeUnit(String),
     Size(String),
     Seconds(String),
+    Count(String),
 }
 
 impl fmt::Display for ValueError {
@@ -131,6 +144,7 @@ impl fmt::Display for ValueError {
                 write!(f, "'{text}' is not a positive size, e.g. 1048576 or 1MiB")
             }
             ValueError::Seconds(text) => write!(f, "'{text}' is not a whole number of seconds"),
+            ValueError::Count(text) => write!(f, "'{text}' is not a positive whole number"),
         }
     }
 }
@@ -171,6 +185,13 @@ fn parse_byte_size(text: &str) -> Result<usize, ValueError> {
         .and_then(|count| count.checked_mul(multiplier))
         .filter(|&bytes| bytes > 0)
         .ok_or_else(|| ValueError::Size(text.to_owned()))
+}
+
+fn parse_count(text: &str) -> Result<usize, ValueError> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|&count| count > 0)
+        .ok_or_else(|| ValueError::Count(text.to_owned()))
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, ValueError> {
@@ -240,5 +261,10 @@ mod tests {
         );
         let error = parse(&["--bind", "localhost"]).unwrap_err().to_string();
         assert!(error.contains("localhost"), "{error}");
+        let error = parse(&["--max-connections", "0"]).unwrap_err().to_string();
+        assert!(
+            error.contains("'0' is not a positive whole number"),
+            "{error}"
+        );
     }
 }

@@ -24,7 +24,7 @@ mod ring;
 mod startup;
 mod table;
 
-pub use descriptors::mode32_files_kept_open;
+pub use descriptors::{descriptors_left, mode32_files_kept_open};
 pub use files::{KeyReads, KeyUnavailable, UnknownKeyReads};
 pub use startup::LoadError;
 

@@ -115,6 +115,7 @@ pub struct Metrics {
     pub unauthorized: AtomicU64,
     pub rate_limited: AtomicU64,
     pub shed: AtomicU64,
+    pub connections_refused: AtomicU64,
 }
 
 /// MODE32 key reads, counted by the key store.
@@ -132,8 +133,15 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The text `GET /metrics` answers; `in_flight` is the requests being served.
-    pub fn render(&self, mode: &str, in_flight: usize, key_reads: Option<&KeyReadStats>) -> String {
+    /// The text `GET /metrics` answers; `in_flight` is the requests being served,
+    /// `connections` the connections open to the main listener.
+    pub fn render(
+        &self,
+        mode: &str,
+        in_flight: usize,
+        connections: usize,
+        key_reads: Option<&KeyReadStats>,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let _ = writeln!(
             out,
@@ -169,6 +177,12 @@ impl Metrics {
                 "Requests being served.",
                 in_flight as u64,
             ),
+            (
+                "cryptoserver_open_connections",
+                "gauge",
+                "Connections open to the main listener.",
+                connections as u64,
+            ),
             counter(
                 "cryptoserver_hashed_bytes_total",
                 "Message bytes MACed.",
@@ -193,6 +207,11 @@ impl Metrics {
                 "cryptoserver_shed_total",
                 "Requests refused at the concurrency limit.",
                 &self.shed,
+            ),
+            counter(
+                "cryptoserver_connections_refused_total",
+                "Connections closed at once, over the connection limits.",
+                &self.connections_refused,
             ),
         ];
         for (name, kind, help, value) in gauges_and_counters {
@@ -242,7 +261,7 @@ mod tests {
         metrics.count_request(Route::of_path("/readyz"), 1000);
         metrics.request_latency.observe(Duration::from_micros(300));
         metrics.request_latency.observe(Duration::from_secs(10));
-        let text = metrics.render("MODE16", 3, None);
+        let text = metrics.render("MODE16", 3, 5, None);
         assert!(text.contains(&format!(
             "cryptoserver_build_info{{version=\"{}\",mode=\"MODE16\"}} 1",
             env!("CARGO_PKG_VERSION")
@@ -255,5 +274,6 @@ mod tests {
         assert!(text.contains("cryptoserver_requests_total{route=\"/readyz\",status=\"999\"} 1"));
         assert!(text.contains("cryptoserver_request_duration_seconds_count 2"));
         assert!(text.contains("cryptoserver_in_flight_requests 3"));
+        assert!(text.contains("cryptoserver_open_connections 5"));
     }
 }

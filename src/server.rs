@@ -7,12 +7,15 @@ use std::convert::Infallible;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
+use futures_util::FutureExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,14 +30,27 @@ use tower_service::Service;
 use crate::access::{Tokens, TokensError};
 use crate::config::Config;
 use crate::http::{metrics_router, App, AppState};
-use crate::keystore::{KeyStore, LoadError};
-use crate::limits::{ConcurrencyLimit, RateLimiter};
+use crate::keystore::{descriptors_left, KeyStore, LoadError};
+use crate::limits::{ConcurrencyLimit, ConnectionLimit, ConnectionPermit, RateLimiter};
 use crate::metrics::Metrics;
 use crate::sys;
 use crate::tls::TlsError;
 
-/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Pause after an accept that failed for want of memory before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Threads for blocking work (MODE32 key reads without io_uring, batches). Each
+/// may hold a descriptor of its own: a key file opened per read, or reopened.
+const BLOCKING_THREADS: usize = 512;
+/// Connections the metrics listener serves at once.
+const METRICS_CONNECTIONS: usize = 16;
+/// Descriptors for the rest: the runtime, the listeners and their spare descriptors, logging.
+const OTHER_DESCRIPTORS: u64 = 64;
+/// The default connection limit never goes below this, however few descriptors are left.
+const MIN_CONNECTIONS: usize = 16;
+/// The default connection limit where the open descriptors cannot be counted.
+const CONNECTIONS_UNCOUNTED: usize = 1024;
+/// The default per-client connection limit never goes above this.
+const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 
 /// Why the server did not start; each names what to fix.
 #[derive(Debug)]
@@ -115,6 +131,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         )?),
         _ => None,
     };
+    let connections = connection_limit(&config);
+    tracing::info!(
+        max_connections = connections.max(),
+        max_connections_per_client = connections.per_client(),
+        "connection limits"
+    );
     let state = Arc::new(AppState {
         keys,
         max_body: config.max_body,
@@ -122,13 +144,65 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         tokens,
         rate_limiter: config.rate_limit.map(RateLimiter::new),
         concurrency: ConcurrencyLimit::new(config.max_concurrent.max(1)),
+        connections: Arc::new(connections),
         metrics: Metrics::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .map_err(ServerError::Runtime)?;
     runtime.block_on(serve(config, state, tls))
+}
+
+/// The connection limits as configured, or by default as many connections as
+/// the descriptors left allow once what the server needs for itself is set
+/// aside, so that no connection can take a descriptor a key read needs.
+fn connection_limit(config: &Config) -> ConnectionLimit {
+    let reserved = (BLOCKING_THREADS + METRICS_CONNECTIONS) as u64 + OTHER_DESCRIPTORS;
+    let left = descriptors_left();
+    let max = match (config.max_connections, left) {
+        (Some(max), Some(left)) => {
+            if max as u64 + reserved > left {
+                tracing::warn!(
+                    max_connections = max,
+                    descriptors_left = left,
+                    reserved,
+                    "CRYPTOSERVER_MAX_CONNECTIONS leaves too few file descriptors for key reads: \
+                     lower it or raise RLIMIT_NOFILE"
+                );
+            }
+            max
+        }
+        (Some(max), None) => max,
+        (None, Some(left)) => {
+            let budget = left.saturating_sub(reserved) as usize;
+            if budget < MIN_CONNECTIONS {
+                tracing::warn!(
+                    descriptors_left = left,
+                    reserved,
+                    max_connections = MIN_CONNECTIONS,
+                    "RLIMIT_NOFILE leaves almost no file descriptors for connections: raise it \
+                     (systemd: LimitNOFILE=69632 for MODE32)"
+                );
+            }
+            budget.max(MIN_CONNECTIONS)
+        }
+        (None, None) => {
+            let max = CONNECTIONS_UNCOUNTED;
+            tracing::warn!(
+                max_connections = max,
+                "cannot count the open file descriptors (/proc/self/fd); \
+                 set CRYPTOSERVER_MAX_CONNECTIONS"
+            );
+            max
+        }
+    };
+    let per_client = config
+        .max_connections_per_client
+        .unwrap_or((max / 4).clamp(1, MAX_CONNECTIONS_PER_CLIENT))
+        .min(max);
+    ConnectionLimit::new(max, per_client)
 }
 
 /// No core dumps and no ptrace by other processes of the same user: either
@@ -170,7 +244,11 @@ async fn serve(
     let (stopping_tx, stopping) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let main = accept_loop(
-        listener,
+        Listener {
+            listener,
+            limit: Arc::clone(&state.connections),
+            state: Arc::clone(&state),
+        },
         tls,
         (http.clone(), config.header_timeout),
         ConnectionService::new(
@@ -182,7 +260,14 @@ async fn serve(
     );
     let metrics = metrics_listener.map(|listener| {
         tokio::spawn(accept_loop(
-            listener,
+            Listener {
+                listener,
+                limit: Arc::new(ConnectionLimit::new(
+                    METRICS_CONNECTIONS,
+                    METRICS_CONNECTIONS,
+                )),
+                state: Arc::clone(&state),
+            },
             None,
             (http, config.header_timeout),
             ConnectionService::new(metrics_router(Arc::clone(&state)), false),
@@ -220,26 +305,78 @@ async fn bind(address: SocketAddr, variable: &'static str) -> Result<TcpListener
         })
 }
 
+/// A listening socket and the limit on the connections it accepts.
+struct Listener {
+    listener: TcpListener,
+    limit: Arc<ConnectionLimit>,
+    state: Arc<AppState>,
+}
+
+impl Listener {
+    /// The next connection within the limits. One over a limit is closed at
+    /// once and counted. Out of descriptors, the spare one is given up to take
+    /// the waiting connection off the queue and close it, so the loop neither
+    /// spins on the same error nor leaves clients waiting in the queue.
+    async fn accept(
+        &self,
+        spare: &mut Option<OwnedFd>,
+    ) -> Option<(TcpStream, SocketAddr, ConnectionPermit)> {
+        match self.listener.accept().await {
+            Ok((tcp, peer)) => match self.limit.admit(peer.ip()) {
+                Ok(permit) => Some((tcp, peer, permit)),
+                Err(refusal) => {
+                    tracing::debug!(%peer, ?refusal, "connection refused: over the connection limit");
+                    self.refused();
+                    None
+                }
+            },
+            Err(error) if sys::is_out_of_descriptors(&error) => {
+                tracing::warn!(%error, "out of file descriptors: closing a waiting connection");
+                drop(spare.take());
+                if let Some(Ok(_)) = self.listener.accept().now_or_never() {
+                    self.refused();
+                }
+                *spare = sys::event_fd().ok();
+                None
+            }
+            Err(error) if sys::is_out_of_memory(&error) => {
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                None
+            }
+            // The connection went away before it was accepted: nothing to wait for.
+            Err(error) => {
+                tracing::debug!(%error, "cannot accept a connection");
+                None
+            }
+        }
+    }
+
+    fn refused(&self) {
+        self.state
+            .metrics
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections until `stopping` turns true; each connection runs in its
 /// own task, watched by `graceful` for the shutdown.
 async fn accept_loop<S: AppService>(
-    listener: TcpListener,
+    listener: Listener,
     tls: Option<TlsAcceptor>,
     (http, header_timeout): (http1::Builder, Duration),
     service: ConnectionService<S>,
     graceful: Arc<GracefulShutdown>,
     mut stopping: watch::Receiver<bool>,
 ) {
+    // Kept for the moment descriptors run out; see `Listener::accept`.
+    let mut spare = sys::event_fd().ok();
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Typically out of file descriptors: keep serving open connections.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
+        let (tcp, peer, permit) = tokio::select! {
+            accepted = listener.accept(&mut spare) => match accepted {
+                Some(accepted) => accepted,
+                None => continue,
             },
             () = async { let _ = stopping.wait_for(|&stopping| stopping).await; } => return,
         };
@@ -256,6 +393,8 @@ async fn accept_loop<S: AppService>(
         };
         let tls = tls.clone();
         tokio::spawn(async move {
+            // Held until the connection has ended.
+            let _permit = permit;
             match tls {
                 None => connection.serve(tcp).await,
                 Some(tls) => connection.serve_tls(tls, tcp).await,

@@ -31,6 +31,17 @@ pub fn is_disk_full(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
+/// Whether an error means this process (EMFILE) or the system (ENFILE) has no
+/// file descriptor left.
+pub fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Whether an error means the kernel is short of memory for sockets.
+pub fn is_out_of_memory(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM))
+}
+
 /// The soft and hard limits of one resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit {

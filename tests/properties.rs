@@ -22,7 +22,7 @@ use cryptoserver::batch::{encode_frames, parse_frames};
 use cryptoserver::http::{App, AppState, MAC_HEADER};
 use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
-use cryptoserver::limits::{ConcurrencyLimit, RateLimit, RateLimiter};
+use cryptoserver::limits::{ConcurrencyLimit, ConnectionLimit, RateLimit, RateLimiter};
 use cryptoserver::metrics::Metrics;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -109,6 +109,7 @@ fn open_state(secrets: &Secrets) -> AppState {
         tokens: None,
         rate_limiter: None,
         concurrency: ConcurrencyLimit::new(usize::MAX),
+        connections: Arc::new(ConnectionLimit::new(usize::MAX, usize::MAX)),
         metrics: Metrics::default(),
     }
 }

@@ -127,6 +127,7 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics.render(
         state.keys.mode().name(),
         state.concurrency.in_flight(),
+        state.connections.open(),
         state.keys.read_stats(),
     );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

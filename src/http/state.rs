@@ -1,10 +1,11 @@
 //! What every request shares: the keys, the limits and the metrics.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::Tokens;
 use crate::keystore::KeyStore;
-use crate::limits::{ConcurrencyLimit, RateLimiter};
+use crate::limits::{ConcurrencyLimit, ConnectionLimit, RateLimiter};
 use crate::metrics::Metrics;
 
 pub struct AppState {
@@ -15,6 +16,8 @@ pub struct AppState {
     pub tokens: Option<Tokens>,
     pub rate_limiter: Option<RateLimiter>,
     pub concurrency: ConcurrencyLimit,
+    /// Connections to the main listener.
+    pub connections: Arc<ConnectionLimit>,
     pub metrics: Metrics,
 }
 

@@ -26,6 +26,15 @@ pub(super) fn files_kept_open_under(limit: u64) -> usize {
         .min(Mode::Mode32.file_count() as u64) as usize
 }
 
+/// Descriptors this process may still open under its soft RLIMIT_NOFILE;
+/// `None` when /proc does not say how many are open.
+pub fn descriptors_left() -> Option<u64> {
+    let limit = sys::open_file_limit().ok()?;
+    // The listing's own descriptor is counted too: one too many errs on the safe side.
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(limit.soft.saturating_sub(open))
+}
+
 /// Raises the soft RLIMIT_NOFILE towards `wanted`, as far as the hard limit allows;
 /// returns the soft limit in force afterwards.
 pub(super) fn raise_open_file_limit(wanted: u64) -> u64 {

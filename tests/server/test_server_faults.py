@@ -6,6 +6,7 @@ recovers by itself once the fault is gone."""
 import contextlib
 import itertools
 import os
+import re
 import resource
 import shutil
 import socket
@@ -171,24 +172,63 @@ def test_io_error_then_repaired(tmp_path, key_reads, mode32, failing_disk):
         assert_serves(server, mode32, KEPT)
 
 
-def test_file_descriptors_exhausted_then_recovered(tmp_path, key_reads, mode32):
-    def low_fd_limit():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+def connection_limits(server):
+    """(max, per client) as the server logged them at startup."""
+    line = next(line for line in server.log().splitlines() if "connection limits" in line)
+    return tuple(int(re.search(rf"{name}=(\d+)", line).group(1)) for name in ["max_connections", "max_connections_per_client"])
 
-    with running_server(tmp_path, "MODE32", mode32, key_reads, preexec_fn=low_fd_limit) as server:
-        with requests.Session() as session:
-            assert session.post(f"{server.url}/hmac", data=HIGH).content == reference.mac("MODE32", mode32, HIGH)
-            hogs = []
-            try:
-                for _ in range(200):
-                    hogs.append(socket.create_connection(server.address, timeout=5))
+
+def hold_connections(server, source, count):
+    """Opens `count` connections from `source`, stopping at the first that the
+    server does not take off its queue in time (a dropped SYN is resent after a second)."""
+    held = []
+    for _ in range(count):
+        try:
+            held.append(socket.create_connection(server.address, timeout=5, source_address=(source, 0)))
+        except OSError:
+            break
+    return held
+
+
+def test_held_connections_cannot_exhaust_the_descriptors(tmp_path, key_reads, mode32):
+    """With a low RLIMIT_NOFILE every MODE32 key read opens its file: connections
+    up to and past every limit must leave other clients, and the key reads,
+    the descriptors they need."""
+
+    def low_fd_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    # Idle connections stay open for the whole test, as if kept alive by requests.
+    env = {**key_reads, "RUST_LOG": "info", "CRYPTOSERVER_HEADER_TIMEOUT": "120"}
+    with running_server(tmp_path, "MODE32", mode32, env, preexec_fn=low_fd_limit) as server:
+        max_connections, per_client = connection_limits(server)
+        assert 100 < max_connections < 1024 and per_client == max_connections // 4
+        held = []
+        try:
+            with requests.Session() as other:
+                assert_serves(server, mode32, HIGH)
+                # One client holds more connections than there are descriptors.
+                held += hold_connections(server, "127.0.0.2", 1100)
+                assert len(held) == 1100, "the server stopped accepting connections"
                 time.sleep(0.5)
-                response = session.post(f"{server.url}/hmac", data=HIGH)
-                assert response.status_code == 503, "a key read needing a descriptor must fail closed"
-                assert server.process.poll() is None
-            finally:
-                for hog in hogs:
-                    hog.close()
+                response = other.post(f"{server.url}/hmac", data=HIGH, timeout=10)
+                assert response.content == reference.mac("MODE32", mode32, HIGH)
+                # Many clients fill the connection limit: the open connection's
+                # key reads still find a descriptor.
+                for source in range(3, 3 + max_connections // per_client + 1):
+                    held += hold_connections(server, f"127.0.0.{source}", per_client)
+                time.sleep(0.5)
+                for message in [HIGH, OTHER]:
+                    response = other.post(f"{server.url}/hmac", data=message, timeout=10)
+                    assert response.content == reference.mac("MODE32", mode32, message)
+                metrics = other.get(f"{server.url}/metrics", timeout=10).text
+                refused = int(re.search(r"^cryptoserver_connections_refused_total (\d+)$", metrics, re.M).group(1))
+                assert refused >= 1100 - per_client
+                assert f"cryptoserver_open_connections {max_connections}" in metrics
+        finally:
+            for sock in held:
+                sock.close()
         time.sleep(0.5)
         assert_serves(server, mode32, HIGH, OTHER)
         assert requests.get(f"{server.url}/readyz").status_code == 200
+        assert "out of file descriptors" not in server.log()

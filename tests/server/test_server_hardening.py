@@ -95,6 +95,50 @@ def test_load_is_shed_at_the_concurrency_limit(tmp_path, mode0):
         assert requests.post(f"{server.url}/hmac", data=b"x").status_code == 200
 
 
+def served_or_closed(sock):
+    """Sends one keep-alive request: True if it is answered, False if the
+    connection is closed without an answer."""
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = sock.recv(4096)
+    except ConnectionResetError:
+        return False
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 200"), reply
+    return reply != b""
+
+
+def connections_from(server, source, count):
+    return [socket.create_connection(server.address, timeout=5, source_address=(source, 0)) for _ in range(count)]
+
+
+def test_connections_beyond_the_limits_are_closed_at_once(tmp_path, mode0):
+    secret_dir, key = mode0
+    env = {"CRYPTOSERVER_MAX_CONNECTIONS": "12", "CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT": "5"}
+    with running_server(tmp_path, "MODE0", secret_dir, env) as server:
+        time.sleep(0.2)  # the startup probe's connection is closed
+        hogs = []
+        try:
+            hogs += connections_from(server, "127.0.0.2", 8)
+            started = time.monotonic()
+            assert [served_or_closed(hog) for hog in hogs] == [True] * 5 + [False] * 3
+            assert time.monotonic() - started < 3, "refused connections were not closed at once"
+            with requests.Session() as other:
+                assert other.post(f"{server.url}/hmac", data=b"x").content == expected_mac(key, b"x")
+                # Two more clients fill the server: every connection beyond 12 is refused.
+                more = connections_from(server, "127.0.0.3", 5) + connections_from(server, "127.0.0.4", 5)
+                hogs += more
+                assert sorted(served_or_closed(hog) for hog in more) == [False] * 4 + [True] * 6
+                assert other.post(f"{server.url}/hmac", data=b"y").content == expected_mac(key, b"y")
+                metrics = other.get(f"{server.url}/metrics").text.splitlines()
+        finally:
+            for hog in hogs:
+                hog.close()
+        assert "cryptoserver_connections_refused_total 7" in metrics
+        assert "cryptoserver_open_connections 12" in metrics
+        time.sleep(0.2)
+        assert requests.post(f"{server.url}/hmac", data=b"z").content == expected_mac(key, b"z")
+
+
 def read_until_closed(sock, limit_seconds):
     sock.settimeout(limit_seconds)
     data = b""
