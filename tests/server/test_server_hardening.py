@@ -4,6 +4,8 @@ against a real server process over real TCP on loopback."""
 import hashlib
 import hmac
 import json
+import os
+import resource
 import socket
 import struct
 import time
@@ -137,6 +139,40 @@ def test_connections_beyond_the_limits_are_closed_at_once(tmp_path, mode0):
         assert "cryptoserver_open_connections 12" in metrics
         time.sleep(0.2)
         assert requests.post(f"{server.url}/hmac", data=b"z").content == expected_mac(key, b"z")
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_the_waiting_connections_are_closed_without_spinning(tmp_path, mode0):
+    """A connection limit set above what RLIMIT_NOFILE allows: accept fails with
+    EMFILE, and each waiting connection is closed at once instead of waiting."""
+    secret_dir, key = mode0
+
+    def low_fd_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    env = {"CRYPTOSERVER_MAX_CONNECTIONS": "1000", "CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT": "1000", "RUST_LOG": "warn"}
+    with running_server(tmp_path, "MODE0", secret_dir, env, preexec_fn=low_fd_limit) as server:
+        assert "leaves too few file descriptors" in server.log()
+        hogs = connections_from(server, "127.0.0.2", 70)
+        try:
+            time.sleep(0.5)
+            before = cpu_seconds(server.process.pid)
+            with socket.create_connection(server.address, timeout=5) as late:
+                started = time.monotonic()
+                assert not served_or_closed(late)
+                assert time.monotonic() - started < 2, "the waiting connection was left in the queue"
+            time.sleep(1)
+            assert cpu_seconds(server.process.pid) - before < 0.3, "the accept loop spins"
+        finally:
+            for hog in hogs:
+                hog.close()
+        time.sleep(0.5)
+        assert requests.post(f"{server.url}/hmac", data=b"x").content == expected_mac(key, b"x")
+        assert "out of file descriptors" in server.log()
 
 
 def read_until_closed(sock, limit_seconds):
