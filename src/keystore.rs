@@ -14,6 +14,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 
 use crate::layout::{KeyLocation, Mode, KEY_LEN};
+use crate::limits::ConcurrencyLimit;
 use crate::mac::{self, Mac};
 use crate::metrics::KeyReadStats;
 
@@ -79,10 +80,13 @@ impl KeyStore {
     }
 
     /// The MACs of the messages at `frames` in `body`, concatenated in order.
+    /// Work on the blocking threads that this future leaves behind when dropped
+    /// stops after the message at hand, and holds a place under `limit` until then.
     pub async fn mac_batch(
         &self,
         body: Bytes,
         frames: Vec<Range<usize>>,
+        limit: &Arc<ConcurrencyLimit>,
     ) -> Result<Vec<u8>, KeyUnavailable> {
         match &self.keys {
             Keys::OnDisk(files) if files.reads_through_ring() => {
@@ -90,15 +94,21 @@ impl KeyStore {
             }
             Keys::InMemory(_) => {
                 let store = self.clone();
-                batch::macs_on_threads(body, frames, batch::CHUNK_IN_MEMORY, move |message| {
-                    store.mac_blocking(message)
-                })
+                batch::macs_on_threads(
+                    body,
+                    frames,
+                    batch::CHUNK_IN_MEMORY,
+                    limit,
+                    move |message| store.mac_blocking(message),
+                )
                 .await
             }
             Keys::OnDisk(_) => {
                 let store = self.clone();
-                batch::macs_on_threads(body, frames, 1, move |message| store.mac_blocking(message))
-                    .await
+                batch::macs_on_threads(body, frames, 1, limit, move |message| {
+                    store.mac_blocking(message)
+                })
+                .await
             }
         }
     }

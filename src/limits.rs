@@ -131,6 +131,22 @@ impl ConcurrencyLimit {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Counts in work that is already running, even beyond the limit, until
+    /// the slot is dropped: work whose request has gone must still be counted.
+    pub fn hold(self: &Arc<Self>) -> HeldSlot {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        HeldSlot(Arc::clone(self))
+    }
+}
+
+/// A place under the concurrency limit, given back when dropped.
+pub struct HeldSlot(Arc<ConcurrencyLimit>);
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
 }
 
 /// The address a client is known by: an IPv4 address, or an IPv6 /64 (one
@@ -269,6 +285,12 @@ mod tests {
         limit.leave();
         assert_eq!(limit.in_flight(), 1);
         assert!(limit.try_enter());
+        let limit = Arc::new(limit);
+        let held = limit.hold();
+        assert_eq!(limit.in_flight(), 3);
+        assert!(!limit.try_enter());
+        drop(held);
+        assert_eq!(limit.in_flight(), 2);
     }
 
     #[test]

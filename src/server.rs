@@ -143,7 +143,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         body_timeout: config.body_timeout,
         tokens,
         rate_limiter: config.rate_limit.map(RateLimiter::new),
-        concurrency: ConcurrencyLimit::new(config.max_concurrent.max(1)),
+        concurrency: Arc::new(ConcurrencyLimit::new(config.max_concurrent.max(1))),
         connections: Arc::new(connections),
         metrics: Metrics::default(),
     });

@@ -108,7 +108,7 @@ fn open_state(secrets: &Secrets) -> AppState {
         body_timeout: std::time::Duration::from_secs(30),
         tokens: None,
         rate_limiter: None,
-        concurrency: ConcurrencyLimit::new(usize::MAX),
+        concurrency: Arc::new(ConcurrencyLimit::new(usize::MAX)),
         connections: Arc::new(ConnectionLimit::new(usize::MAX, usize::MAX)),
         metrics: Metrics::default(),
     }

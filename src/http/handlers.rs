@@ -84,7 +84,7 @@ pub(super) async fn hmac_batch(
     let count = frames.len();
     let macs = state
         .keys
-        .mac_batch(body, frames)
+        .mac_batch(body, frames, &state.concurrency)
         .await
         .map_err(|_| ApiError::KeyUnavailable)?;
     record_macs(&state, count, hashed);

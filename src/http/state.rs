@@ -15,7 +15,7 @@ pub struct AppState {
     /// Allowed bearer tokens; `None` leaves the server open, as the original design has it.
     pub tokens: Option<Tokens>,
     pub rate_limiter: Option<RateLimiter>,
-    pub concurrency: ConcurrencyLimit,
+    pub concurrency: Arc<ConcurrencyLimit>,
     /// Connections to the main listener.
     pub connections: Arc<ConnectionLimit>,
     pub metrics: Metrics,

@@ -3,13 +3,15 @@
 //! always in the order of the frames.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
 
 use super::files::{KeyFiles, KeyUnavailable};
 use crate::layout::Mode;
+use crate::limits::{ConcurrencyLimit, HeldSlot};
 use crate::mac::{self, Mac};
 
 /// A batch is split into at most this many tasks on the blocking thread pool.
@@ -45,22 +47,32 @@ pub(super) async fn macs_as_keys_arrive(
 /// Spread over blocking threads in chunks of at least `min_chunk` messages, so
 /// a large batch uses every core and leaves the async workers free; without
 /// io_uring, MODE32's reads are in flight together this way (a hand-off per
-/// read would cost twice as much).
+/// read would cost twice as much). When the future is dropped before the
+/// tasks are done (the client went away), they stop after their message at
+/// hand, and a slot of `limit` stays held until the last one has stopped.
 pub(super) async fn macs_on_threads(
     body: Bytes,
     frames: Vec<Range<usize>>,
     min_chunk: usize,
+    limit: &Arc<ConcurrencyLimit>,
     mac_of: impl Fn(&[u8]) -> Result<Mac, KeyUnavailable> + Clone + Send + 'static,
 ) -> Result<Vec<u8>, KeyUnavailable> {
     let chunk_len = frames.len().div_ceil(BATCH_TASKS).max(min_chunk);
+    let mut work = AbandonOnDrop {
+        work: Arc::new(Work::default()),
+        limit,
+        awaited: false,
+    };
     // Spawned tasks start at once; awaiting them in order keeps the output in order.
     let tasks: Vec<_> = frames
         .chunks(chunk_len)
         .map(|chunk| {
             let (mac_of, body, chunk) = (mac_of.clone(), body.clone(), chunk.to_vec());
+            let work = Arc::clone(&work.work);
             tokio::task::spawn_blocking(move || {
                 chunk
                     .into_iter()
+                    .take_while(|_| !work.stop.load(Ordering::Relaxed))
                     .map(|range| mac_of(&body[range]))
                     .collect::<Result<Vec<Mac>, _>>()
             })
@@ -68,7 +80,39 @@ pub(super) async fn macs_on_threads(
         .collect();
     let mut macs = Vec::with_capacity(frames.len() * mac::MAC_LEN);
     for task in tasks {
+        // A failed chunk ends the batch; the chunks not awaited stop early.
         macs.extend(task.await.expect("MAC computations do not panic")?.concat());
     }
+    work.awaited = true;
     Ok(macs)
+}
+
+/// What a batch's blocking tasks share; dropped with the last of them.
+#[derive(Default)]
+struct Work {
+    stop: AtomicBool,
+    /// Held for work whose batch was abandoned, until that work has stopped.
+    slot: Mutex<Option<HeldSlot>>,
+}
+
+/// Tells a batch's tasks to stop, and makes them hold a concurrency slot,
+/// unless every task was awaited to its end.
+struct AbandonOnDrop<'a> {
+    work: Arc<Work>,
+    limit: &'a Arc<ConcurrencyLimit>,
+    awaited: bool,
+}
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.awaited {
+            self.work.stop.store(true, Ordering::Relaxed);
+            // If the tasks have all stopped already, the slot goes with this `Arc`.
+            *self
+                .work
+                .slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(self.limit.hold());
+        }
+    }
 }

@@ -3,13 +3,16 @@ refuses malformed framing before computing anything."""
 
 import os
 import random
+import re
+import socket
 import struct
+import time
 
 import pytest
 import requests
 
 import reference
-from conftest import running_server
+from conftest import free_port, running_server
 
 MESSAGES = [b"", b"hello world", b"apples and pears"] + [os.urandom(random.randrange(0, 300)) for _ in range(500)]
 
@@ -75,3 +78,47 @@ def test_batch_over_the_body_limit_is_413(server):
     response = requests.post(f"{server.url}/hmac/batch", data=frames([b"x" * (1 << 20)]))
     assert response.status_code == 413
     assert_still_serves(server)
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_batch_its_client_abandons_stops_early_and_holds_its_slot_until_then(tmp_path):
+    """MODE32 without io_uring: 65,536 key reads on the blocking threads. The
+    client resets the connection mid-batch; the work must stop long before it
+    would have finished, and count as in flight until it has."""
+    messages = [i.to_bytes(4, "big") for i in range(65536)]
+    secret_dir = reference.write_random_secrets("MODE32", tmp_path / "secrets")
+    metrics_port = free_port()
+    env = {"CRYPTOSERVER_KEY_READS": "threads", "CRYPTOSERVER_METRICS_BIND": f"127.0.0.1:{metrics_port}"}
+    body = frames(messages)
+    request = b"POST /hmac/batch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    def in_flight():
+        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        return int(re.search(r"^cryptoserver_in_flight_requests (\d+)$", metrics, re.M).group(1))
+
+    with running_server(tmp_path, "MODE32", secret_dir, env) as server:
+        started = time.monotonic()
+        assert len(requests.post(f"{server.url}/hmac/batch", data=body, timeout=60).content) == 32 * len(messages)
+        whole = time.monotonic() - started
+        assert whole > 0.3, f"a batch took {whole:.2f}s: too fast to abandon midway"
+        with socket.create_connection(server.address) as sock:
+            sock.sendall(request)
+            time.sleep(whole / 4)
+            assert in_flight() >= 1
+            # Reset, not a clean close: the server learns at once that nobody waits.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset = time.monotonic()
+        while in_flight() > 0:
+            assert time.monotonic() - reset < whole, "the abandoned batch still holds its slot"
+            time.sleep(0.01)
+        freed = time.monotonic() - reset
+        cpu = cpu_seconds(server.process.pid)
+        time.sleep(0.5)
+        spent = cpu_seconds(server.process.pid) - cpu
+        assert spent < 0.15, f"{spent:.2f}s of CPU after the slot was freed: the work went on"
+        assert freed < whole / 2, f"the work stopped {freed:.2f}s after the reset; a whole batch takes {whole:.2f}s"
+        assert len(requests.post(f"{server.url}/hmac/batch", data=body, timeout=60).content) == 32 * len(messages)
