@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -40,7 +40,13 @@ struct Shared {
     /// writes the eventfd; later ones know the driver will see them.
     woken: AtomicBool,
     stopping: AtomicBool,
+    /// Set, under the `requests` lock, once the driver has ended (or failed):
+    /// from then on a read fails at once instead of waiting for nobody.
+    driver_gone: AtomicBool,
     wake_up: OwnedFd,
+    /// Makes the driver panic, to test what a failure of it does.
+    #[cfg(test)]
+    fail: AtomicBool,
 }
 
 struct ReadRequest {
@@ -66,7 +72,10 @@ impl KeyReadRing {
             requests: Mutex::new(Vec::new()),
             woken: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            driver_gone: AtomicBool::new(false),
             wake_up,
+            #[cfg(test)]
+            fail: AtomicBool::new(false),
         });
         // The ring is made on the thread that uses it: a single-issuer ring
         // belongs to the thread that creates it.
@@ -92,20 +101,21 @@ impl KeyReadRing {
         })
     }
 
-    /// Reads the key at `offset` of `file`. A short read is an error.
+    /// Reads the key at `offset` of `file`. A short read is an error, and so
+    /// is every read once the driver thread has failed.
     pub async fn read(&self, file: Arc<File>, offset: u64) -> KeyResult {
         let (done, result) = oneshot::channel();
-        self.shared
-            .requests
-            .lock()
-            .expect("no panics while holding the lock")
-            .push(ReadRequest { file, offset, done });
+        {
+            let mut requests = self.shared.requests();
+            if self.shared.driver_gone.load(Ordering::Acquire) {
+                return Err(driver_gone());
+            }
+            requests.push(ReadRequest { file, offset, done });
+        }
         if !self.shared.woken.swap(true, Ordering::AcqRel) {
             self.shared.wake_driver()?;
         }
-        result
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("the io_uring thread stopped")))
+        result.await.unwrap_or_else(|_| Err(driver_gone()))
     }
 }
 
@@ -126,6 +136,16 @@ impl Shared {
     fn wake_driver(&self) -> io::Result<()> {
         sys::signal_event_fd(&self.wake_up)
     }
+
+    /// The queued requests. A panic elsewhere cannot leave the list half
+    /// changed, so a poisoned lock is still good to use.
+    fn requests(&self) -> MutexGuard<'_, Vec<ReadRequest>> {
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn driver_gone() -> io::Error {
+    io::Error::other("the io_uring thread stopped")
 }
 
 /// A ring for one thread: completions run when that thread waits for them
@@ -190,16 +210,14 @@ impl<'a> Driver<'a> {
                 }
             }
             let stopping = self.shared.stopping.load(Ordering::Acquire);
+            #[cfg(test)]
+            if self.shared.fail.load(Ordering::Acquire) {
+                panic!("the test made the io_uring driver fail");
+            }
             if woken {
                 // Cleared before taking the requests: one queued after this wakes us again.
                 self.shared.woken.store(false, Ordering::Release);
-                self.waiting.extend(
-                    self.shared
-                        .requests
-                        .lock()
-                        .expect("no panics while holding the lock")
-                        .drain(..),
-                );
+                self.waiting.extend(self.shared.requests().drain(..));
                 if !stopping {
                     self.arm_wake_up();
                 }
@@ -297,6 +315,34 @@ impl<'a> Driver<'a> {
     }
 }
 
+impl Drop for Driver<'_> {
+    /// Runs when the driver returns, and when it panics. Every request not
+    /// answered yet fails (its sender is dropped), later ones fail at once, and
+    /// the buffers the kernel may still write to are leaked rather than freed:
+    /// a few bytes, once, against memory corruption. Key reads then take the
+    /// blocking threads (see `KeyFiles::read_key_async`).
+    fn drop(&mut self) {
+        let queued = {
+            let mut requests = self.shared.requests();
+            self.shared.driver_gone.store(true, Ordering::Release);
+            std::mem::take(&mut *requests)
+        };
+        drop(queued);
+        self.waiting.clear();
+        for read in self.in_flight.drain(..).flatten() {
+            std::mem::forget(read.key);
+        }
+        if self.wake_up_armed {
+            std::mem::forget(std::mem::replace(&mut self.wake_up_count, Box::new([0; 8])));
+        }
+        if thread::panicking() {
+            tracing::error!(
+                "the io_uring driver failed; MODE32 key reads use the blocking threads from now on"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -368,5 +414,39 @@ mod tests {
         );
         // Drop joins the driver thread: it must not hang on the abandoned reads.
         drop(ring);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_driver_fails_its_reads_instead_of_hanging_them() {
+        use std::os::unix::net::UnixStream;
+        use std::time::Duration;
+
+        let ring = Arc::new(KeyReadRing::new().unwrap());
+        // A read of a socket completes only once its peer writes: it is in
+        // the kernel's hands when the driver fails.
+        let (socket, peer) = UnixStream::pair().unwrap();
+        let socket = Arc::new(File::from(OwnedFd::from(socket)));
+        let in_flight = tokio::spawn({
+            let ring = Arc::clone(&ring);
+            async move { ring.read(socket, 0).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ring.shared.fail.store(true, Ordering::Release);
+        ring.shared.wake_driver().unwrap();
+        let limit = Duration::from_secs(5);
+        let failed = tokio::time::timeout(limit, in_flight).await;
+        assert!(failed.expect("the read in flight hangs").unwrap().is_err());
+        let file = numbered_file(64);
+        for _ in 0..3 {
+            let later = tokio::time::timeout(limit, ring.read(Arc::clone(&file), 0)).await;
+            let error = later.expect("a read after the failure hangs").unwrap_err();
+            assert!(
+                error.to_string().contains("io_uring thread stopped"),
+                "{error}"
+            );
+        }
+        // The kernel may now complete the read into the leaked buffer.
+        (&peer).write_all(&[7; KEY_LEN]).unwrap();
+        drop(Arc::into_inner(ring).expect("no read holds the ring"));
     }
 }
