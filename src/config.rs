@@ -65,7 +65,8 @@ pub struct Config {
     pub tls_client_ca: Option<PathBuf>,
 
     /// Per-client rate limit as RATE[:BURST] requests per second (batch messages count
-    /// one each), keyed by token when authenticated, else by source IP. Unset: no limit.
+    /// one each; a fractional burst rounds down), keyed by token when authenticated, else
+    /// by source IP (an IPv6 /64 is one client). Unset: no limit.
     #[arg(long, env = "CRYPTOSERVER_RATE_LIMIT", value_parser = parse_rate_limit)]
     pub rate_limit: Option<RateLimit>,
 

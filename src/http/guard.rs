@@ -13,7 +13,7 @@ use axum::response::Response;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::limits::ClientId;
+use crate::limits::{client_address, ClientId};
 
 /// Identifies the client (its token, else its address), checks its token and
 /// takes one request from its rate limit.
@@ -38,7 +38,9 @@ pub(super) async fn authorize(
             request
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
-                .map_or([0u8; 4].into(), |ConnectInfo(peer)| peer.ip()),
+                .map_or([0u8; 4].into(), |ConnectInfo(peer)| {
+                    client_address(peer.ip())
+                }),
         ),
     };
     take_rate(&state, client, 1)?;
