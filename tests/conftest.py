@@ -32,6 +32,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def cpu_seconds(pid):
+    """CPU time (user and system) the process `pid` has used so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def forbid_io_uring():
     """A `preexec_fn` that installs a seccomp filter making io_uring_setup fail
     with EPERM, as Docker's default profile does: how a host without io_uring

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 import reference
-from conftest import free_port, running_server
+from conftest import cpu_seconds, free_port, running_server
 
 MESSAGES = [b"", b"hello world", b"apples and pears"] + [os.urandom(random.randrange(0, 300)) for _ in range(500)]
 
@@ -78,11 +78,6 @@ def test_batch_over_the_body_limit_is_413(server):
     response = requests.post(f"{server.url}/hmac/batch", data=frames([b"x" * (1 << 20)]))
     assert response.status_code == 413
     assert_still_serves(server)
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_batch_its_client_abandons_stops_early_and_holds_its_slot_until_then(tmp_path):

@@ -4,7 +4,6 @@ against a real server process over real TCP on loopback."""
 import hashlib
 import hmac
 import json
-import os
 import resource
 import socket
 import struct
@@ -15,7 +14,7 @@ import requests
 import trustme
 
 import reference
-from conftest import free_port, running_server
+from conftest import cpu_seconds, free_port, running_server
 
 
 @pytest.fixture
@@ -139,11 +138,6 @@ def test_connections_beyond_the_limits_are_closed_at_once(tmp_path, mode0):
         assert "cryptoserver_open_connections 12" in metrics
         time.sleep(0.2)
         assert requests.post(f"{server.url}/hmac", data=b"z").content == expected_mac(key, b"z")
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_out_of_descriptors_the_waiting_connections_are_closed_without_spinning(tmp_path, mode0):
