@@ -116,12 +116,10 @@ class AsyncClient:
             failure: CryptoserverError | None = None
             try:
                 response = await self._http.request(method, path, content=content, headers=headers)
-            except _core.RETRYABLE_TRANSPORT_ERRORS as error:
-                if attempt >= settings.retries:
+            except httpx.HTTPError as error:
+                if attempt >= settings.retries or not _core.is_retryable(error):
                     failure = _core.transport_error(f"{method} {path}", settings.base_url, error, attempt + 1)
                 delay = _core.backoff_delay(settings, attempt)
-            except httpx.HTTPError as error:
-                failure = _core.transport_error(f"{method} {path}", settings.base_url, error, attempt + 1)
             else:
                 wait = _core.retry_delay(settings, response, attempt, unready_is_an_answer=unready_is_an_answer)
                 if wait is None:

@@ -43,6 +43,19 @@ _FRAME_HEADER = struct.Struct(">I")
 RETRYABLE_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
+def is_retryable(error: httpx.HTTPError) -> bool:
+    """A failed connection is worth another attempt, unless TLS refused the
+    server's certificate: that stays wrong until the configuration changes."""
+    if not isinstance(error, RETRYABLE_TRANSPORT_ERRORS):
+        return False
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return False
+        cause = cause.__cause__ or cause.__context__
+    return True
+
+
 @dataclass(frozen=True)
 class Settings:
     base_url: str
@@ -261,7 +274,7 @@ def transport_error(what: str, url: str, error: httpx.HTTPError, attempts: int) 
     `error` only, so no reference to the request (and its body) survives."""
     reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     if isinstance(error, RETRYABLE_TRANSPORT_ERRORS):
-        return ServerUnavailable(f"{what}: no answer from {url} after {attempts} attempt(s) ({reason})")
+        return ServerUnavailable(f"{what}: no connection to {url} after {attempts} attempt(s) ({reason})")
     if isinstance(error, httpx.TimeoutException):
         return Timeout(f"{what}: no answer from {url} within the timeout ({reason})")
     return ProtocolError(f"{what}: request to {url} failed ({reason})")
