@@ -334,3 +334,15 @@ def test_mypy_strict(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_chunks_fill_the_body_limit_exactly():
+    from cryptoserver_client._core import Chunk, plan_chunks
+
+    six = b"123456"  # 10 bytes framed
+    assert plan_chunks([six, six], 20, 10) == [Chunk(0, 2, True)]
+    assert plan_chunks([six, six, six], 20, 10) == [Chunk(0, 2, True), Chunk(2, 3, True)]
+    assert plan_chunks([six] * 5, 1000, 2) == [Chunk(0, 2, True), Chunk(2, 4, True), Chunk(4, 5, True)]
+    # 17 bytes fit /hmac under a 20-byte limit but not a frame: alone, in place.
+    assert plan_chunks([six, b"x" * 17, six], 20, 10) == [Chunk(0, 1, True), Chunk(1, 2, False), Chunk(2, 3, True)]
+    assert plan_chunks([], 20, 10) == []
