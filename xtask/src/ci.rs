@@ -35,15 +35,19 @@ fn has_nextest() -> bool {
     output(cargo().args(["nextest", "--version"])).is_ok()
 }
 
-/// Creates `venv` in cargo's target directory and installs tests/requirements.txt
-/// into it, again only when the requirements changed since the last install.
+/// Creates `venv` in cargo's target directory and installs tests/requirements.txt into it, again only
+/// when the requirements or the Python client's own (it is installed editable
+/// from clients/python) changed since the last install.
 fn prepare_python(root: &Path) -> anyhow::Result<std::path::PathBuf> {
     let venv = target_dir().join("venv");
     let requirements = root.join("tests/requirements.txt");
-    let wanted = hex::encode(Sha256::digest(
-        std::fs::read(&requirements)
-            .with_context(|| format!("cannot read {}", requirements.display()))?,
-    ));
+    let mut digest = Sha256::new();
+    for input in [&requirements, &root.join("clients/python/pyproject.toml")] {
+        digest.update(
+            std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?,
+        );
+    }
+    let wanted = hex::encode(digest.finalize());
     let stamp = venv.join("requirements.sha256");
     if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
         return Ok(venv);
@@ -62,7 +66,9 @@ fn prepare_python(root: &Path) -> anyhow::Result<std::path::PathBuf> {
             "--disable-pip-version-check",
             "-r",
         ])
-        .arg(&requirements))?;
+        .arg(&requirements)
+        // pip reads the paths in a requirements file relative to its working directory.
+        .current_dir(root))?;
     std::fs::write(&stamp, wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(venv)
 }
