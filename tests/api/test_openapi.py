@@ -105,7 +105,11 @@ def test_the_running_server_has_exactly_the_documented_operations(document, open
                     assert response.status_code == 405, f"{method} {path} is served but not documented"
                     allowed = {m.strip() for m in response.headers["allow"].split(",")}
                     assert allowed == served, f"{path}: the server allows {allowed}, the document {served}"
-        assert session.get(f"{open_server.url}/hmac/sha1").status_code == 404
+        unknown = session.get(f"{open_server.url}/hmac/sha1")
+        assert unknown.status_code == 404
+        # The 404 text lists the routes: exactly the documented ones.
+        listed = set(re.findall(r"\b(GET|POST) (/[a-z/]+)", unknown.json()["error"]))
+        assert {(path, method) for method, path in listed} == documented_operations(document)
 
 
 def run_schemathesis(tmp_path, document_path, url, *headers):
