@@ -17,7 +17,7 @@ import requests
 import trustme
 
 import reference
-from conftest import REPO, free_port, running_server
+from conftest import REPO, free_port, running_server, server_over_random_secrets
 from cryptoserver_client import (
     AsyncClient,
     BadRequest,
@@ -58,9 +58,7 @@ def assert_clean(error, *secrets):
 
 @pytest.fixture(scope="module")
 def mode0(tmp_path_factory):
-    secret_dir = reference.write_random_secrets("MODE0", tmp_path_factory.mktemp("mode0") / "secrets")
-    with running_server(tmp_path_factory.mktemp("log0"), "MODE0", secret_dir) as server:
-        server.secret_dir = secret_dir
+    with server_over_random_secrets(tmp_path_factory, "MODE0", "mode0") as server:
         yield server
 
 

@@ -10,7 +10,7 @@ import pytest
 from argon2 import Parameters, PasswordHasher, Type, low_level
 
 import reference
-from conftest import REPO, running_server
+from conftest import REPO, running_server, server_over_random_secrets
 from cryptoserver_client import Client
 
 sys.path.insert(0, str(REPO / "examples" / "pepper"))
@@ -24,9 +24,7 @@ STRONGER = Parameters(type=Type.ID, version=19, salt_len=16, hash_len=32, time_c
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     # MODE16: the key depends on the Argon2 output, as in a sealed deployment.
-    secret_dir = reference.write_random_secrets("MODE16", tmp_path_factory.mktemp("pepper") / "secrets")
-    with running_server(tmp_path_factory.mktemp("log"), "MODE16", secret_dir) as server:
-        server.secret_dir = secret_dir
+    with server_over_random_secrets(tmp_path_factory, "MODE16", "pepper") as server:
         yield server
 
 
