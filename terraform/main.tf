@@ -122,8 +122,11 @@ resource "aws_instance" "this" {
   subnet_id                   = var.subnet_id
   vpc_security_group_ids      = [aws_security_group.this.id]
   associate_public_ip_address = false
-  # Guards against terminating it by hand; Terraform itself lifts it to replace the instance.
+  # Guards against terminating it by hand. force_destroy lets Terraform lift it when a
+  # plan replaces or destroys the instance: without it hashicorp/aws 6 stops the host,
+  # detaches the secrets, then fails to terminate it.
   disable_api_termination              = true
+  force_destroy                        = true
   instance_initiated_shutdown_behavior = "stop"
   ebs_optimized                        = true
   monitoring                           = var.detailed_monitoring
