@@ -184,11 +184,15 @@ variable "data_volume_iops" {
 variable "data_volume_throughput" {
   type        = number
   default     = null
-  description = "Throughput of a gp3 secrets volume in MiB/s, 125 to 2000 as AWS allows (null: the baseline 125). Generating MODE32 writes 128 GiB once: about 18 minutes at 125 MiB/s, and every verifying boot reads it back."
+  description = "Throughput of a gp3 secrets volume in MiB/s, 125 to 2000 and at most 0.25 per provisioned IOPS, as AWS allows (null: the baseline 125). Generating MODE32 writes 128 GiB once: about 18 minutes at 125 MiB/s, and every verifying boot reads it back."
 
   validation {
     condition     = var.data_volume_throughput == null || try(var.data_volume_throughput >= 125 && var.data_volume_throughput <= 2000 && var.data_volume_type == "gp3", false)
     error_message = "data_volume_throughput is null, or 125 to 2000 MiB/s on a gp3 volume."
+  }
+  validation {
+    condition     = var.data_volume_throughput == null || try(var.data_volume_throughput <= 0.25 * coalesce(var.data_volume_iops, 3000), false)
+    error_message = "data_volume_throughput is at most 0.25 MiB/s per provisioned IOPS on gp3 (750 MiB/s at the baseline 3000 IOPS): raise data_volume_iops to at least 4 per MiB/s (8000 for 2000 MiB/s)."
   }
 }
 
