@@ -62,6 +62,9 @@ for package in amazon-ssm-agent ec2-instance-connect; do
     ! installed "$package" || fail "$package is still installed"
 done
 ! command -v amazon-ssm-agent >/dev/null || fail "an amazon-ssm-agent binary is still installed"
+# The ids install.sh gives the service user: the secrets volume, which outlives the
+# image, is owned by them (the first-boot script re-applies them to older volumes).
+[[ $(id -u cryptoserver):$(id -g cryptoserver) == 800:800 ]] || fail "the cryptoserver user is not UID and GID 800"
 for unit in cryptoserver-secrets.service cryptoserver.service; do
     systemctl is-enabled --quiet "$unit" || fail "$unit is not enabled"
 done

@@ -82,6 +82,31 @@ def test_plain_directory_generates_verifies_and_a_second_run_changes_nothing(tmp
     assert snapshot(secret_dir) == before
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root (CI runs as root)")
+def test_secrets_owned_by_another_uid_are_given_back_to_the_owner_unchanged(tmp_path):
+    """A rebuilt image whose service user has another UID: its first boot gives the
+    complete secrets back to that user, with their modes, and never rewrites them."""
+    secret_dir = tmp_path / "secrets"
+    assert_ready(run_setup(secret_dir), secret_dir, "MODE16")
+    contents = {path.name: (path.stat().st_ino, path.read_bytes()) for path in secret_dir.iterdir()}
+    stranger = 4242
+    assert stranger not in {user.pw_uid for user in pwd.getpwall()}
+    os.chown(secret_dir, stranger, stranger)
+    os.chmod(secret_dir, 0o755)
+    for path in secret_dir.iterdir():
+        os.chown(path, stranger, stranger)
+        os.chmod(path, 0o644)
+
+    again = run_setup(secret_dir)
+    assert_ready(again, secret_dir, "MODE16")
+    assert "re-apply their owner and permissions" in again.stderr
+    owner = pwd.getpwnam(OWNER)
+    for path in [secret_dir, *secret_dir.iterdir()]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (owner.pw_uid, owner.pw_gid), path
+    assert {path.name: path.stat().st_mode & 0o777 for path in secret_dir.iterdir()} == dict.fromkeys(contents, 0o400)
+    assert {path.name: (path.stat().st_ino, path.read_bytes()) for path in secret_dir.iterdir()} == contents
+
+
 def test_after_generate_policy_skips_the_rehash_only_when_nothing_was_written(tmp_path):
     secret_dir = tmp_path / "secrets"
     first = run_setup(secret_dir, mode="MODE0", CRYPTOSERVER_SECRETS_VERIFY="after-generate")
