@@ -43,6 +43,28 @@ ssh_deletekeys: true
 ssh_genkeytypes: []
 EOF
 
+# cloud-init runs no code from user data: only write_files (the module's settings),
+# and the modules that size the root filesystem and name the host. bootcmd, runcmd,
+# the scripts-* family, package installs, seed_random's command, disk_setup... are
+# off: changing a stopped instance's user data must not run anything as root.
+cat >/etc/cloud/cloud.cfg.d/99-cryptoserver-modules.cfg <<'EOF'
+# cryptoserver: no cloud-init module that can run code.
+cloud_init_modules: [write_files, growpart, resizefs, set_hostname, update_hostname, update_etc_hosts]
+cloud_config_modules: []
+cloud_final_modules: []
+EOF
+
+# The boot loader shows no menu and waits for no key: nobody on the serial console can
+# edit the kernel command line (init=/bin/sh), pick a recovery entry or open GRUB's shell.
+cat >/etc/default/grub.d/99-cryptoserver.cfg <<'EOF'
+# cryptoserver: no boot menu, no recovery entry.
+GRUB_TIMEOUT=0
+GRUB_TIMEOUT_STYLE=hidden
+GRUB_RECORDFAIL_TIMEOUT=0
+GRUB_DISABLE_RECOVERY=true
+EOF
+update-grub
+
 # No account keeps a password (the build user is locked by remove-build-access.sh).
 passwd --lock root >/dev/null
 
@@ -65,6 +87,9 @@ done
 # The ids install.sh gives the service user: the secrets volume, which outlives the
 # image, is owned by them (the first-boot script re-applies them to older volumes).
 [[ $(id -u cryptoserver):$(id -g cryptoserver) == 800:800 ]] || fail "the cryptoserver user is not UID and GID 800"
+timeouts=$(grep -E '^\s*set timeout=' /boot/grub/grub.cfg | sort -u | tr -d ' ')
+[[ $timeouts == settimeout=0 ]] || fail "/boot/grub/grub.cfg still waits at the boot menu: $timeouts"
+! grep -q 'recovery mode' /boot/grub/grub.cfg || fail "/boot/grub/grub.cfg still has a recovery entry"
 for unit in cryptoserver-secrets.service cryptoserver.service; do
     systemctl is-enabled --quiet "$unit" || fail "$unit is not enabled"
 done

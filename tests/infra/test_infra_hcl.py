@@ -6,6 +6,7 @@ import re
 import subprocess
 
 import pytest
+import yaml
 
 from infra_tools import (
     DEPLOY,
@@ -240,3 +241,32 @@ def test_units_run_what_the_installer_installs():
     # MODE32 keeps 65,536 files open plus room for connections.
     limit = int(re.search(r"^LimitNOFILE=(\d+)$", server, re.MULTILINE).group(1))
     assert limit >= 65536 + 4096
+
+
+def written_by(script, target):
+    """What `script` writes to `target` with `cat >target <<'EOF'`."""
+    match = re.search(rf"^cat >{re.escape(target)} <<'EOF'\n(.*?)^EOF$", script, re.MULTILINE | re.DOTALL)
+    assert match, f"the script writes no {target}"
+    return match.group(1)
+
+
+# The cloud-init modules that run nothing taken from user data: write_files (the
+# module's settings) and those that size the root filesystem and name the host.
+CODE_FREE_CLOUD_INIT_MODULES = {"write_files", "growpart", "resizefs", "set_hostname", "update_hostname", "update_etc_hosts"}
+
+
+def test_the_image_runs_no_user_data_code_and_its_boot_loader_opens_no_shell():
+    doors = (PACKER / "close-doors.sh").read_text()
+    stages = yaml.safe_load(written_by(doors, "/etc/cloud/cloud.cfg.d/99-cryptoserver-modules.cfg"))
+    # Each stage's list replaces the image's own (cloud.cfg.d is read after cloud.cfg).
+    assert set(stages) == {"cloud_init_modules", "cloud_config_modules", "cloud_final_modules"}
+    enabled = {(entry if isinstance(entry, str) else entry[0]).replace("-", "_") for stage in stages.values() for entry in stage}
+    assert "write_files" in enabled, "the module's settings arrive through write_files"
+    assert enabled <= CODE_FREE_CLOUD_INIT_MODULES, f"modules that can run code: {enabled - CODE_FREE_CLOUD_INIT_MODULES}"
+
+    grub = written_by(doors, "/etc/default/grub.d/99-cryptoserver.cfg")
+    settings = dict(line.split("=", 1) for line in grub.splitlines() if line and not line.startswith("#"))
+    assert settings["GRUB_TIMEOUT"] == "0" and settings["GRUB_TIMEOUT_STYLE"] == "hidden", settings
+    assert settings["GRUB_DISABLE_RECOVERY"] == "true", settings
+    # The build regenerates grub.cfg and fails unless it waits for no key.
+    assert doors.index("\nupdate-grub\n") < doors.index("still waits at the boot menu")
