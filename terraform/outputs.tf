@@ -8,6 +8,11 @@ output "private_ip" {
   value       = aws_instance.this.private_ip
 }
 
+output "ipv6_address" {
+  description = "IPv6 address of the instance, or null when allowed_ipv6_cidr_blocks is empty."
+  value       = local.ipv6 ? aws_instance.this.ipv6_addresses[0] : null
+}
+
 output "endpoint" {
   description = "Base URL of the service: POST /hmac, POST /verify, GET /healthz, GET /readyz."
   value       = "${contains(keys(var.environment), "CRYPTOSERVER_TLS_CERT") ? "https" : "http"}://${aws_instance.this.private_ip}:${var.port}"

@@ -80,7 +80,7 @@ variable "allowed_cidr_blocks" {
 variable "allowed_ipv6_cidr_blocks" {
   type        = list(string)
   default     = []
-  description = "IPv6 networks of the clients allowed to reach the service port (the subnet must have IPv6)."
+  description = "IPv6 networks of the clients allowed to reach the service port. Non-empty: the instance gets an IPv6 address (the subnet must have an IPv6 block) and the server listens on IPv6 and IPv4."
 
   validation {
     condition     = alltrue([for cidr in var.allowed_ipv6_cidr_blocks : can(cidrhost(cidr, 0)) && strcontains(cidr, ":")])

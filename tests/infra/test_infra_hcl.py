@@ -94,7 +94,7 @@ def test_user_data_passes_mode_port_and_volume_id(module):
     local = {key: value for block in module["locals"] for key, value in block.items()}
     environment = local["environment"]
     assert "CRYPTOSERVER_MODE = local.mode" in environment
-    assert 'CRYPTOSERVER_BIND = "0.0.0.0:${var.port}"' in environment
+    assert 'CRYPTOSERVER_BIND = "${local.bind_host}:${var.port}"' in environment
     assert "CRYPTOSERVER_SECRETS_VOLUME_ID = aws_ebs_volume.secrets.id" in environment
     assert "/etc/cryptoserver/env" in local["config_files"]
     assert local["user_data"].startswith("#cloud-config")
@@ -270,3 +270,18 @@ def test_the_image_runs_no_user_data_code_and_its_boot_loader_opens_no_shell():
     assert settings["GRUB_DISABLE_RECOVERY"] == "true", settings
     # The build regenerates grub.cfg and fails unless it waits for no key.
     assert doors.index("\nupdate-grub\n") < doors.index("still waits at the boot menu")
+
+
+def test_ipv6_clients_get_an_ipv6_address_and_a_dual_stack_bind(module):
+    """allowed_ipv6_cidr_blocks is served end to end: an address on the instance, a
+    subnet that can give one, and a bind that takes IPv6 (test_infra_ipv6 runs it)."""
+    local = {key: value for block in module["locals"] for key, value in block.items()}
+    assert local["ipv6"] == "${length(var.allowed_ipv6_cidr_blocks) > 0}"
+    assert local["bind_host"] == '${local.ipv6 ? "[::]" : "0.0.0.0"}'
+    assert 'CRYPTOSERVER_METRICS_BIND = "${local.bind_host}:${var.metrics_port}"' in local["environment"]
+    instance = single(resources(module, "aws_instance"))
+    assert instance["ipv6_address_count"] == "${local.ipv6 ? 1 : 0}"
+    condition = instance["lifecycle"][0]["precondition"][0]["condition"]
+    assert condition.startswith("${!local.ipv6 ||") and "data.aws_subnet.this.ipv6_cidr_block" in condition
+    output = blocks(module, "output")["ipv6_address"]
+    assert output["value"] == "${local.ipv6 ? aws_instance.this.ipv6_addresses[0] : null}"
