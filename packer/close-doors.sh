@@ -84,6 +84,7 @@ for package in amazon-ssm-agent ec2-instance-connect; do
     ! installed "$package" || fail "$package is still installed"
 done
 ! command -v amazon-ssm-agent >/dev/null || fail "an amazon-ssm-agent binary is still installed"
+command -v openssl >/dev/null || fail "openssl is missing: the first-boot script makes the TLS key with it"
 # The ids install.sh gives the service user: the secrets volume, which outlives the
 # image, is owned by them (the first-boot script re-applies them to older volumes).
 [[ $(id -u cryptoserver):$(id -g cryptoserver) == 800:800 ]] || fail "the cryptoserver user is not UID and GID 800"

@@ -14,6 +14,8 @@ locals {
   tags = merge(var.tags, { "cryptoserver:name" = var.name })
 
   tokens_file = "/etc/cryptoserver/tokens"
+  # Where deploy/cryptoserver-secrets-setup.sh keeps the TLS pair: beside the secrets.
+  tls_dir = "/secrets/tls"
   # IPv6 clients: the instance gets an IPv6 address and the server binds dual-stack
   # ([::] also accepts IPv4, as IPv4-mapped addresses).
   ipv6      = length(var.allowed_ipv6_cidr_blocks) > 0
@@ -33,6 +35,13 @@ locals {
     },
     length(var.token_sha256_digests) == 0 ? {} : { CRYPTOSERVER_TOKENS_FILE = local.tokens_file },
     var.metrics_port == null ? {} : { CRYPTOSERVER_METRICS_BIND = "${local.bind_host}:${var.metrics_port}" },
+    # The first-boot script makes the TLS key on the secrets volume: no private key
+    # ever passes through user data, which anyone allowed to describe the instance reads.
+    !var.tls ? {} : {
+      CRYPTOSERVER_SECRETS_TLS_NAME = var.name
+      CRYPTOSERVER_TLS_CERT         = "${local.tls_dir}/cert.pem"
+      CRYPTOSERVER_TLS_KEY          = "${local.tls_dir}/key.pem"
+    },
   )
 
   config_files = concat(

@@ -15,7 +15,12 @@ output "ipv6_address" {
 
 output "endpoint" {
   description = "Base URL of the service: POST /hmac, POST /verify, GET /healthz, GET /readyz."
-  value       = "${contains(keys(var.environment), "CRYPTOSERVER_TLS_CERT") ? "https" : "http"}://${aws_instance.this.private_ip}:${var.port}"
+  value       = "${var.tls ? "https" : "http"}://${aws_instance.this.private_ip}:${var.port}"
+}
+
+output "tls_server_name" {
+  description = "The DNS name in the host's self-signed certificate (clients verify it with the pinned certificate), or null when tls is false."
+  value       = var.tls ? var.name : null
 }
 
 output "metrics_endpoint" {

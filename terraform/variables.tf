@@ -131,9 +131,19 @@ variable "environment" {
     error_message = "environment keys are CRYPTOSERVER_* settings or RUST_LOG, and values are single lines."
   }
   validation {
-    condition     = length(setintersection(keys(var.environment), ["CRYPTOSERVER_MODE", "CRYPTOSERVER_BIND", "CRYPTOSERVER_SECRETDIR", "CRYPTOSERVER_TOKENS_FILE", "CRYPTOSERVER_METRICS_BIND", "CRYPTOSERVER_SECRETS_VOLUME_ID", "CRYPTOSERVER_SECRETS_DEVICE", "CRYPTOSERVER_SECRETS_VERIFY"])) == 0
-    error_message = "environment cannot set what the module manages: use mode, port, token_sha256_digests, metrics_port and verify_secrets_on_boot instead."
+    condition     = length(setintersection(keys(var.environment), ["CRYPTOSERVER_MODE", "CRYPTOSERVER_BIND", "CRYPTOSERVER_SECRETDIR", "CRYPTOSERVER_TOKENS_FILE", "CRYPTOSERVER_METRICS_BIND", "CRYPTOSERVER_SECRETS_VOLUME_ID", "CRYPTOSERVER_SECRETS_DEVICE", "CRYPTOSERVER_SECRETS_VERIFY", "CRYPTOSERVER_SECRETS_TLS_NAME"])) == 0
+    error_message = "environment cannot set what the module manages: use mode, port, token_sha256_digests, metrics_port, verify_secrets_on_boot and tls instead."
   }
+  validation {
+    condition     = alltrue([for key in keys(var.environment) : !startswith(key, "CRYPTOSERVER_TLS_")])
+    error_message = "environment cannot set CRYPTOSERVER_TLS_*: no file user data could name holds a key on the host. Set tls = true: the host makes its own key at first boot (module README, TLS)."
+  }
+}
+
+variable "tls" {
+  type        = bool
+  default     = true
+  description = "Serve HTTPS with a key the host makes at first boot on the secrets volume (never in user data) and a self-signed certificate for the DNS name `name`, printed with its SHA-256 fingerprint to the serial console for clients to pin (README, TLS). false: plain HTTP, bearer tokens in clear."
 }
 
 variable "data_volume_size" {

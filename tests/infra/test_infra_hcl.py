@@ -285,3 +285,24 @@ def test_ipv6_clients_get_an_ipv6_address_and_a_dual_stack_bind(module):
     assert condition.startswith("${!local.ipv6 ||") and "data.aws_subnet.this.ipv6_cidr_block" in condition
     output = blocks(module, "output")["ipv6_address"]
     assert output["value"] == "${local.ipv6 ? aws_instance.this.ipv6_addresses[0] : null}"
+
+
+def test_tls_keys_are_made_on_the_host_never_sent_in_user_data(module):
+    """With tls, the server reads the pair the first-boot script keeps in the secrets
+    directory's tls/ (its default /secrets); user data carries only paths and a name."""
+    local = {key: value for block in module["locals"] for key, value in block.items()}
+    assert local["tls_dir"] == "/secrets/tls"
+    environment = local["environment"]
+    for setting in ("CRYPTOSERVER_SECRETS_TLS_NAME = var.name", 'CRYPTOSERVER_TLS_CERT = "${local.tls_dir}/cert.pem"',
+                    'CRYPTOSERVER_TLS_KEY = "${local.tls_dir}/key.pem"'):
+        assert setting in environment, setting
+    setup = (DEPLOY / "cryptoserver-secrets-setup.sh").read_text()
+    assert "dir=${CRYPTOSERVER_SECRETDIR:-/secrets}" in setup and "local tls_dir=$dir/tls " in setup
+    assert "-keyout \"$pending/key.pem\" -out \"$pending/cert.pem\"" in setup
+    # User data writes the settings file and the token digests, nothing else.
+    assert local["config_files"].count("path =") == 2
+    assert "PRIVATE KEY" not in "".join(path.read_text() for path in terraform_files())
+    assert blocks(module, "variable")["tls"]["default"] is True
+    outputs = blocks(module, "output")
+    assert outputs["endpoint"]["value"].startswith('${var.tls ? "https" : "http"}://')
+    assert outputs["tls_server_name"]["value"] == "${var.tls ? var.name : null}"

@@ -51,6 +51,7 @@ def plan(scratch, *settings):
         ["data_volume_iops=8000", "data_volume_throughput=2000"],
         ["metrics_port=9090", 'allowed_ipv6_cidr_blocks=["2001:db8::/56"]'],
         ['environment={CRYPTOSERVER_RATE_LIMIT="200:1000"}', 'tags={team="payments"}'],
+        ["tls=false"],
     ],
 )
 def test_valid_settings_are_accepted(variables_only, settings):
@@ -75,6 +76,8 @@ def test_valid_settings_are_accepted(variables_only, settings):
         (['allowed_cidr_blocks=["10.0.0.0/33"]'], "IPv4 CIDR blocks"),
         (['token_sha256_digests=["not-a-digest"]'], "64 lower-case hex digits"),
         (['environment={CRYPTOSERVER_MODE="MODE0"}'], "cannot set what the module manages"),
+        (['environment={CRYPTOSERVER_TLS_CERT="/etc/cert.pem"}'], "the host makes its own key at first boot"),
+        (['environment={CRYPTOSERVER_SECRETS_TLS_NAME="other"}'], "cannot set what the module manages"),
         (['tags={"cryptoserver:sealed"="false"}'], "cryptoserver: the module's own"),
         (["snapshot_interval_hours=5"], "what DLM supports"),
     ],
