@@ -244,10 +244,13 @@ def test_units_run_what_the_installer_installs():
 
 
 def written_by(script, target):
-    """What `script` writes to `target` with `cat >target <<'EOF'`."""
-    match = re.search(rf"^cat >{re.escape(target)} <<'EOF'\n(.*?)^EOF$", script, re.MULTILINE | re.DOTALL)
+    """What `script` writes to `target` with `cat >target <<EOF`: the lines from the
+    first that mentions the file's setting to the heredoc's end, run by bash."""
+    match = re.search(rf"^(?:readonly \w+=[^\n]*\n)?cat >{re.escape(target)} <<'?EOF'?\n.*?^EOF$", script, re.MULTILINE | re.DOTALL)
     assert match, f"the script writes no {target}"
-    return match.group(1)
+    snippet = match.group(0).replace(f"cat >{target} ", "cat ")
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", snippet], capture_output=True, text=True, check=True)
+    return result.stdout
 
 
 # The cloud-init modules that run nothing taken from user data: write_files (the
@@ -263,6 +266,12 @@ def test_the_image_runs_no_user_data_code_and_its_boot_loader_opens_no_shell():
     enabled = {(entry if isinstance(entry, str) else entry[0]).replace("-", "_") for stage in stages.values() for entry in stage}
     assert "write_files" in enabled, "the module's settings arrive through write_files"
     assert enabled <= CODE_FREE_CLOUD_INIT_MODULES, f"modules that can run code: {enabled - CODE_FREE_CLOUD_INIT_MODULES}"
+
+    # User data outranks that file and can list modules itself: every other module
+    # leaves the image, and the build fails if one that runs code is still importable.
+    assert 'for module in "$modules_dir"/cc_*.py; do' in doors
+    assert 'dpkg-divert --quiet --local --rename --divert "$module.cryptoserver-removed" --add "$module"' in doors
+    assert 'fail "cloud-init can still run its $name module"' in doors
 
     grub = written_by(doors, "/etc/default/grub.d/99-cryptoserver.cfg")
     settings = dict(line.split("=", 1) for line in grub.splitlines() if line and not line.startswith("#"))
