@@ -137,8 +137,7 @@ def localstack_url(tmp_path_factory):
 class Emulator:
     """An EC2 emulator on loopback, seen from an empty account."""
 
-    def __init__(self, name, url, access_key_id):
-        self.name = name
+    def __init__(self, url, access_key_id):
         self.url = url
         self.access_key_id = access_key_id
 
@@ -162,9 +161,9 @@ def emulator(request):
     if request.param == "moto":
         url = request.getfixturevalue("moto_url")
         requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
-        return Emulator("moto", url, "testing")
+        return Emulator(url, "testing")
     url = request.getfixturevalue("localstack_url")
-    return Emulator("localstack", url, f"{next(_localstack_accounts):012d}")
+    return Emulator(url, f"{next(_localstack_accounts):012d}")
 
 
 @pytest.fixture
