@@ -118,13 +118,18 @@ def write_random_secrets(mode, secret_dir, messages=()):
     secret_dir = pathlib.Path(secret_dir)
     secret_dir.mkdir(mode=0o700, parents=True)
     if mode in ("MODE32", "MODE32X"):
-        indices = {index for message in messages for index in key_indices(mode, message)}
-        write_sparse_mode32(secret_dir, {index: os.urandom(KEY_LEN) for index in indices})
+        write_sparse_mode32(secret_dir, random_keys_for(messages, [mode]))
         return secret_dir
     name = "secret" if mode == "MODE0" else "0000"
     (secret_dir / name).write_bytes(os.urandom(KEY_LEN if mode == "MODE0" else FILE_LEN))
     os.chmod(secret_dir / name, 0o400)
     return secret_dir
+
+
+def random_keys_for(messages, modes=("MODE32", "MODE32X")):
+    """Random keys by key index, wherever `messages` read in any of `modes`: MODE32 and
+    MODE32X use the same files, so one sparse directory can serve both."""
+    return {index: os.urandom(KEY_LEN) for mode in modes for message in messages for index in key_indices(mode, message)}
 
 
 def write_sparse_mode32(secret_dir, keys_by_index):
