@@ -16,7 +16,7 @@ const WARNING_FILE: &str = "DEVELOPMENT-SECRETS-NOT-FOR-PRODUCTION.txt";
 
 #[derive(clap::Args)]
 pub struct DevArgs {
-    /// MODE0 or MODE16 (MODE32 needs 128 GiB: make it with `gen-secrets` on a real volume).
+    /// MODE0 or MODE16 (MODE32 and MODE32X need 128 GiB: make them with `gen-secrets` on a real volume).
     #[arg(long, default_value = "MODE16")]
     mode: Mode,
 
