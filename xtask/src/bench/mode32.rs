@@ -46,8 +46,8 @@ pub struct Mode32Dir {
     /// Messages whose key blocks hold data on disk, each in its own block, all
     /// in the first `kept_open` files.
     pub cold: Vec<Message>,
-    /// As `cold`, for MODE32X: each of the 8 probes in its own planted block.
-    /// Empty unless the server keeps every file open.
+    /// As `cold`, for MODE32X: each of the 8 probes in its own planted block,
+    /// in any file (the probes of a message land anywhere).
     pub cold_x: Vec<Message>,
     /// Messages whose keys, in either mode, fall into holes of the sparse files:
     /// reading them costs no device read, so they warm the server up without
@@ -68,25 +68,8 @@ impl Mode32Dir {
         let path = cache.join("secrets");
         let (cold_file, warm_up_file) = (cache.join("cold.bin"), cache.join("warm-up.bin"));
         let cold_x_file = cache.join("cold-mode32x.bin");
-        // As many MODE32X cold reads as MODE32 ones. Its 8 probes land in any
-        // file, so it is measured only where the server keeps every file open.
-        let measure_x = kept_open == MODE32_FILE_COUNT;
-        let cold_x = if measure_x {
-            cold / Mode::Mode32x.keys_per_mac()
-        } else {
-            0
-        };
-        let warm_up_modes: &[Mode] = if measure_x {
-            &[Mode::Mode32, Mode::Mode32x]
-        } else {
-            &[Mode::Mode32]
-        };
-        let in_kept_files = |mode: Mode, messages: &[Message]| {
-            messages
-                .iter()
-                .flat_map(|m| blocks_of(mode, m))
-                .all(|b| b.file < kept_open)
-        };
+        // As many MODE32X cold reads as MODE32 ones.
+        let cold_x = cold / Mode::Mode32x.keys_per_mac();
         let read_messages = |file: &Path, count: usize| -> Option<Vec<Message>> {
             let bytes = std::fs::read(file).ok()?;
             (bytes.len() == count * MESSAGE_LEN).then(|| {
@@ -97,10 +80,11 @@ impl Mode32Dir {
             })
         };
         let kept = reuse_or_empty(cache, |_| {
-            let cold =
-                read_messages(&cold_file, cold).filter(|cold| in_kept_files(Mode::Mode32, cold))?;
-            let cold_x = read_messages(&cold_x_file, cold_x)
-                .filter(|cold_x| in_kept_files(Mode::Mode32x, cold_x))?;
+            let cold = read_messages(&cold_file, cold).filter(|cold| {
+                cold.iter()
+                    .all(|m| blocks_of(Mode::Mode32, m)[0].file < kept_open)
+            })?;
+            let cold_x = read_messages(&cold_x_file, cold_x)?;
             Some([cold, cold_x, read_messages(&warm_up_file, warm_up)?])
         })?;
         let [cold, cold_x, warm_up] = match kept {
@@ -109,7 +93,7 @@ impl Mode32Dir {
                 let groups = [
                     (cold, &[Mode::Mode32][..]),
                     (cold_x, &[Mode::Mode32x][..]),
-                    (warm_up, warm_up_modes),
+                    (warm_up, &[Mode::Mode32, Mode::Mode32x][..]),
                 ];
                 let [cold, cold_x, warm_up] = distinct_block_messages(groups, kept_open)?;
                 let planted = (cold.iter().flat_map(|m| blocks_of(Mode::Mode32, m)))
@@ -332,9 +316,10 @@ fn blocks_of(mode: Mode, message: &[u8]) -> Vec<KeyLocation> {
         .collect()
 }
 
-/// Random messages in groups of `(count, modes)`: each message's key blocks
-/// in every one of its group's modes lie in the first `files` files, and no
-/// block is read by two keys of all the messages.
+/// Random messages in groups of `(count, modes)`: each message's key blocks in
+/// every one of its group's modes are read by no other key of all the messages,
+/// and its MODE32 key lies in the first `files` files (MODE32X's 8 probes land
+/// in any file).
 fn distinct_block_messages<const N: usize>(
     groups: [(usize, &[Mode]); N],
     files: usize,
@@ -346,6 +331,8 @@ fn distinct_block_messages<const N: usize>(
         while messages.len() < count {
             fill_secret(&mut random)?;
             for chunk in random.chunks_exact(MESSAGE_LEN) {
+                let mode32_in_files = !modes.contains(&Mode::Mode32)
+                    || blocks_of(Mode::Mode32, chunk)[0].file < files;
                 let blocks: Vec<_> = modes
                     .iter()
                     .flat_map(|&mode| blocks_of(mode, chunk))
@@ -353,8 +340,8 @@ fn distinct_block_messages<const N: usize>(
                     .collect();
                 let distinct: HashSet<_> = blocks.iter().collect();
                 if messages.len() < count
+                    && mode32_in_files
                     && distinct.len() == blocks.len()
-                    && blocks.iter().all(|&(file, _)| file < files)
                     && !blocks.iter().any(|block| seen.contains(block))
                 {
                     seen.extend(blocks);
@@ -427,7 +414,7 @@ mod tests {
         let both = [Mode::Mode32, Mode::Mode32x];
         let [cold, cold_x, warm_up] = distinct_block_messages(
             [(300, &both[..1]), (40, &both[1..]), (100, &both[..])],
-            60_000,
+            1000,
         )
         .unwrap();
         assert_eq!((cold.len(), cold_x.len(), warm_up.len()), (300, 40, 100));
@@ -442,7 +429,7 @@ mod tests {
             .collect();
         assert_eq!(blocks.len(), 300 + 40 * 8 + 100 * 9);
         assert_eq!(blocks.iter().collect::<HashSet<_>>().len(), blocks.len());
-        assert!(blocks.iter().all(|&(file, _)| file < 60_000));
+        assert!((cold.iter().chain(&warm_up)).all(|m| blocks_of(Mode::Mode32, m)[0].file < 1000));
         let key = Mode::Mode32.locate(&cold[0]);
         let block = blocks_of(Mode::Mode32, &cold[0])[0];
         assert!(key.offset - block.offset < BLOCK_LEN && block.offset.is_multiple_of(BLOCK_LEN));

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use cryptoserver::batch::encode_frames;
 use cryptoserver::keystore::{mode32_files_kept_open, KeyReads, KeyStore};
-use cryptoserver::layout::Mode;
+use cryptoserver::layout::{Mode, MODE32_FILE_COUNT};
 use cryptoserver::secrets::generate::fill_secret;
 
 use super::mode32::{Mode32Dir, MESSAGE_LEN};
@@ -402,18 +402,12 @@ impl Bench {
                 unit: "MiB",
             },
         });
-        if dir.cold_x.is_empty() {
-            eprintln!(
-                "  MODE32X not measured: the server keeps {kept_open} files open, and MODE32X's \
-                 probes land in any of the 65,536; raise the hard RLIMIT_NOFILE"
-            );
-            return Ok(());
-        }
         let baselines = Mode32Baselines {
             server: &server,
             warm_up_file: &warm_up_file,
             fio_rate,
             floor_rate: floor.per_second(),
+            kept_open,
         };
         self.mode32x(report, &dir, &baselines)
     }
@@ -427,6 +421,25 @@ impl Bench {
         mode32: &Mode32Baselines,
     ) -> anyhow::Result<()> {
         eprintln!("  MODE32X: the same files, 8 key reads per MAC");
+        // Its probes land in any file: where some are opened per read, its
+        // figures are shown, but the goals apply only with every file kept open.
+        let all_open = mode32.kept_open == MODE32_FILE_COUNT;
+        let files = if all_open {
+            "every file kept open".to_owned()
+        } else {
+            format!("{} of 65,536 files kept open, no goal", mode32.kept_open)
+        };
+        let goal = |ratio: f64, ceiling: Option<Ceiling>| {
+            if all_open {
+                Goal::AtLeast {
+                    ratio,
+                    minimum: 0.8,
+                    ceiling,
+                }
+            } else {
+                Goal::Ratio(ratio)
+            }
+        };
         let (server, _) = self.start_server(Mode::Mode32x, &dir.path)?;
         let targets = [mode32.server, &server];
         for target in targets {
@@ -447,27 +460,28 @@ impl Bench {
         let [mode32_warm, mode32x_warm] = &rates;
         let warm_ratio = median(mode32x_warm.iter().zip(mode32_warm).map(|(x, m)| x / m));
         report.row(Row {
-            what: format!("MODE32X warm page cache, requests/s ({CONCURRENCY} connections)"),
+            what: format!(
+                "MODE32X warm page cache, requests/s ({CONCURRENCY} connections, {files})"
+            ),
             value: thousands(median(mode32x_warm.iter().copied())),
             baseline: format!(
                 "MODE32 warm: {}",
                 thousands(median(mode32_warm.iter().copied()))
             ),
-            goal: Goal::AtLeast {
-                ratio: warm_ratio,
-                minimum: 0.8,
-                ceiling: None,
-            },
+            goal: goal(warm_ratio, None),
         });
 
-        // Half the cold messages one per request, half in batches.
-        let (single, batched) = dir.cold_x.split_at(dir.cold_x.len() / 2);
+        // A quarter of the cold messages one per request, the rest in batches,
+        // which keep more reads in flight.
+        let (single, batched) = dir.cold_x.split_at(dir.cold_x.len() / 4);
         let per_mac = mode32.fio_rate / Mode::Mode32x.keys_per_mac() as f64;
         let fio_baseline = format!("fio / 8: {}", thousands(per_mac));
-        // Stop well before a run could use up its cold keys, even at 1.5x that rate.
+        // Stop well before a run could use up its cold keys: with up to 8 times
+        // fio's reads in flight the disk may serve several times fio's rate, so
+        // even at 6 times fio / 8.
         let lasting = |messages: usize| {
             self.seconds()
-                .min(Duration::from_secs_f64(messages as f64 / (1.5 * per_mac)))
+                .min(Duration::from_secs_f64(messages as f64 / (6.0 * per_mac)))
         };
         let cold_file = self.work.write_file("mode32x-cold.bin", &single.concat())?;
         dir.evict()?;
@@ -484,11 +498,13 @@ impl Bench {
             BATCH_LOAD,
             lasting(batched.len()),
         )?;
-        if cold.repeated > 0 || batch.repeated > 0 {
-            bail!(
-                "the MODE32X cold runs reused keys they had already read; raise --cold-keys above {}",
-                self.args.cold_keys
-            );
+        for (run, result) in [("requests", &cold), ("batches", &batch)] {
+            if result.repeated > 0 {
+                bail!(
+                    "the MODE32X cold {run} reused keys they had already read; raise --cold-keys above {}",
+                    self.args.cold_keys
+                );
+            }
         }
         let batch_macs = batch.per_second() * COLD_BATCH_LEN as f64;
         eprintln!(
@@ -498,18 +514,17 @@ impl Bench {
         );
         report.row(Row {
             what: format!(
-                "MODE32X cold page cache, requests/s ({CONCURRENCY} connections, 8 reads each)"
+                "MODE32X cold page cache, requests/s ({CONCURRENCY} connections, 8 reads each, {files})"
             ),
             value: thousands(cold.per_second()),
             baseline: fio_baseline.clone(),
-            goal: Goal::AtLeast {
-                ratio: cold.per_second() / per_mac,
-                minimum: 0.8,
-                ceiling: Some(Ceiling {
+            goal: goal(
+                cold.per_second() / per_mac,
+                Some(Ceiling {
                     ratio: mode32.floor_rate / per_mac,
                     set_by: "the HTTP floor itself",
                 }),
-            },
+            ),
         });
         report.row(Row {
             what: format!(
@@ -587,6 +602,8 @@ struct Mode32Baselines<'a> {
     fio_rate: f64,
     /// The HTTP floor's requests/s at the same load.
     floor_rate: f64,
+    /// MODE32 files the server keeps open; the others cost an `open` per read.
+    kept_open: usize,
 }
 
 /// `count` random messages of MESSAGE_LEN bytes, concatenated.
