@@ -246,6 +246,18 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_mode32x_manifest_names_its_mode_over_mode32s_files() {
+        let parent = tempfile::tempdir().unwrap();
+        let manifest = Manifest::describe(Mode::Mode32x, &vec![[7; 32]; 65_536]);
+        assert_eq!(manifest.mode, "MODE32X");
+        let mode32 = Manifest::describe(Mode::Mode32, &vec![[7; 32]; 65_536]);
+        assert_eq!(manifest.files, mode32.files);
+        std::fs::write(Manifest::path(parent.path()), manifest.to_json()).unwrap();
+        let read = Manifest::read(parent.path()).unwrap().unwrap();
+        assert_eq!(read.mode(), Mode::Mode32x);
+    }
+
     fn read_back(manifest: &Manifest) -> ManifestError {
         let parent = tempfile::tempdir().unwrap();
         std::fs::write(Manifest::path(parent.path()), manifest.to_json()).unwrap();
