@@ -14,6 +14,9 @@
 #   CRYPTOSERVER_SECRETS_VERIFY     `always` (default): re-hash every secret at every boot; `after-generate`:
 #                                   only after a run that wrote secrets (a MODE32/MODE32X re-hash reads 128 GiB)
 #   CRYPTOSERVER_SECRETS_WAIT       seconds to wait for the volume to be attached (default 900)
+#   CRYPTOSERVER_SECRETS_TLS_NAME   when set, a DNS name: keep a TLS key and a self-signed certificate
+#                                   for it in $CRYPTOSERVER_SECRETDIR/tls (key.pem, cert.pem), made once,
+#                                   and print the certificate and its SHA-256 fingerprint at every boot
 set -euo pipefail
 
 readonly PROGRAM=cryptoserver-secrets-setup
@@ -35,6 +38,7 @@ device=${CRYPTOSERVER_SECRETS_DEVICE:-}
 owner=${CRYPTOSERVER_SECRETS_OWNER:-cryptoserver}
 verify_policy=${CRYPTOSERVER_SECRETS_VERIFY:-always}
 wait_seconds=${CRYPTOSERVER_SECRETS_WAIT:-900}
+tls_name=${CRYPTOSERVER_SECRETS_TLS_NAME:-}
 
 case ${mode^^} in
     MODE0 | MODE16 | MODE32 | MODE32X) ;;
@@ -47,6 +51,9 @@ case $verify_policy in
 esac
 [[ $wait_seconds =~ ^[0-9]+$ ]] || die "CRYPTOSERVER_SECRETS_WAIT=$wait_seconds is not a number of seconds"
 [[ $dir == /* ]] || die "CRYPTOSERVER_SECRETDIR=$dir must be an absolute path"
+if [[ -n $tls_name && ! $tls_name =~ ^[a-zA-Z0-9][a-zA-Z0-9.-]{0,252}$ ]]; then
+    die "CRYPTOSERVER_SECRETS_TLS_NAME=$tls_name is not a DNS name (letters, digits, dots and dashes)"
+fi
 if [[ -n $volume_id && -n $device ]]; then
     die "set CRYPTOSERVER_SECRETS_VOLUME_ID or CRYPTOSERVER_SECRETS_DEVICE, not both"
 fi
@@ -123,6 +130,38 @@ remount_read_only() {
     mount -o "remount,ro,$MOUNT_OPTIONS" "$dir"
 }
 
+# The host's TLS key lives beside the secrets, on their volume: it never passes through
+# user data, and a volume restored from a snapshot keeps it. Made once, in a temporary
+# directory renamed into place, so a crash never leaves half a pair. The certificate
+# and its fingerprint go to the console at every boot, for clients to pin.
+keep_tls_pair() {
+    local tls_dir=$dir/tls pending=$dir/.tls.tmp
+    if [[ ! -d $tls_dir ]]; then
+        rm -rf -- "$pending"
+        mkdir -m 0700 -- "$pending"
+        log "making a TLS key and a self-signed certificate for $tls_name in $tls_dir"
+        local made
+        made=$(openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -noenc -days 36500 \
+            -subj "/CN=$tls_name" -addext "subjectAltName=DNS:$tls_name" \
+            -addext "basicConstraints=critical,CA:FALSE" -addext "keyUsage=critical,digitalSignature" \
+            -addext "extendedKeyUsage=serverAuth" -keyout "$pending/key.pem" -out "$pending/cert.pem" 2>&1) ||
+            die "openssl cannot make the TLS key in $pending: $made"
+        sync -- "$pending/key.pem" "$pending/cert.pem" "$pending"
+        mv -T -- "$pending" "$tls_dir"
+        sync -- "$dir"
+    fi
+    [[ -f $tls_dir/key.pem && -f $tls_dir/cert.pem ]] ||
+        die "$tls_dir lacks key.pem or cert.pem; move it aside to make a new pair (clients must then pin the new certificate)"
+    chown -R -- "$owner:" "$tls_dir"
+    chmod 0500 "$tls_dir"
+    chmod 0400 "$tls_dir/key.pem" "$tls_dir/cert.pem"
+    local fingerprint
+    fingerprint=$(openssl x509 -in "$tls_dir/cert.pem" -noout -fingerprint -sha256) ||
+        die "$tls_dir/cert.pem is not a certificate openssl can read"
+    log "TLS certificate for $tls_name, SHA-256 fingerprint ${fingerprint#*=}:"
+    cat -- "$tls_dir/cert.pem" >&2
+}
+
 if [[ $device != none ]]; then
     ((EUID == 0)) || die "mounting $device needs root"
     wait_for_device
@@ -142,6 +181,10 @@ if [[ $verify_policy == always || $already_complete == false ]]; then
     cryptoserver-secrets verify --dir "$dir"
 else
     log "not re-hashing the secrets (CRYPTOSERVER_SECRETS_VERIFY=$verify_policy; none was written)"
+fi
+
+if [[ -n $tls_name ]]; then
+    keep_tls_pair
 fi
 
 if [[ $device != none ]]; then

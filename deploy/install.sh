@@ -25,10 +25,28 @@ fi
 on_root=()
 [[ $root == / ]] || on_root=(--root "$root")
 
-# A system user with no shell, no home and no password: it only runs the server.
+# A system user with no shell, no home and no password: it only runs the server. Its
+# UID and GID are fixed: the secrets volume outlives the image, and every image built
+# from a release must find its files owned by the same ids.
+readonly SERVICE_ID=800
+holder() { awk -F: -v id="$SERVICE_ID" '$3 == id { print $1 }' "$root/etc/$1"; }
+for database in group passwd; do
+    holder=$(holder "$database")
+    if [[ -n $holder && $holder != cryptoserver ]]; then
+        echo "install.sh: error: id $SERVICE_ID of $root/etc/$database belongs to $holder; the cryptoserver" \
+            "user needs it (its secrets volume is owned by it): move $holder to another id" >&2
+        exit 1
+    fi
+done
+if ! grep -q '^cryptoserver:' "$root/etc/group"; then
+    groupadd "${on_root[@]}" --system --gid "$SERVICE_ID" cryptoserver
+fi
 if ! grep -q '^cryptoserver:' "$root/etc/passwd"; then
-    useradd "${on_root[@]}" --system --user-group --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin --comment "cryptoserver HMAC service" cryptoserver
+    useradd "${on_root[@]}" --system --uid "$SERVICE_ID" --gid cryptoserver --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin --comment "cryptoserver HMAC service" cryptoserver
+elif [[ $(holder passwd) != cryptoserver ]]; then
+    # An older install's user keeps its id: the first-boot script gives the secrets to it.
+    echo "install.sh: note: the existing cryptoserver user keeps its UID, not $SERVICE_ID" >&2
 fi
 
 install -d -m 0755 "$root/usr/local/bin" "$root/usr/local/sbin" "$root/etc/systemd/system"

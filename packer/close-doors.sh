@@ -43,6 +43,38 @@ ssh_deletekeys: true
 ssh_genkeytypes: []
 EOF
 
+# cloud-init runs no code from user data: only write_files (the module's settings),
+# and the modules that size the root filesystem and name the host. bootcmd, runcmd,
+# the scripts-* family, package installs, seed_random's command, disk_setup... are
+# off: changing a stopped instance's user data must not run anything as root.
+readonly CLOUD_INIT_MODULES=(write_files growpart resizefs set_hostname update_hostname update_etc_hosts)
+cat >/etc/cloud/cloud.cfg.d/99-cryptoserver-modules.cfg <<EOF
+# cryptoserver: no cloud-init module that can run code.
+cloud_init_modules: [$(IFS=,; echo "${CLOUD_INIT_MODULES[*]}")]
+cloud_config_modules: []
+cloud_final_modules: []
+EOF
+# User data can name modules itself (cloud_final_modules: [scripts_user]), and it
+# outranks that file: every other module leaves the image, so cloud-init skips the
+# name as a module it cannot find. dpkg-divert keeps them out across package updates.
+modules_dir=$(python3 -c 'import cloudinit.config, os; print(os.path.dirname(cloudinit.config.__file__))')
+for module in "$modules_dir"/cc_*.py; do
+    name=$(basename "$module" .py)
+    [[ " ${CLOUD_INIT_MODULES[*]} " == *" ${name#cc_} "* ]] && continue
+    dpkg-divert --quiet --local --rename --divert "$module.cryptoserver-removed" --add "$module"
+done
+
+# The boot loader shows no menu and waits for no key: nobody on the serial console can
+# edit the kernel command line (init=/bin/sh), pick a recovery entry or open GRUB's shell.
+cat >/etc/default/grub.d/99-cryptoserver.cfg <<'EOF'
+# cryptoserver: no boot menu, no recovery entry.
+GRUB_TIMEOUT=0
+GRUB_TIMEOUT_STYLE=hidden
+GRUB_RECORDFAIL_TIMEOUT=0
+GRUB_DISABLE_RECOVERY=true
+EOF
+update-grub
+
 # No account keeps a password (the build user is locked by remove-build-access.sh).
 passwd --lock root >/dev/null
 
@@ -62,6 +94,17 @@ for package in amazon-ssm-agent ec2-instance-connect; do
     ! installed "$package" || fail "$package is still installed"
 done
 ! command -v amazon-ssm-agent >/dev/null || fail "an amazon-ssm-agent binary is still installed"
+command -v openssl >/dev/null || fail "openssl is missing: the first-boot script makes the TLS key with it"
+# The ids install.sh gives the service user: the secrets volume, which outlives the
+# image, is owned by them (the first-boot script re-applies them to older volumes).
+[[ $(id -u cryptoserver):$(id -g cryptoserver) == 800:800 ]] || fail "the cryptoserver user is not UID and GID 800"
+for name in bootcmd runcmd scripts_user scripts_per_boot seed_random; do
+    ! python3 -c "import cloudinit.config.cc_$name" 2>/dev/null || fail "cloud-init can still run its $name module"
+done
+python3 -c "import cloudinit.config.cc_write_files" || fail "cloud-init lost its write_files module"
+timeouts=$(grep -E '^\s*set timeout=' /boot/grub/grub.cfg | sort -u | tr -d ' ')
+[[ $timeouts == settimeout=0 ]] || fail "/boot/grub/grub.cfg still waits at the boot menu: $timeouts"
+! grep -q 'recovery mode' /boot/grub/grub.cfg || fail "/boot/grub/grub.cfg still has a recovery entry"
 for unit in cryptoserver-secrets.service cryptoserver.service; do
     systemctl is-enabled --quiet "$unit" || fail "$unit is not enabled"
 done

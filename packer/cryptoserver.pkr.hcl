@@ -137,6 +137,8 @@ build {
   provisioner "shell" {
     inline = [
       "sudo cloud-init status --wait > /dev/null || true",
+      # The first-boot script makes the host's TLS key with openssl.
+      "command -v openssl > /dev/null || { sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install --yes -qq openssl; }",
       "release=$(mktemp -d)",
       "tar -xzf /tmp/cryptoserver.tar.gz -C \"$release\" --strip-components=1",
       "sudo \"$release/install.sh\"",

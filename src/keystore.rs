@@ -15,6 +15,7 @@ use axum::body::Bytes;
 
 use crate::layout::{KeyLocation, Mode, KEY_LEN};
 use crate::mac::{self, Mac};
+use crate::manifest::{Fingerprint, Manifest};
 use crate::metrics::KeyReadStats;
 
 mod batch;
@@ -36,6 +37,8 @@ use table::KeyTable;
 pub struct KeyStore {
     mode: Mode,
     keys: Keys,
+    /// Of the directory's manifest; `None` for secrets made by hand.
+    fingerprint: Option<Fingerprint>,
 }
 
 #[derive(Clone)]
@@ -62,11 +65,20 @@ impl KeyStore {
                 Keys::OnDisk(Arc::new(KeyFiles::open(mode, dir, reads)?))
             }
         };
-        Ok(KeyStore { mode, keys })
+        Ok(KeyStore {
+            mode,
+            keys,
+            fingerprint: manifest.as_ref().map(Manifest::fingerprint),
+        })
     }
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The fingerprint of the secrets served, from their manifest.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.fingerprint
     }
 
     /// The MAC of `message` under the key the layout rule picks for it.

@@ -9,6 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::layout::{Mode, UnknownMode, MANIFEST_FILE_NAME};
 
@@ -34,6 +35,23 @@ pub struct ManifestFile {
     pub size: u64,
     /// Lower-case hex SHA-256 of the file's content.
     pub sha256: String,
+}
+
+/// What the fingerprint hashes first, so it can never equal another hash of the same bytes.
+const FINGERPRINT_LABEL: &str = "cryptoserver secrets fingerprint v1\n";
+
+/// A short, stable name for one set of secrets: the first 16 bytes of the
+/// SHA-256 of the manifest's canonical content (the mode, then each file's
+/// name, size and SHA-256; not the creation time or the tool). Hosts serving
+/// the same secrets show the same fingerprint. It reveals nothing usable about
+/// the keys: it is a hash of hashes of 2 MiB of random bytes per file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 16]);
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
 }
 
 /// A manifest that could not be read, or whose content does not fit its mode.
@@ -168,6 +186,20 @@ impl Manifest {
         json
     }
 
+    /// The fingerprint of the secrets the manifest describes: SHA-256 of
+    /// `cryptoserver secrets fingerprint v1\n`, `{mode}\n`, then `{name} {size} {sha256}\n`
+    /// for each file in order, cut to its first 16 bytes.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut hasher = Sha256::new();
+        hasher.update(FINGERPRINT_LABEL);
+        hasher.update(format!("{}\n", self.mode));
+        for file in &self.files {
+            hasher.update(format!("{} {} {}\n", file.name, file.size, file.sha256));
+        }
+        let digest = hasher.finalize();
+        Fingerprint(digest[..16].try_into().expect("SHA-256 is 32 bytes"))
+    }
+
     /// The mode the manifest describes.
     pub fn mode(&self) -> Mode {
         self.mode
@@ -256,6 +288,26 @@ mod tests {
         std::fs::write(Manifest::path(parent.path()), manifest.to_json()).unwrap();
         let read = Manifest::read(parent.path()).unwrap().unwrap();
         assert_eq!(read.mode(), Mode::Mode32x);
+    }
+
+    #[test]
+    fn the_fingerprint_names_the_secrets_not_the_run() {
+        let manifest = Manifest::describe(Mode::Mode16, &[[0xab; 32]]);
+        let mut later = manifest.clone();
+        later.created = "2030-01-01T00:00:00Z".to_owned();
+        later.tool_version = "cryptoserver 9.9.9".to_owned();
+        assert_eq!(later.fingerprint(), manifest.fingerprint());
+        let other = Manifest::describe(Mode::Mode16, &[[0xac; 32]]);
+        assert_ne!(other.fingerprint(), manifest.fingerprint());
+        // Written out: the label, the mode, one line per file.
+        let text = format!(
+            "{FINGERPRINT_LABEL}MODE16\n0000 2097152 {}\n",
+            "ab".repeat(32)
+        );
+        assert_eq!(
+            manifest.fingerprint().to_string(),
+            hex::encode(&Sha256::digest(text)[..16])
+        );
     }
 
     fn read_back(manifest: &Manifest) -> ManifestError {

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::manifest::Fingerprint;
+
 /// Upper bounds of the latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -133,12 +135,21 @@ impl Metrics {
     }
 
     /// The text `GET /metrics` answers; `in_flight` is the requests being served.
-    pub fn render(&self, mode: &str, in_flight: usize, key_reads: Option<&KeyReadStats>) -> String {
+    /// `fingerprint` names the secrets served (empty for secrets made by hand).
+    pub fn render(
+        &self,
+        mode: &str,
+        fingerprint: Option<Fingerprint>,
+        in_flight: usize,
+        key_reads: Option<&KeyReadStats>,
+    ) -> String {
         let mut out = String::with_capacity(4096);
+        let fingerprint = fingerprint.map_or(String::new(), |fingerprint| fingerprint.to_string());
         let _ = writeln!(
             out,
-            "# HELP cryptoserver_build_info Version and mode of this server.\n# TYPE cryptoserver_build_info gauge\n\
-             cryptoserver_build_info{{version=\"{}\",mode=\"{mode}\"}} 1",
+            "# HELP cryptoserver_build_info Version, mode and secrets fingerprint of this server.\n\
+             # TYPE cryptoserver_build_info gauge\n\
+             cryptoserver_build_info{{version=\"{}\",mode=\"{mode}\",fingerprint=\"{fingerprint}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
         let _ = writeln!(
@@ -242,9 +253,9 @@ mod tests {
         metrics.count_request(Route::of_path("/readyz"), 1000);
         metrics.request_latency.observe(Duration::from_micros(300));
         metrics.request_latency.observe(Duration::from_secs(10));
-        let text = metrics.render("MODE16", 3, None);
+        let text = metrics.render("MODE16", None, 3, None);
         assert!(text.contains(&format!(
-            "cryptoserver_build_info{{version=\"{}\",mode=\"MODE16\"}} 1",
+            "cryptoserver_build_info{{version=\"{}\",mode=\"MODE16\",fingerprint=\"\"}} 1",
             env!("CARGO_PKG_VERSION")
         )));
         assert!(text.contains("cryptoserver_requests_total{route=\"/hmac\",status=\"200\"} 2"));

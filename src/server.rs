@@ -154,6 +154,7 @@ async fn serve(
     tracing::info!(
         mode = %state.keys.mode(),
         dir = %config.secret_dir.display(),
+        fingerprint = state.keys.fingerprint().map(|fingerprint| fingerprint.to_string()),
         addr = %address,
         tls = tls.is_some(),
         "cryptoserver started"

@@ -14,7 +14,13 @@ locals {
   tags = merge(var.tags, { "cryptoserver:name" = var.name })
 
   tokens_file = "/etc/cryptoserver/tokens"
-  ports       = merge({ service = var.port }, var.metrics_port == null ? {} : { metrics = var.metrics_port })
+  # Where deploy/cryptoserver-secrets-setup.sh keeps the TLS pair: beside the secrets.
+  tls_dir = "/secrets/tls"
+  # IPv6 clients: the instance gets an IPv6 address and the server binds dual-stack
+  # ([::] also accepts IPv4, as IPv4-mapped addresses).
+  ipv6      = length(var.allowed_ipv6_cidr_blocks) > 0
+  bind_host = local.ipv6 ? "[::]" : "0.0.0.0"
+  ports     = merge({ service = var.port }, var.metrics_port == null ? {} : { metrics = var.metrics_port })
   # One egress rule for all the allowed networks, or none.
   egress_cidr_blocks = length(var.egress_cidr_blocks) == 0 ? [] : [var.egress_cidr_blocks]
 
@@ -23,12 +29,19 @@ locals {
     var.environment,
     {
       CRYPTOSERVER_MODE              = local.mode
-      CRYPTOSERVER_BIND              = "0.0.0.0:${var.port}"
+      CRYPTOSERVER_BIND              = "${local.bind_host}:${var.port}"
       CRYPTOSERVER_SECRETS_VOLUME_ID = aws_ebs_volume.secrets.id
       CRYPTOSERVER_SECRETS_VERIFY    = var.verify_secrets_on_boot
     },
     length(var.token_sha256_digests) == 0 ? {} : { CRYPTOSERVER_TOKENS_FILE = local.tokens_file },
-    var.metrics_port == null ? {} : { CRYPTOSERVER_METRICS_BIND = "0.0.0.0:${var.metrics_port}" },
+    var.metrics_port == null ? {} : { CRYPTOSERVER_METRICS_BIND = "${local.bind_host}:${var.metrics_port}" },
+    # The first-boot script makes the TLS key on the secrets volume: no private key
+    # ever passes through user data, which anyone allowed to describe the instance reads.
+    !var.tls ? {} : {
+      CRYPTOSERVER_SECRETS_TLS_NAME = var.name
+      CRYPTOSERVER_TLS_CERT         = "${local.tls_dir}/cert.pem"
+      CRYPTOSERVER_TLS_KEY          = "${local.tls_dir}/key.pem"
+    },
   )
 
   config_files = concat(
@@ -122,8 +135,12 @@ resource "aws_instance" "this" {
   subnet_id                   = var.subnet_id
   vpc_security_group_ids      = [aws_security_group.this.id]
   associate_public_ip_address = false
-  # Guards against terminating it by hand; Terraform itself lifts it to replace the instance.
+  ipv6_address_count          = local.ipv6 ? 1 : 0
+  # Guards against terminating it by hand. force_destroy lets Terraform lift it when a
+  # plan replaces or destroys the instance: without it hashicorp/aws 6 stops the host,
+  # detaches the secrets, then fails to terminate it.
   disable_api_termination              = true
+  force_destroy                        = true
   instance_initiated_shutdown_behavior = "stop"
   ebs_optimized                        = true
   monitoring                           = var.detailed_monitoring
@@ -151,6 +168,14 @@ resource "aws_instance" "this" {
     Name                  = var.name
     "cryptoserver:sealed" = "true"
   })
+
+  lifecycle {
+    precondition {
+      # null or "" when the subnet has no IPv6 block; both compare safely.
+      condition     = !local.ipv6 || (data.aws_subnet.this.ipv6_cidr_block != null && data.aws_subnet.this.ipv6_cidr_block != "")
+      error_message = "allowed_ipv6_cidr_blocks is set but subnet ${var.subnet_id} has no IPv6 CIDR block, so the instance could get no IPv6 address: associate one with the subnet (and its VPC), or leave allowed_ipv6_cidr_blocks empty."
+    }
+  }
 }
 
 # Attached after the instance starts; the first-boot script waits for it. Being a

@@ -8,9 +8,19 @@ output "private_ip" {
   value       = aws_instance.this.private_ip
 }
 
+output "ipv6_address" {
+  description = "IPv6 address of the instance, or null when allowed_ipv6_cidr_blocks is empty."
+  value       = local.ipv6 ? aws_instance.this.ipv6_addresses[0] : null
+}
+
 output "endpoint" {
   description = "Base URL of the service: POST /hmac, POST /verify, GET /healthz, GET /readyz."
-  value       = "${contains(keys(var.environment), "CRYPTOSERVER_TLS_CERT") ? "https" : "http"}://${aws_instance.this.private_ip}:${var.port}"
+  value       = "${var.tls ? "https" : "http"}://${aws_instance.this.private_ip}:${var.port}"
+}
+
+output "tls_server_name" {
+  description = "The DNS name in the host's self-signed certificate (clients verify it with the pinned certificate), or null when tls is false."
+  value       = var.tls ? var.name : null
 }
 
 output "metrics_endpoint" {

@@ -80,7 +80,7 @@ variable "allowed_cidr_blocks" {
 variable "allowed_ipv6_cidr_blocks" {
   type        = list(string)
   default     = []
-  description = "IPv6 networks of the clients allowed to reach the service port (the subnet must have IPv6)."
+  description = "IPv6 networks of the clients allowed to reach the service port. Non-empty: the instance gets an IPv6 address (the subnet must have an IPv6 block) and the server listens on IPv6 and IPv4."
 
   validation {
     condition     = alltrue([for cidr in var.allowed_ipv6_cidr_blocks : can(cidrhost(cidr, 0)) && strcontains(cidr, ":")])
@@ -131,9 +131,19 @@ variable "environment" {
     error_message = "environment keys are CRYPTOSERVER_* settings or RUST_LOG, and values are single lines."
   }
   validation {
-    condition     = length(setintersection(keys(var.environment), ["CRYPTOSERVER_MODE", "CRYPTOSERVER_BIND", "CRYPTOSERVER_SECRETDIR", "CRYPTOSERVER_TOKENS_FILE", "CRYPTOSERVER_METRICS_BIND", "CRYPTOSERVER_SECRETS_VOLUME_ID", "CRYPTOSERVER_SECRETS_DEVICE", "CRYPTOSERVER_SECRETS_VERIFY"])) == 0
-    error_message = "environment cannot set what the module manages: use mode, port, token_sha256_digests, metrics_port and verify_secrets_on_boot instead."
+    condition     = length(setintersection(keys(var.environment), ["CRYPTOSERVER_MODE", "CRYPTOSERVER_BIND", "CRYPTOSERVER_SECRETDIR", "CRYPTOSERVER_TOKENS_FILE", "CRYPTOSERVER_METRICS_BIND", "CRYPTOSERVER_SECRETS_VOLUME_ID", "CRYPTOSERVER_SECRETS_DEVICE", "CRYPTOSERVER_SECRETS_VERIFY", "CRYPTOSERVER_SECRETS_TLS_NAME"])) == 0
+    error_message = "environment cannot set what the module manages: use mode, port, token_sha256_digests, metrics_port, verify_secrets_on_boot and tls instead."
   }
+  validation {
+    condition     = alltrue([for key in keys(var.environment) : !startswith(key, "CRYPTOSERVER_TLS_")])
+    error_message = "environment cannot set CRYPTOSERVER_TLS_*: no file user data could name holds a key on the host. Set tls = true: the host makes its own key at first boot (module README, TLS)."
+  }
+}
+
+variable "tls" {
+  type        = bool
+  default     = true
+  description = "Serve HTTPS with a key the host makes at first boot on the secrets volume (never in user data) and a self-signed certificate for the DNS name `name`, printed with its SHA-256 fingerprint to the serial console for clients to pin (README, TLS). false: plain HTTP, bearer tokens in clear."
 }
 
 variable "data_volume_size" {
@@ -143,7 +153,7 @@ variable "data_volume_size" {
 
   validation {
     condition     = var.data_volume_size == floor(var.data_volume_size) && var.data_volume_size >= (contains(["MODE32", "MODE32X"], upper(var.mode)) ? 130 : 1) && var.data_volume_size <= 65536
-    error_message = "data_volume_size is too small for the mode: MODE32 and MODE32X write 65,536 files of 2 MiB (128 GiB) and needs at least 130 GiB; MODE0 and MODE16 need 1 GiB; the largest volume is 65536 GiB."
+    error_message = "data_volume_size is too small for the mode: MODE32 and MODE32X write 65,536 files of 2 MiB (128 GiB) and need at least 130 GiB; MODE0 and MODE16 need 1 GiB; the largest volume is 65536 GiB."
   }
   validation {
     condition     = !contains(["io1", "io2"], var.data_volume_type) || var.data_volume_size >= 4
@@ -184,11 +194,15 @@ variable "data_volume_iops" {
 variable "data_volume_throughput" {
   type        = number
   default     = null
-  description = "Throughput of a gp3 secrets volume in MiB/s, 125 to 2000 as AWS allows (null: the baseline 125). Generating MODE32 or MODE32X writes 128 GiB once: about 18 minutes at 125 MiB/s, and every verifying boot reads it back."
+  description = "Throughput of a gp3 secrets volume in MiB/s, 125 to 2000 and at most 0.25 per provisioned IOPS, as AWS allows (null: the baseline 125). Generating MODE32 or MODE32X writes 128 GiB once: about 18 minutes at 125 MiB/s, and every verifying boot reads it back."
 
   validation {
     condition     = var.data_volume_throughput == null || try(var.data_volume_throughput >= 125 && var.data_volume_throughput <= 2000 && var.data_volume_type == "gp3", false)
     error_message = "data_volume_throughput is null, or 125 to 2000 MiB/s on a gp3 volume."
+  }
+  validation {
+    condition     = var.data_volume_throughput == null || try(var.data_volume_throughput <= 0.25 * coalesce(var.data_volume_iops, 3000), false)
+    error_message = "data_volume_throughput is at most 0.25 MiB/s per provisioned IOPS on gp3 (750 MiB/s at the baseline 3000 IOPS): raise data_volume_iops to at least 4 per MiB/s (8000 for 2000 MiB/s)."
   }
 }
 

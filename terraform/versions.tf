@@ -4,8 +4,10 @@ terraform {
 
   required_providers {
     aws = {
-      source  = "hashicorp/aws"
-      version = ">= 5.0.0, < 7.0.0"
+      source = "hashicorp/aws"
+      # 6.8.0: aws_instance's force_destroy, without which a replacing apply fails
+      # on the instance's termination protection.
+      version = ">= 6.8.0, < 7.0.0"
     }
   }
 }

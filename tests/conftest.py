@@ -14,6 +14,8 @@ import time
 import pytest
 import requests
 
+import reference
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -74,6 +76,16 @@ class Server:
         """(host, port) for raw sockets."""
         host, port = self.url.split("://")[1].split(":")
         return host, int(port)
+
+
+@contextlib.contextmanager
+def server_over_random_secrets(tmp_path_factory, mode, name):
+    """A server over fresh random secrets of `mode` (reference.write_random_secrets),
+    for a module's tests to share; `server.secret_dir` is the directory."""
+    secret_dir = reference.write_random_secrets(mode, tmp_path_factory.mktemp(name) / "secrets")
+    with running_server(tmp_path_factory.mktemp(f"{name}-log"), mode, secret_dir) as server:
+        server.secret_dir = secret_dir
+        yield server
 
 
 @contextlib.contextmanager

@@ -126,6 +126,7 @@ fn record_macs(state: &AppState, count: usize, bytes: usize) {
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics.render(
         state.keys.mode().name(),
+        state.keys.fingerprint(),
         state.concurrency.in_flight(),
         state.keys.read_stats(),
     );
@@ -136,12 +137,18 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
-    if state.keys.is_ready().await {
-        Ok("ready\n")
-    } else {
-        Err(ApiError::KeyUnavailable)
+/// 200 while every key can be read, naming the mode and the secrets'
+/// fingerprint, so replicas can be checked to serve the same secrets.
+pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    if !state.keys.is_ready().await {
+        return Err(ApiError::KeyUnavailable);
     }
+    Ok(Json(serde_json::json!({
+        "ready": true,
+        "mode": state.keys.mode().name(),
+        "fingerprint": state.keys.fingerprint().map(|fingerprint| fingerprint.to_string()),
+    }))
+    .into_response())
 }
 
 fn decode_mac_header(value: Option<&HeaderValue>) -> Result<Mac, ApiError> {

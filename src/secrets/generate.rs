@@ -66,6 +66,7 @@ impl std::fmt::Display for Generated {
             return write!(
                 f,
                 "{dir} already holds all {} and its {MANIFEST_FILE_NAME}; nothing to do \
+                 but re-apply their owner and permissions \
                  (`cryptoserver-secrets verify --dir {dir}` re-checks their contents)",
                 count(self.kept, &format!("{mode} file"))
             );
@@ -101,6 +102,12 @@ pub fn generate(
         writing: Duration::ZERO,
     };
     if check_existing_manifest(&dir, mode, &survey)? {
+        // A rebuilt image may give the owner another UID: without its ownership and
+        // modes re-applied (never its contents) the server could not read its secrets.
+        dir.secure(owner.as_ref())?;
+        for name in mode.file_names().chain([MANIFEST_FILE_NAME.to_owned()]) {
+            dir.secure_file(&name, owner.as_ref())?;
+        }
         generated.already_complete = true;
         return Ok(generated);
     }
@@ -532,6 +539,31 @@ mod tests {
         assert!(second.already_complete);
         assert_eq!(std::fs::read(dir.join("0000")).unwrap(), secret);
         assert_eq!(Manifest::read(&dir).unwrap().unwrap(), manifest);
+    }
+
+    #[test]
+    fn a_complete_directory_gets_its_permissions_back_and_keeps_its_contents() {
+        use crate::secrets::secret_dir::{DIR_MODE, FILE_MODE};
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("secrets");
+        generate(&args(&dir, Mode::Mode16), ProgressOutput::Hidden).unwrap();
+        let secret = std::fs::read(dir.join("0000")).unwrap();
+        let mode_of =
+            |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        for (path, mode) in [
+            (dir.join("0000"), 0o644),
+            (dir.join(MANIFEST_FILE_NAME), 0o666),
+            (dir.clone(), 0o755),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let again = generate(&args(&dir, Mode::Mode16), ProgressOutput::Hidden).unwrap();
+        assert!(again.already_complete);
+        assert_eq!(mode_of(&dir.join("0000")), FILE_MODE);
+        assert_eq!(mode_of(&dir.join(MANIFEST_FILE_NAME)), FILE_MODE);
+        assert_eq!(mode_of(&dir), DIR_MODE);
+        assert_eq!(std::fs::read(dir.join("0000")).unwrap(), secret);
     }
 
     #[test]

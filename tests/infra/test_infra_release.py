@@ -131,7 +131,11 @@ def test_installer_creates_a_login_less_user_and_enables_the_units(installed_roo
     service_users = [user for user in users if user[0] == "cryptoserver"]
     assert len(service_users) == 1
     assert service_users[0][5:] == ["/nonexistent", "/usr/sbin/nologin"]
-    assert int(service_users[0][2]) < 1000, "a system user"
+    # The fixed ids every image gives it, which close-doors.sh checks on the image.
+    assert service_users[0][2:4] == ["800", "800"]
+    groups = [line.split(":") for line in (installed_root / "etc/group").read_text().splitlines()]
+    assert [group[2] for group in groups if group[0] == "cryptoserver"] == ["800"]
+    assert '[[ $(id -u cryptoserver):$(id -g cryptoserver) == 800:800 ]]' in (REPO / "packer/close-doors.sh").read_text()
     for path, mode in {"usr/local/bin/cryptoserver": 0o755, "usr/local/bin/cryptoserver-secrets": 0o755,
                        "usr/local/sbin/cryptoserver-secrets-setup.sh": 0o755,
                        "etc/systemd/system/cryptoserver.service": 0o644}.items():

@@ -4,10 +4,12 @@ loop devices standing in for the EBS volume (formatted only when blank, mounted
 nosuid,nodev,noexec, left read-only, never formatted when it holds anything)."""
 
 import contextlib
+import hashlib
 import os
 import pathlib
 import pwd
 import shutil
+import ssl
 import subprocess
 import uuid
 
@@ -82,6 +84,68 @@ def test_plain_directory_generates_verifies_and_a_second_run_changes_nothing(tmp
     assert snapshot(secret_dir) == before
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root (CI runs as root)")
+def test_secrets_owned_by_another_uid_are_given_back_to_the_owner_unchanged(tmp_path):
+    """A rebuilt image whose service user has another UID: its first boot gives the
+    complete secrets back to that user, with their modes, and never rewrites them."""
+    secret_dir = tmp_path / "secrets"
+    assert_ready(run_setup(secret_dir), secret_dir, "MODE16")
+    contents = {path.name: (path.stat().st_ino, path.read_bytes()) for path in secret_dir.iterdir()}
+    stranger = 4242
+    assert stranger not in {user.pw_uid for user in pwd.getpwall()}
+    os.chown(secret_dir, stranger, stranger)
+    os.chmod(secret_dir, 0o755)
+    for path in secret_dir.iterdir():
+        os.chown(path, stranger, stranger)
+        os.chmod(path, 0o644)
+
+    again = run_setup(secret_dir)
+    assert_ready(again, secret_dir, "MODE16")
+    assert "re-apply their owner and permissions" in again.stderr
+    owner = pwd.getpwnam(OWNER)
+    for path in [secret_dir, *secret_dir.iterdir()]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (owner.pw_uid, owner.pw_gid), path
+    assert {path.name: path.stat().st_mode & 0o777 for path in secret_dir.iterdir()} == dict.fromkeys(contents, 0o400)
+    assert {path.name: (path.stat().st_ino, path.read_bytes()) for path in secret_dir.iterdir()} == contents
+
+
+def tls_fingerprint(secret_dir):
+    """SHA-256 of the certificate in `secret_dir`/tls, as openssl prints it (AB:CD:...)."""
+    der = ssl.PEM_cert_to_DER_cert((pathlib.Path(secret_dir) / "tls/cert.pem").read_text())
+    return ":".join(f"{byte:02X}" for byte in hashlib.sha256(der).digest())
+
+
+def assert_tls_pair_printed(result, secret_dir):
+    """The certificate and its fingerprint are on the console; the key never is."""
+    assert f"TLS certificate for localhost, SHA-256 fingerprint {tls_fingerprint(secret_dir)}:" in result.stderr
+    assert (pathlib.Path(secret_dir) / "tls/cert.pem").read_text() in result.stderr
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
+
+
+def test_tls_key_is_made_once_beside_the_secrets_and_serves_https(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    first = run_setup(secret_dir, CRYPTOSERVER_SECRETS_TLS_NAME="localhost")
+    assert_ready(first, secret_dir, "MODE16")
+    assert "making a TLS key and a self-signed certificate for localhost" in first.stderr
+    assert_tls_pair_printed(first, secret_dir)
+    tls = secret_dir / "tls"
+    owner = pwd.getpwnam(OWNER).pw_uid if os.geteuid() == 0 else os.geteuid()
+    assert {path.name: (path.stat().st_mode & 0o777, path.stat().st_uid) for path in [tls, *tls.iterdir()]} == {
+        "tls": (0o500, owner), "key.pem": (0o400, owner), "cert.pem": (0o400, owner)}
+    pair = {path.name: path.read_bytes() for path in tls.iterdir()}
+
+    again = run_setup(secret_dir, CRYPTOSERVER_SECRETS_TLS_NAME="localhost")
+    assert_ready(again, secret_dir, "MODE16")
+    assert "making a TLS key" not in again.stderr
+    assert_tls_pair_printed(again, secret_dir)
+    assert {path.name: path.read_bytes() for path in tls.iterdir()} == pair
+
+    # The server takes the pair, and a client pinning the certificate reaches it.
+    tls_env = {"CRYPTOSERVER_TLS_CERT": str(tls / "cert.pem"), "CRYPTOSERVER_TLS_KEY": str(tls / "key.pem")}
+    with running_server(tmp_path, "MODE16", secret_dir, extra_env=tls_env, https_ca=str(tls / "cert.pem")) as server:
+        assert requests.get(f"{server.url}/readyz", verify=str(tls / "cert.pem"), timeout=5).status_code == 200
+
+
 def test_after_generate_policy_skips_the_rehash_only_when_nothing_was_written(tmp_path):
     secret_dir = tmp_path / "secrets"
     first = run_setup(secret_dir, mode="MODE0", CRYPTOSERVER_SECRETS_VERIFY="after-generate")
@@ -114,6 +178,7 @@ def test_refuses_a_directory_holding_secrets_of_another_mode(tmp_path):
         ({"device": None, "CRYPTOSERVER_SECRETS_VOLUME_ID": "vol-xyz"}, "is not an EBS volume id"),
         ({"CRYPTOSERVER_SECRETS_VOLUME_ID": "vol-0123456789abcdef0"}, "not both"),
         ({"CRYPTOSERVER_SECRETS_VERIFY": "sometimes"}, "use always or after-generate"),
+        ({"CRYPTOSERVER_SECRETS_TLS_NAME": "bad name"}, "is not a DNS name"),
     ],
 )
 def test_bad_settings_stop_before_anything_is_written(tmp_path, settings, message):
@@ -125,10 +190,12 @@ def test_bad_settings_stop_before_anything_is_written(tmp_path, settings, messag
 
 
 @contextlib.contextmanager
-def loop_device(tmp_path, size=64 << 20):
-    image = tmp_path / f"volume-{uuid.uuid4().hex[:8]}.img"
-    with open(image, "wb") as file:
-        file.truncate(size)
+def loop_device(tmp_path, size=64 << 20, image=None):
+    """A loop device over `image`, or over a new blank file of `size` bytes."""
+    if image is None:
+        image = tmp_path / f"volume-{uuid.uuid4().hex[:8]}.img"
+        with open(image, "wb") as file:
+            file.truncate(size)
     device = subprocess.run(["losetup", "--find", "--show", image], capture_output=True, text=True, check=True).stdout.strip()
     try:
         yield device
@@ -182,6 +249,30 @@ def test_blank_volume_is_formatted_mounted_read_only_and_serves(tmp_path):
         assert probe(device) == filesystem
         assert snapshot(secret_dir) == before
         assert "ro" in mount_options(secret_dir)
+
+
+@needs_loop_devices
+def test_the_tls_pair_lives_on_the_volume_and_a_restored_copy_shares_it(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    copy = tmp_path / "snapshot.img"
+    with loop_device(tmp_path) as device, mounted_cleanup(secret_dir):
+        first = run_setup(secret_dir, device=device, CRYPTOSERVER_SECRETS_TLS_NAME="localhost")
+        assert_ready(first, secret_dir, "MODE16")
+        assert_tls_pair_printed(first, secret_dir)
+        fingerprint = tls_fingerprint(secret_dir)
+        assert "ro" in mount_options(secret_dir)
+        unmount(secret_dir)
+        # A volume restored from a snapshot holds the same bytes.
+        with open(device, "rb") as source, open(copy, "wb") as target:
+            shutil.copyfileobj(source, target)
+
+    restored_dir = tmp_path / "restored"
+    with loop_device(tmp_path, image=copy) as device, mounted_cleanup(restored_dir):
+        replica = run_setup(restored_dir, device=device, CRYPTOSERVER_SECRETS_TLS_NAME="localhost")
+        assert_ready(replica, restored_dir, "MODE16")
+        assert "making a TLS key" not in replica.stderr
+        assert_tls_pair_printed(replica, restored_dir)
+        assert tls_fingerprint(restored_dir) == fingerprint
 
 
 @needs_loop_devices

@@ -10,7 +10,7 @@ import requests
 
 import reference
 from conftest import binary, free_port, running_server
-from secret_tools import FILE_LEN, MANIFEST, generate
+from secret_tools import FILE_LEN, MANIFEST, fingerprint, generate, verify
 
 MESSAGES = [b"", b"hello world", b"apples and pears", os.urandom(4096)]
 
@@ -31,6 +31,38 @@ def test_the_server_serves_generated_secrets(tmp_path, mode):
             assert response.status_code == 200
             assert response.content == reference.mac(mode, secret_dir, message)
     assert f"no {MANIFEST}" not in server.log(), "the server did not find the generated manifest"
+
+
+def test_every_tool_reports_the_same_fingerprint(tmp_path):
+    """verify prints it, the server logs it, /readyz and the build-info metric carry it;
+    a second set of secrets has another one."""
+    secret_dir = generated(tmp_path / "secrets", "MODE16")
+    expected = fingerprint(secret_dir)
+    checked = verify(secret_dir)
+    assert checked.returncode == 0, checked.stderr
+    assert f"secrets fingerprint {expected}" in checked.stderr
+    with running_server(tmp_path, "MODE16", secret_dir, extra_env={"RUST_LOG": "info"}) as server:
+        ready = requests.get(f"{server.url}/readyz", timeout=10)
+        assert ready.status_code == 200
+        assert ready.json() == {"ready": True, "mode": "MODE16", "fingerprint": expected}
+        metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+        assert f'mode="MODE16",fingerprint="{expected}"' in metrics
+    assert expected in server.log()
+    other = generated(tmp_path / "other", "MODE16")
+    assert fingerprint(other) != expected
+
+
+def test_secrets_made_by_hand_have_no_fingerprint(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    secret_dir.mkdir(mode=0o700)
+    (secret_dir / "secret").write_bytes(os.urandom(32))
+    os.chmod(secret_dir / "secret", 0o400)
+    with running_server(tmp_path, "MODE0", secret_dir) as server:
+        assert requests.get(f"{server.url}/readyz", timeout=10).json() == {
+            "ready": True,
+            "mode": "MODE0",
+            "fingerprint": None,
+        }
 
 
 @pytest.mark.parametrize(

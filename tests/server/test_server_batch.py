@@ -9,7 +9,7 @@ import pytest
 import requests
 
 import reference
-from conftest import running_server
+from conftest import running_server, server_over_random_secrets
 
 MESSAGES = [b"", b"hello world", b"apples and pears"] + [os.urandom(random.randrange(0, 300)) for _ in range(500)]
 
@@ -48,9 +48,7 @@ def test_batch_agrees_with_single_requests(tmp_path, disk_dir, mode, key_reads):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    secret_dir = reference.write_random_secrets("MODE16", tmp_path_factory.mktemp("batch") / "secrets")
-    with running_server(tmp_path_factory.mktemp("log"), "MODE16", secret_dir) as server:
-        server.secret_dir = secret_dir
+    with server_over_random_secrets(tmp_path_factory, "MODE16", "batch") as server:
         yield server
 
 

@@ -25,6 +25,24 @@ pub fn target_dir() -> PathBuf {
 pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(repo_root());
+    // What `cargo run` set for xtask itself (CARGO_PKG_NAME...) would reach the
+    // crates that read it, such as ring: their fingerprints would then differ
+    // from a plain `cargo build`'s, and each nested cargo would rebuild them and
+    // everything above them (minutes).
+    for (name, _) in std::env::vars_os() {
+        let name_text = name.to_string_lossy();
+        if name_text.starts_with("CARGO_PKG_")
+            || name_text.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&name_text.as_ref())
+        {
+            command.env_remove(&name);
+        }
+    }
     command
 }
 

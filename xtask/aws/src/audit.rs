@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::facts::{HostFacts, KeyPair, SEALED_TAG};
+use crate::facts::{HostFacts, KeyPair, Metadata, SEALED_HOP_LIMIT, SEALED_TAG};
 use crate::rules::SSH_PORT;
 
 pub struct Check {
@@ -48,12 +48,8 @@ pub fn audit(facts: &HostFacts, service_port: u16) -> Vec<Check> {
         },
         Check {
             number: 3,
-            title: "IMDSv2 required",
-            outcome: if facts.metadata_tokens_required {
-                Ok("instance metadata needs session tokens".into())
-            } else {
-                Err("instance metadata answers without a session token (IMDSv1)".into())
-            },
+            title: "IMDSv2 required, hop limit 1",
+            outcome: metadata(&facts.metadata),
         },
         Check {
             number: 4,
@@ -111,6 +107,35 @@ pub fn audit(facts: &HostFacts, service_port: u16) -> Vec<Check> {
     ]
 }
 
+fn metadata(metadata: &Metadata) -> Result<String, String> {
+    let Metadata::Enabled {
+        tokens_required,
+        hop_limit,
+    } = metadata
+    else {
+        return Ok("instance metadata is switched off".into());
+    };
+    let mut problems = Vec::new();
+    if !tokens_required {
+        problems.push("instance metadata answers without a session token (IMDSv1)".to_owned());
+    }
+    match hop_limit {
+        Some(SEALED_HOP_LIMIT) => {}
+        Some(limit) => problems.push(format!(
+            "the PUT response hop limit is {limit}, so a session token reaches containers \
+             and forwarders beyond the host"
+        )),
+        None => problems.push("EC2 did not report the PUT response hop limit".to_owned()),
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "instance metadata needs session tokens, PUT response hop limit {SEALED_HOP_LIMIT}"
+        ))
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
 fn port_22_closed(facts: &HostFacts, service_port: u16) -> Result<String, String> {
     let mut open = Vec::new();
     let mut service_sources = Vec::new();
@@ -161,7 +186,10 @@ pub(crate) mod tests {
                 ingress: vec![rule("tcp", Some((8080, 8080)), ipv4("10.0.0.0/16"))],
             }],
             key_pair: KeyPair::NoneAtLaunch,
-            metadata_tokens_required: true,
+            metadata: Metadata::Enabled {
+                tokens_required: true,
+                hop_limit: Some(1),
+            },
             public_ips: vec![],
             termination_protection: true,
             secrets_volume: Ok(SecretsVolume {
@@ -212,7 +240,10 @@ pub(crate) mod tests {
         assert_eq!(failures(&host), [] as [u8; 0]);
 
         let mut host = sealed_host();
-        host.metadata_tokens_required = false;
+        host.metadata = Metadata::Enabled {
+            tokens_required: false,
+            hop_limit: Some(1),
+        };
         host.public_ips = vec!["203.0.113.7".into()];
         host.termination_protection = false;
         host.sealed_tag = false;
@@ -231,6 +262,39 @@ pub(crate) mod tests {
             "FAIL 6. secrets volume encrypted and kept on termination: vol-secrets on /dev/sdf \
              is not encrypted and is deleted when the instance terminates"
         );
+    }
+
+    #[test]
+    fn metadata_needs_tokens_and_hop_limit_1_unless_switched_off() {
+        let mut host = sealed_host();
+        host.metadata = Metadata::Enabled {
+            tokens_required: true,
+            hop_limit: Some(2),
+        };
+        assert_eq!(failures(&host), [3]);
+        assert_eq!(
+            audit(&host, 8080)[2].to_string(),
+            "FAIL 3. IMDSv2 required, hop limit 1: the PUT response hop limit is 2, so a \
+             session token reaches containers and forwarders beyond the host"
+        );
+        host.metadata = Metadata::Enabled {
+            tokens_required: false,
+            hop_limit: Some(2),
+        };
+        let both = audit(&host, 8080)[2].to_string();
+        assert!(
+            both.contains("(IMDSv1); the PUT response hop limit is 2"),
+            "{both}"
+        );
+        host.metadata = Metadata::Enabled {
+            tokens_required: true,
+            hop_limit: None,
+        };
+        assert!(audit(&host, 8080)[2]
+            .to_string()
+            .contains("did not report the PUT response hop limit"));
+        host.metadata = Metadata::Disabled;
+        assert_eq!(failures(&host), [] as [u8; 0]);
     }
 
     #[test]

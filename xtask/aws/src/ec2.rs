@@ -12,8 +12,8 @@ use aws_sdk_ec2::types::{
 use aws_sdk_ec2::Client;
 
 use crate::facts::{
-    choose_secrets_volume, Attachment, HostFacts, KeyPair, SecretsVolume, SecurityGroup,
-    VolumeChoice, SEALED_TAG,
+    choose_secrets_volume, Attachment, HostFacts, KeyPair, Metadata, SecretsVolume, SecurityGroup,
+    VolumeChoice, SEALED_HOP_LIMIT, SEALED_TAG,
 };
 use crate::plan::Change;
 use crate::rules::{IngressRule, Source};
@@ -74,11 +74,18 @@ impl Ec2 {
         public_ips.sort();
         public_ips.dedup();
 
-        let metadata = instance.metadata_options();
-        let metadata_tokens_required = metadata.is_some_and(|options| {
-            options.http_tokens() == Some(&HttpTokensState::Required)
-                || options.http_endpoint() == Some(&InstanceMetadataEndpointState::Disabled)
-        });
+        let metadata = match instance.metadata_options() {
+            Some(options)
+                if options.http_endpoint() == Some(&InstanceMetadataEndpointState::Disabled) =>
+            {
+                Metadata::Disabled
+            }
+            options => Metadata::Enabled {
+                tokens_required: options.and_then(|o| o.http_tokens())
+                    == Some(&HttpTokensState::Required),
+                hop_limit: options.and_then(|o| o.http_put_response_hop_limit()),
+            },
+        };
 
         let attachments: Vec<Attachment> = instance
             .block_device_mappings()
@@ -105,7 +112,7 @@ impl Ec2 {
                 None => KeyPair::NoneAtLaunch,
                 Some(name) => self.key_pair(name).await?,
             },
-            metadata_tokens_required,
+            metadata,
             public_ips,
             termination_protection: self.termination_protection(instance_id).await?,
             secrets_volume,
@@ -233,6 +240,7 @@ impl Ec2 {
                     .modify_instance_metadata_options()
                     .instance_id(instance_id)
                     .http_tokens(HttpTokensState::Required)
+                    .http_put_response_hop_limit(SEALED_HOP_LIMIT)
                     .send()
                     .await
                     .map_err(|error| self.api_error("ModifyInstanceMetadataOptions", error))?;

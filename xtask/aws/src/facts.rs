@@ -11,8 +11,7 @@ pub struct HostFacts {
     /// Every security group of every network interface, each once.
     pub security_groups: Vec<SecurityGroup>,
     pub key_pair: KeyPair,
-    /// IMDS requires session tokens (IMDSv2), or is switched off altogether.
-    pub metadata_tokens_required: bool,
+    pub metadata: Metadata,
     pub public_ips: Vec<String>,
     pub termination_protection: bool,
     /// The volume holding the secrets, or why it could not be told apart.
@@ -20,6 +19,37 @@ pub struct HostFacts {
     pub sealed_tag: bool,
     /// The IAM instance profile, if any: SSM Session Manager needs no port.
     pub instance_profile: Option<String>,
+}
+
+/// The instance metadata service (IMDS) as the instance's processes reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Metadata {
+    /// Switched off altogether: there is nothing to reach.
+    Disabled,
+    Enabled {
+        /// IMDSv2 only: every read needs a session token.
+        tokens_required: bool,
+        /// How many network hops the token's answer may cross; 1 keeps it on the
+        /// host itself, out of reach of containers and forwarders. `None` when
+        /// EC2 did not say.
+        hop_limit: Option<i32>,
+    },
+}
+
+/// The hop limit a sealed host has.
+pub const SEALED_HOP_LIMIT: i32 = 1;
+
+impl Metadata {
+    /// What a sealed host has: tokens required, hop limit 1 (or no IMDS at all).
+    pub fn is_sealed(&self) -> bool {
+        match self {
+            Metadata::Disabled => true,
+            Metadata::Enabled {
+                tokens_required,
+                hop_limit,
+            } => *tokens_required && *hop_limit == Some(SEALED_HOP_LIMIT),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

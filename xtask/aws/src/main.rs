@@ -29,8 +29,8 @@ struct Cli {
 enum Command {
     /// Check, read-only, that an instance is sealed: one PASS or FAIL line per check
     Audit(Target),
-    /// Seal an instance (close TCP port 22, delete its key pair, require IMDSv2,
-    /// protect it and its secrets volume, tag it), then audit it
+    /// Seal an instance (close TCP port 22, delete its key pair, require IMDSv2 with
+    /// hop limit 1, protect it and its secrets volume, tag it), then audit it
     Seal {
         #[command(flatten)]
         target: Target,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::facts::{HostFacts, KeyPair, SEALED_TAG};
+use crate::facts::{HostFacts, KeyPair, SEALED_HOP_LIMIT, SEALED_TAG};
 use crate::rules::{IngressRule, SSH_PORT};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,9 +30,11 @@ impl fmt::Display for Change {
         match self {
             Change::AuthorizeIngress { group_id, rule } => write!(f, "{group_id}: add {rule}"),
             Change::RevokeIngress { group_id, rule } => write!(f, "{group_id}: remove {rule}"),
-            Change::RequireImdsV2 => {
-                f.write_str("require IMDSv2 (session tokens) for instance metadata")
-            }
+            Change::RequireImdsV2 => write!(
+                f,
+                "require IMDSv2 (session tokens) for instance metadata, with a PUT response \
+                 hop limit of {SEALED_HOP_LIMIT}"
+            ),
             Change::EnableTerminationProtection => f.write_str("turn termination protection on"),
             Change::KeepVolumeOnTermination {
                 volume_id,
@@ -96,7 +98,7 @@ pub fn plan_seal(facts: &HostFacts) -> SealPlan {
             rule: rule.clone(),
         }));
     }
-    if !facts.metadata_tokens_required {
+    if !facts.metadata.is_sealed() {
         changes.push(Change::RequireImdsV2);
     }
     if !facts.termination_protection {
@@ -155,7 +157,7 @@ mod tests {
 
     use super::*;
     use crate::audit::{audit, tests::sealed_host};
-    use crate::facts::{SecretsVolume, SecurityGroup};
+    use crate::facts::{Metadata, SecretsVolume, SecurityGroup};
     use crate::rules::tests::{ipv4, rule};
     use crate::rules::Source;
 
@@ -187,7 +189,10 @@ mod tests {
                 },
             ],
             key_pair: KeyPair::Exists("admin".into()),
-            metadata_tokens_required: false,
+            metadata: Metadata::Enabled {
+                tokens_required: false,
+                hop_limit: Some(2),
+            },
             termination_protection: false,
             secrets_volume: Ok(SecretsVolume {
                 volume_id: "vol-secrets".into(),
@@ -211,7 +216,12 @@ mod tests {
                 Change::RevokeIngress { group_id, rule } => group_mut(&mut after, group_id)
                     .ingress
                     .retain(|r| r != rule),
-                Change::RequireImdsV2 => after.metadata_tokens_required = true,
+                Change::RequireImdsV2 => {
+                    after.metadata = Metadata::Enabled {
+                        tokens_required: true,
+                        hop_limit: Some(SEALED_HOP_LIMIT),
+                    }
+                }
                 Change::EnableTerminationProtection => after.termination_protection = true,
                 Change::KeepVolumeOnTermination { .. } => {
                     after.secrets_volume.as_mut().unwrap().delete_on_termination = false
@@ -352,6 +362,18 @@ mod tests {
             volume_id: "vol-secrets".into(),
             device_name: "/dev/sdf".into(),
         }));
+    }
+
+    #[test]
+    fn a_hop_limit_above_1_is_lowered_even_with_tokens_required() {
+        let mut host = sealed_host();
+        host.metadata = Metadata::Enabled {
+            tokens_required: true,
+            hop_limit: Some(2),
+        };
+        assert_eq!(plan_seal(&host).changes, vec![Change::RequireImdsV2]);
+        host.metadata = Metadata::Disabled;
+        assert_eq!(plan_seal(&host).changes, vec![]);
     }
 
     #[test]
