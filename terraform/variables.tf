@@ -153,7 +153,7 @@ variable "data_volume_size" {
 
   validation {
     condition     = var.data_volume_size == floor(var.data_volume_size) && var.data_volume_size >= (contains(["MODE32", "MODE32X"], upper(var.mode)) ? 130 : 1) && var.data_volume_size <= 65536
-    error_message = "data_volume_size is too small for the mode: MODE32 and MODE32X write 65,536 files of 2 MiB (128 GiB) and need at least 130 GiB; MODE0 and MODE16 need 1 GiB; the largest volume is 65536 GiB."
+    error_message = "data_volume_size is too small for the mode: MODE32 and MODE32X write 65,536 files of 2 MiB (128 GiB), so the volume needs at least 130 GiB; MODE0 and MODE16 need 1 GiB; the largest volume is 65536 GiB."
   }
   validation {
     condition     = !contains(["io1", "io2"], var.data_volume_type) || var.data_volume_size >= 4
