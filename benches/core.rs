@@ -10,10 +10,11 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cryptoserver::batch::{encode_frames, parse_frames};
 use cryptoserver::keystore::{KeyReads, KeyStore};
-use cryptoserver::layout::{Mode, KEY_FILE_LEN, KEY_LEN};
+use cryptoserver::layout::{Mode, Probes, KEY_FILE_LEN, KEY_LEN, MODE32X_PROBES};
 use cryptoserver::mac::{self, PrecomputedKey};
 use cryptoserver::secrets::generate::{fill_secret, generate, GenerateOptions};
 use cryptoserver::secrets::progress::ProgressOutput;
+use zeroize::Zeroizing;
 
 const MESSAGE_LEN: usize = 64;
 const BATCH_LEN: usize = 4096;
@@ -28,8 +29,9 @@ fn key_selection(c: &mut Criterion) {
     let message = message();
     let mut group = c.benchmark_group("key selection (64 B message)");
     for mode in Mode::ALL {
-        group.bench_function(mode.name(), |b| {
-            b.iter(|| black_box(mode).locate(black_box(&message)))
+        group.bench_function(mode.name(), |b| match mode {
+            Mode::Mode32x => b.iter(|| Probes::of(black_box(&message)).locations()),
+            _ => b.iter(|| black_box(mode).locate(black_box(&message))),
         });
     }
     group.finish();
@@ -48,6 +50,11 @@ fn mac_computation(c: &mut Criterion) {
     group.bench_function("MODE32: key read per request", |b| {
         b.iter(|| mac::mac(black_box(&key), black_box(&message)))
     });
+    let probes = Probes::of(&message);
+    let keys = vec![Zeroizing::new(key); MODE32X_PROBES];
+    group.bench_function("MODE32X: K' from 8 keys, then the MAC", |b| {
+        b.iter(|| mac::mac(&probes.derive_key(black_box(&keys)), black_box(&message)))
+    });
     group.finish();
 }
 
@@ -55,6 +62,7 @@ fn mac_computation(c: &mut Criterion) {
 /// the warm page cache on the blocking pool), MAC. MODE32 keeps the first files
 /// open and opens the others per read when RLIMIT_NOFILE is below 69,632 (the
 /// hard limit may not allow more), so it is measured in a low and a high file.
+/// MODE32X reads 8 keys in any files, from the same sparse directory.
 fn key_store(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -62,9 +70,13 @@ fn key_store(c: &mut Criterion) {
         .expect("a tokio runtime");
     let mut group = c.benchmark_group("KeyStore::mac (64 B message)");
     for mode in Mode::ALL {
-        let secrets = dir.path().join(mode.name());
+        let secrets = dir.path().join(match mode {
+            Mode::Mode32 | Mode::Mode32x => "MODE32",
+            _ => mode.name(),
+        });
         match mode {
             Mode::Mode32 => write_sparse_mode32(&secrets),
+            Mode::Mode32x => {}
             _ => generate_secrets(mode, &secrets),
         }
         let store = KeyStore::load(mode, &secrets, KeyReads::Auto).expect("the secrets load");
@@ -79,6 +91,7 @@ fn key_store(c: &mut Criterion) {
                     message_in_files(0xfc00..0x10000),
                 ),
             ],
+            Mode::Mode32x => vec![("MODE32X, 8 probes in any files", message())],
             _ => vec![(mode.name(), message())],
         };
         for (name, message) in cases {

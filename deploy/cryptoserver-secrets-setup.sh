@@ -5,14 +5,14 @@
 # mounted read-only. On a complete volume it changes nothing, so it is safe to re-run.
 #
 # Settings, from the environment (systemd reads /etc/cryptoserver/env, written from user data):
-#   CRYPTOSERVER_MODE               MODE0, MODE16 or MODE32 (required)
+#   CRYPTOSERVER_MODE               MODE0, MODE16, MODE32 or MODE32X (required)
 #   CRYPTOSERVER_SECRETDIR          directory of the secrets, the volume's mount point (default /secrets)
 #   CRYPTOSERVER_SECRETS_VOLUME_ID  EBS volume holding the secrets (vol-...), found as its NVMe device
 #   CRYPTOSERVER_SECRETS_DEVICE     or the block device itself; `none` keeps the secrets in a plain
 #                                   directory on whatever filesystem holds it (no mount, no format)
 #   CRYPTOSERVER_SECRETS_OWNER      user the server runs as, owner of the secrets (default cryptoserver)
 #   CRYPTOSERVER_SECRETS_VERIFY     `always` (default): re-hash every secret at every boot; `after-generate`:
-#                                   only after a run that wrote secrets (a MODE32 re-hash reads 128 GiB)
+#                                   only after a run that wrote secrets (a MODE32/MODE32X re-hash reads 128 GiB)
 #   CRYPTOSERVER_SECRETS_WAIT       seconds to wait for the volume to be attached (default 900)
 #   CRYPTOSERVER_SECRETS_TLS_NAME   when set, a DNS name: keep a TLS key and a self-signed certificate
 #                                   for it in $CRYPTOSERVER_SECRETDIR/tls (key.pem, cert.pem), made once,
@@ -41,9 +41,9 @@ wait_seconds=${CRYPTOSERVER_SECRETS_WAIT:-900}
 tls_name=${CRYPTOSERVER_SECRETS_TLS_NAME:-}
 
 case ${mode^^} in
-    MODE0 | MODE16 | MODE32) ;;
-    "") die "CRYPTOSERVER_MODE is not set: set it to MODE0, MODE16 or MODE32 in /etc/cryptoserver/env" ;;
-    *) die "CRYPTOSERVER_MODE=$mode is not a mode: use MODE0, MODE16 or MODE32" ;;
+    MODE0 | MODE16 | MODE32 | MODE32X) ;;
+    "") die "CRYPTOSERVER_MODE is not set: set it to MODE0, MODE16, MODE32 or MODE32X in /etc/cryptoserver/env" ;;
+    *) die "CRYPTOSERVER_MODE=$mode is not a mode: use MODE0, MODE16, MODE32 or MODE32X" ;;
 esac
 case $verify_policy in
     always | after-generate) ;;

@@ -22,8 +22,9 @@ use crate::limits::RateLimit;
                   RUST_LOG sets the log level (unset: no log output), e.g. RUST_LOG=info."
 )]
 pub struct Config {
-    /// How many keys to use: MODE0 (one key, file `secret`), MODE16 (65,536 keys, file `0000`)
-    /// or MODE32 (2^32 keys, files `0000`..`ffff`); case-insensitive.
+    /// How many keys to use: MODE0 (one key, file `secret`), MODE16 (65,536 keys, file `0000`),
+    /// MODE32 (2^32 keys, files `0000`..`ffff`) or MODE32X (MODE32's files, 8 keys per
+    /// message: see the README); case-insensitive.
     #[arg(long, env = "CRYPTOSERVER_MODE", default_value = "MODE0")]
     pub mode: Mode,
 
@@ -86,7 +87,7 @@ pub struct Config {
     #[arg(long, env = "CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT", value_parser = parse_count)]
     pub max_connections_per_client: Option<usize>,
 
-    /// How MODE32 reads keys: auto (io_uring where the kernel allows it, else a thread
+    /// How MODE32 and MODE32X read keys: auto (io_uring where the kernel allows it, else a thread
     /// pool), io-uring (startup fails without it) or threads.
     #[arg(long, env = "CRYPTOSERVER_KEY_READS", default_value_t = KeyReads::Auto)]
     pub key_reads: KeyReads,
@@ -257,7 +258,7 @@ mod tests {
         assert_eq!(config.bind, "127.0.0.1:9000".parse().unwrap());
         let error = parse(&["--mode", "MODE8"]).unwrap_err().to_string();
         assert!(
-            error.contains("MODE8") && error.contains("MODE0, MODE16 and MODE32"),
+            error.contains("MODE8") && error.contains("MODE0, MODE16, MODE32 and MODE32X"),
             "{error}"
         );
         let error = parse(&["--bind", "localhost"]).unwrap_err().to_string();

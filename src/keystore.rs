@@ -1,5 +1,5 @@
 //! The secrets as the server holds them: checked once at startup (fail closed),
-//! then MODE0/MODE16 keys in memory and MODE32 keys read from disk per request.
+//! then MODE0/MODE16 keys in memory and MODE32/MODE32X keys read from disk per request.
 //!
 //! - [`startup`]: the checks a directory passes before it is served.
 //! - [`files`]: MODE32's files, read per key, with failures tracked for `/readyz`.
@@ -46,13 +46,13 @@ pub struct KeyStore {
 enum Keys {
     /// MODE0 and MODE16: every key, with its HMAC pads already hashed.
     InMemory(Arc<KeyTable>),
-    /// MODE32: 128 GiB stays on disk.
+    /// MODE32 and MODE32X: 128 GiB stays on disk.
     OnDisk(Arc<KeyFiles>),
 }
 
 impl KeyStore {
     /// Checks the secrets directory for `mode` and loads it; `reads` applies to
-    /// MODE32 only. Blocking: call before serving.
+    /// MODE32 and MODE32X only. Blocking: call before serving.
     pub fn load(mode: Mode, dir: &Path, reads: KeyReads) -> Result<KeyStore, LoadError> {
         startup::check_directory(dir)?;
         let manifest = startup::read_manifest(mode, dir)?;
@@ -62,7 +62,9 @@ impl KeyStore {
                 dir,
                 manifest.as_ref(),
             )?)),
-            Mode::Mode32 => Keys::OnDisk(Arc::new(KeyFiles::open(dir, reads)?)),
+            Mode::Mode32 | Mode::Mode32x => {
+                Keys::OnDisk(Arc::new(KeyFiles::open(mode, dir, reads)?))
+            }
         };
         Ok(KeyStore {
             mode,
@@ -84,10 +86,7 @@ impl KeyStore {
     pub async fn mac(&self, message: &[u8]) -> Result<Mac, KeyUnavailable> {
         match &self.keys {
             Keys::InMemory(_) => self.mac_blocking(message),
-            Keys::OnDisk(files) => {
-                let key = KeyFiles::read_key_async(files, self.mode.locate(message)).await?;
-                Ok(mac::mac(&key, message))
-            }
+            Keys::OnDisk(files) => KeyFiles::mac_async(files, message).await,
         }
     }
 
@@ -101,7 +100,7 @@ impl KeyStore {
         limit: &Arc<ConcurrencyLimit>,
     ) -> Result<Vec<u8>, KeyUnavailable> {
         match &self.keys {
-            Keys::OnDisk(files) if files.reads_through_ring() => {
+            Keys::OnDisk(files) if files.reads_through_ring() || self.mode.keys_per_mac() > 1 => {
                 batch::macs_as_keys_arrive(files, self.mode, &body, frames).await
             }
             Keys::InMemory(_) => {
@@ -125,7 +124,8 @@ impl KeyStore {
         }
     }
 
-    /// The MAC of one message, reading its key on this thread if it is on disk.
+    /// The MAC of one message, reading its key on this thread if it is on disk
+    /// (MODE32 without io_uring; MODE32X never reads on one thread).
     fn mac_blocking(&self, message: &[u8]) -> Result<Mac, KeyUnavailable> {
         let location = self.mode.locate(message);
         match &self.keys {

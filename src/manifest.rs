@@ -279,6 +279,18 @@ mod tests {
     }
 
     #[test]
+    fn a_mode32x_manifest_names_its_mode_over_mode32s_files() {
+        let parent = tempfile::tempdir().unwrap();
+        let manifest = Manifest::describe(Mode::Mode32x, &vec![[7; 32]; 65_536]);
+        assert_eq!(manifest.mode, "MODE32X");
+        let mode32 = Manifest::describe(Mode::Mode32, &vec![[7; 32]; 65_536]);
+        assert_eq!(manifest.files, mode32.files);
+        std::fs::write(Manifest::path(parent.path()), manifest.to_json()).unwrap();
+        let read = Manifest::read(parent.path()).unwrap().unwrap();
+        assert_eq!(read.mode(), Mode::Mode32x);
+    }
+
+    #[test]
     fn the_fingerprint_names_the_secrets_not_the_run() {
         let manifest = Manifest::describe(Mode::Mode16, &[[0xab; 32]]);
         let mut later = manifest.clone();

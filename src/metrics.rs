@@ -120,7 +120,7 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
 }
 
-/// MODE32 key reads, counted by the key store.
+/// MODE32 and MODE32X key reads, counted by the key store.
 #[derive(Default)]
 pub struct KeyReadStats {
     pub latency: Histogram,
@@ -229,7 +229,7 @@ impl Metrics {
         if let Some(key_reads) = key_reads {
             let (name, kind, help, value) = counter(
                 "cryptoserver_key_read_errors_total",
-                "MODE32 key reads that failed.",
+                "MODE32/MODE32X key reads that failed.",
                 &key_reads.errors,
             );
             let _ = writeln!(
@@ -239,7 +239,7 @@ impl Metrics {
             key_reads.latency.render(
                 &mut out,
                 "cryptoserver_key_read_duration_seconds",
-                "MODE32 key read latency.",
+                "MODE32/MODE32X key read latency.",
             );
         }
         out

@@ -47,11 +47,11 @@ variable "instance_type" {
 variable "mode" {
   type        = string
   default     = "MODE32"
-  description = "How many secrets: MODE0 (one key), MODE16 (65,536 keys in 2 MiB) or MODE32 (2^32 keys, 128 GiB). Fixed for the life of the secrets volume."
+  description = "How many secrets: MODE0 (one key), MODE16 (65,536 keys in 2 MiB), MODE32 (2^32 keys, 128 GiB) or MODE32X (MODE32's files, each MAC keyed from 8 of them: see the README). Fixed for the life of the secrets volume."
 
   validation {
-    condition     = contains(["MODE0", "MODE16", "MODE32"], upper(var.mode))
-    error_message = "mode is MODE0, MODE16 or MODE32."
+    condition     = contains(["MODE0", "MODE16", "MODE32", "MODE32X"], upper(var.mode))
+    error_message = "mode is MODE0, MODE16, MODE32 or MODE32X."
   }
 }
 
@@ -149,11 +149,11 @@ variable "tls" {
 variable "data_volume_size" {
   type        = number
   default     = 160
-  description = "Size of the secrets volume in GiB. MODE32 needs at least 130 (128 GiB of secrets in ext4); MODE0 and MODE16 need 1."
+  description = "Size of the secrets volume in GiB. MODE32 and MODE32X need at least 130 (128 GiB of secrets in ext4); MODE0 and MODE16 need 1."
 
   validation {
-    condition     = var.data_volume_size == floor(var.data_volume_size) && var.data_volume_size >= (upper(var.mode) == "MODE32" ? 130 : 1) && var.data_volume_size <= 65536
-    error_message = "data_volume_size is too small for the mode: MODE32 writes 65,536 files of 2 MiB (128 GiB) and needs at least 130 GiB; MODE0 and MODE16 need 1 GiB; the largest volume is 65536 GiB."
+    condition     = var.data_volume_size == floor(var.data_volume_size) && var.data_volume_size >= (contains(["MODE32", "MODE32X"], upper(var.mode)) ? 130 : 1) && var.data_volume_size <= 65536
+    error_message = "data_volume_size is too small for the mode: MODE32 and MODE32X write 65,536 files of 2 MiB (128 GiB), so the volume needs at least 130 GiB; MODE0 and MODE16 need 1 GiB; the largest volume is 65536 GiB."
   }
   validation {
     condition     = !contains(["io1", "io2"], var.data_volume_type) || var.data_volume_size >= 4
@@ -164,7 +164,7 @@ variable "data_volume_size" {
 variable "data_volume_type" {
   type        = string
   default     = "gp3"
-  description = "EBS type of the secrets volume: gp3, gp2, io1 or io2. st1 and sc1 are refused: MODE32 reads 32 random bytes per request, which HDD volumes serve at a few hundred IOPS (see README)."
+  description = "EBS type of the secrets volume: gp3, gp2, io1 or io2. st1 and sc1 are refused: MODE32 reads 32 random bytes per request (MODE32X 8 times that), which HDD volumes serve at a few hundred IOPS (see README)."
 
   validation {
     condition     = contains(["gp3", "gp2", "io1", "io2"], var.data_volume_type)
@@ -175,7 +175,7 @@ variable "data_volume_type" {
 variable "data_volume_iops" {
   type        = number
   default     = null
-  description = "Provisioned IOPS of the secrets volume: required for io1 and io2; optional for gp3 (null: its baseline 3000). In MODE32 each request that misses the page cache is one random read, so IOPS bound the request rate."
+  description = "Provisioned IOPS of the secrets volume: required for io1 and io2; optional for gp3 (null: its baseline 3000). In MODE32 each request that misses the page cache is one random read (MODE32X: eight), so IOPS bound the request rate."
 
   validation {
     condition     = var.data_volume_iops == null || try(var.data_volume_iops >= 100 && var.data_volume_iops <= 256000, false)
@@ -194,7 +194,7 @@ variable "data_volume_iops" {
 variable "data_volume_throughput" {
   type        = number
   default     = null
-  description = "Throughput of a gp3 secrets volume in MiB/s, 125 to 2000 and at most 0.25 per provisioned IOPS, as AWS allows (null: the baseline 125). Generating MODE32 writes 128 GiB once: about 18 minutes at 125 MiB/s, and every verifying boot reads it back."
+  description = "Throughput of a gp3 secrets volume in MiB/s, 125 to 2000 and at most 0.25 per provisioned IOPS, as AWS allows (null: the baseline 125). Generating MODE32 or MODE32X writes 128 GiB once: about 18 minutes at 125 MiB/s, and every verifying boot reads it back."
 
   validation {
     condition     = var.data_volume_throughput == null || try(var.data_volume_throughput >= 125 && var.data_volume_throughput <= 2000 && var.data_volume_type == "gp3", false)
@@ -242,7 +242,7 @@ variable "root_volume_size" {
 variable "verify_secrets_on_boot" {
   type        = string
   default     = "always"
-  description = "always: re-hash every secret against its manifest at every boot before serving (MODE32 reads 128 GiB: about 18 minutes at gp3's baseline throughput). after-generate: only after the boot that wrote them."
+  description = "always: re-hash every secret against its manifest at every boot before serving (MODE32 and MODE32X read 128 GiB: about 18 minutes at gp3's baseline throughput). after-generate: only after the boot that wrote them."
 
   validation {
     condition     = contains(["always", "after-generate"], var.verify_secrets_on_boot)

@@ -3,16 +3,18 @@
 //! secrets directory this test writes:
 //!
 //! - the MAC of any message equals an HMAC-SHA256 written out here from RFC 2104,
-//!   under the key the README's layout rule picks, in MODE0 and MODE16, through
+//!   under the key the README's layout rule picks, in MODE0, MODE16 and MODE32X
+//!   (its derived key from 8 probes, with io_uring and with threads), through
 //!   `/hmac` (every encoding), `/hmac/batch` and `/verify`;
 //! - no request (any method, path, query, `X-Cryptoserver-Mac`, `Authorization`
 //!   and body bytes) panics a handler or gets a 5xx, every error is a JSON body
 //!   that does not echo the message, and every 200 from `/hmac` or `/hmac/batch`
 //!   carries the right MACs.
 
+use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, LazyLock};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
@@ -36,11 +38,57 @@ const MAX_BODY: usize = 4096;
 const TOKEN: &str = "property-test-token";
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// Keys as the server loads them, and the secret file's bytes for the reference.
+/// Keys as the server loads them, and the secret bytes for the reference.
 struct Secrets {
     mode: Mode,
     keys: KeyStore,
-    file: Vec<u8>,
+    reference: Reference,
+}
+
+enum Reference {
+    /// MODE0 and MODE16: the one secret file's bytes.
+    File(Vec<u8>),
+    /// MODE32X: sparse files (all zeros) with random keys planted at the probes
+    /// of each message before it is sent.
+    Planted(Arc<Planted>),
+}
+
+struct Planted {
+    dir: tempfile::TempDir,
+    /// The keys planted so far, by key index.
+    keys: Mutex<HashMap<u32, [u8; KEY_LEN]>>,
+}
+
+impl Planted {
+    /// 65,536 sparse MODE32X files of 2 MiB.
+    fn new() -> Planted {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        for file in 0..65_536 {
+            let path = dir.path().join(format!("{file:04x}"));
+            fs::File::create(&path)
+                .and_then(|created| created.set_len(65_536 * KEY_LEN as u64))
+                .unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Planted {
+            dir,
+            keys: Mutex::default(),
+        }
+    }
+
+    /// The key at `index`, planted now if it is not yet.
+    fn key_at(&self, index: u32) -> [u8; KEY_LEN] {
+        *self.keys.lock().unwrap().entry(index).or_insert_with(|| {
+            let mut key = [0; KEY_LEN];
+            getrandom::fill(&mut key).unwrap();
+            let path = self.dir.path().join(format!("{:04x}", index >> 16));
+            let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.write_at(&key, u64::from(index & 0xffff) * KEY_LEN as u64)
+                .unwrap();
+            key
+        })
+    }
 }
 
 static MODE0: LazyLock<Secrets> = LazyLock::new(|| Secrets::generate(Mode::Mode0));
@@ -53,7 +101,7 @@ impl Secrets {
         let (name, len) = match mode {
             Mode::Mode0 => ("secret", KEY_LEN),
             Mode::Mode16 => ("0000", 65_536 * KEY_LEN),
-            Mode::Mode32 => unreachable!("MODE32 is tested end to end on sparse files"),
+            Mode::Mode32 | Mode::Mode32x => unreachable!("tested on sparse files"),
         };
         let mut file = vec![0; len];
         getrandom::fill(&mut file).unwrap();
@@ -63,25 +111,60 @@ impl Secrets {
         fs::write(&path, &file).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
         let keys = KeyStore::load(mode, dir.path(), KeyReads::Auto).unwrap();
-        Secrets { mode, keys, file }
+        Secrets {
+            mode,
+            keys,
+            reference: Reference::File(file),
+        }
+    }
+
+    /// The planted MODE32X directory, served with `reads`.
+    fn mode32x(planted: &Arc<Planted>, reads: KeyReads) -> Secrets {
+        Secrets {
+            mode: Mode::Mode32x,
+            keys: KeyStore::load(Mode::Mode32x, planted.dir.path(), reads).unwrap(),
+            reference: Reference::Planted(Arc::clone(planted)),
+        }
     }
 
     /// The README's rule, written out again: MODE0 uses the whole file; MODE16
-    /// the slot named by the first two bytes of SHA-256(message), big-endian.
+    /// the slot named by the first two bytes of SHA-256(message), big-endian;
+    /// MODE32X derives its key from the keys at 8 probes (see [`mode32x_key`]).
     fn key_for(&self, message: &[u8]) -> [u8; KEY_LEN] {
-        let slot = match self.mode {
-            Mode::Mode0 => 0,
-            _ => {
-                let digest = Sha256::digest(message);
-                usize::from(u16::from_be_bytes([digest[0], digest[1]]))
+        match &self.reference {
+            Reference::File(file) => {
+                let slot = match self.mode {
+                    Mode::Mode0 => 0,
+                    _ => {
+                        let digest = Sha256::digest(message);
+                        usize::from(u16::from_be_bytes([digest[0], digest[1]]))
+                    }
+                };
+                file[slot * KEY_LEN..][..KEY_LEN].try_into().unwrap()
             }
-        };
-        self.file[slot * KEY_LEN..][..KEY_LEN].try_into().unwrap()
+            Reference::Planted(planted) => mode32x_key(message, |index| planted.key_at(index)),
+        }
     }
 
     fn mac(&self, message: &[u8]) -> [u8; 32] {
         reference_hmac(&self.key_for(message), message)
     }
+}
+
+/// MODE32X as the README states it: R = SHA-256("cryptoserver MODE32X v1" || m);
+/// SHA-256(R || 0x00) gives 8 big-endian u32 indices; K' = SHA-256(R || 0x01 ||
+/// the 8 keys at those indices, in order).
+fn mode32x_key(message: &[u8], mut key_at: impl FnMut(u32) -> [u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    let r = Sha256::new()
+        .chain_update(b"cryptoserver MODE32X v1")
+        .chain_update(message)
+        .finalize();
+    let indices = Sha256::new().chain_update(r).chain_update([0]).finalize();
+    let mut derived = Sha256::new().chain_update(r).chain_update([1]);
+    for index in indices.chunks_exact(4) {
+        derived.update(key_at(u32::from_be_bytes(index.try_into().unwrap())));
+    }
+    derived.finalize().into()
 }
 
 /// HMAC-SHA256 as RFC 2104 defines it, independent of the server's HMAC code:
@@ -219,9 +302,9 @@ fn check_batch(
     secrets: &Secrets,
     messages: &[Vec<u8>],
 ) -> Result<(), TestCaseError> {
+    let expected: Vec<u8> = messages.iter().flat_map(|m| secrets.mac(m)).collect();
     let (status, body) = server.post("/hmac/batch", encode_frames(messages));
     prop_assert_eq!(status, StatusCode::OK);
-    let expected: Vec<u8> = messages.iter().flat_map(|m| secrets.mac(m)).collect();
     prop_assert_eq!(&body[..], &expected[..]);
     Ok(())
 }
@@ -274,6 +357,23 @@ fn mode16_batches_equal_the_reference() {
     check_cases(128, batch(), |messages| {
         check_batch(&server, &MODE16, &messages)
     });
+}
+
+/// One sparse directory (65,536 files take seconds to make), served with
+/// io_uring, then with the thread pool.
+#[test]
+fn mode32x_macs_and_batches_equal_the_rule_written_out() {
+    let planted = Arc::new(Planted::new());
+    for reads in [KeyReads::IoUring, KeyReads::Threads] {
+        let secrets = Secrets::mode32x(&planted, reads);
+        let server = Server::open(&secrets);
+        check_cases(64, message(), |message| {
+            check_macs(&server, &secrets, &message)
+        });
+        check_cases(32, batch(), |messages| {
+            check_batch(&server, &secrets, &messages)
+        });
+    }
 }
 
 /// Any request a client could send.

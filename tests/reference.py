@@ -17,10 +17,16 @@ KEYS_PER_FILE = 65536
 FILE_LEN = KEY_LEN * KEYS_PER_FILE
 VECTORS = pathlib.Path(__file__).with_name("vectors.json")
 VECTOR_MESSAGES = [b"", b"\x00", b"hello world", b"apples and pears", bytes(range(256)) * 4]
+MODE32X_LABEL = b"cryptoserver MODE32X v1"
+MODE32X_PROBES = 8
+LONG_MESSAGE_RULE = "byte i = i mod 251"
+LONG_MESSAGE_LEN = 1_000_000
+MODE32X_VECTOR_MESSAGES = [b"", b"hello world", b"apples and pears", bytes(i % 251 for i in range(LONG_MESSAGE_LEN))]
 
 
 def key_index(mode, message):
-    """0 in MODE0; otherwise the leading 2 (MODE16) or 4 (MODE32) bytes of SHA-256, big-endian."""
+    """0 in MODE0; otherwise the leading 2 (MODE16) or 4 (MODE32) bytes of SHA-256, big-endian.
+    MODE32X has 8 key indices per message: see mode32x_probes."""
     digest = hashlib.sha256(message).digest()
     return {"MODE0": 0, "MODE16": int.from_bytes(digest[:2], "big"), "MODE32": int.from_bytes(digest[:4], "big")}[mode]
 
@@ -35,7 +41,40 @@ def key_location(mode, message):
     return f"{index >> 16:04x}", KEY_LEN * (index & 0xFFFF)
 
 
+def mode32x_seed(message):
+    """R = SHA-256(label || message)."""
+    return hashlib.sha256(MODE32X_LABEL + message).digest()
+
+
+def mode32x_probes(message):
+    """The 8 probe indices: SHA-256(R || 0x00) cut into big-endian u32s."""
+    digest = hashlib.sha256(mode32x_seed(message) + b"\x00").digest()
+    return [int.from_bytes(digest[4 * j : 4 * j + 4], "big") for j in range(MODE32X_PROBES)]
+
+
+def mode32x_key(message, key_at):
+    """K' = SHA-256(R || 0x01 || key_0 .. key_7), `key_at(index)` giving the key MODE32 places at an index."""
+    keys = b"".join(key_at(index) for index in mode32x_probes(message))
+    return hashlib.sha256(mode32x_seed(message) + b"\x01" + keys).digest()
+
+
+def key_indices(mode, message):
+    """Every key index a message's MAC reads."""
+    return mode32x_probes(message) if mode == "MODE32X" else [key_index(mode, message)]
+
+
+def read_mode32_key(secret_dir, index):
+    with open(pathlib.Path(secret_dir) / f"{index >> 16:04x}", "rb") as file:
+        file.seek(KEY_LEN * (index & 0xFFFF))
+        key = file.read(KEY_LEN)
+    assert len(key) == KEY_LEN
+    return key
+
+
 def read_key(mode, secret_dir, message):
+    """The key the MAC of `message` is made with (MODE32X's derived K')."""
+    if mode == "MODE32X":
+        return mode32x_key(message, lambda index: read_mode32_key(secret_dir, index))
     name, offset = key_location(mode, message)
     with open(pathlib.Path(secret_dir) / name, "rb") as file:
         file.seek(offset)
@@ -55,12 +94,12 @@ def vector_key(file_index, slot):
 
 def vector_key_at(mode, index):
     """The deterministic test key with this key index in `mode`."""
-    return vector_key(index >> 16 if mode == "MODE32" else 0, index & 0xFFFF)
+    return vector_key(index >> 16 if mode in ("MODE32", "MODE32X") else 0, index & 0xFFFF)
 
 
 def write_vector_secrets(mode, secret_dir, messages=VECTOR_MESSAGES):
-    """Lays out the deterministic test keys for `mode` in `secret_dir`. MODE32 files
-    are sparse: only the slots the messages select hold their keys."""
+    """Lays out the deterministic test keys for `mode` in `secret_dir`. MODE32 and
+    MODE32X files are sparse: only the slots the messages select hold their keys."""
     secret_dir = pathlib.Path(secret_dir)
     secret_dir.mkdir(mode=0o700, exist_ok=True)
     if mode == "MODE0":
@@ -68,22 +107,29 @@ def write_vector_secrets(mode, secret_dir, messages=VECTOR_MESSAGES):
     elif mode == "MODE16":
         (secret_dir / "0000").write_bytes(b"".join(vector_key(0, slot) for slot in range(KEYS_PER_FILE)))
     else:
-        indices = {key_index(mode, message) for message in messages}
+        indices = {index for message in messages for index in key_indices(mode, message)}
         write_sparse_mode32(secret_dir, {index: vector_key_at(mode, index) for index in indices})
 
 
 def write_random_secrets(mode, secret_dir, messages=()):
     """A fresh directory (0700) of random secrets for `mode`, files 0400. MODE32
-    files are sparse, with random keys only in the slots `messages` select."""
+    files are sparse, with random keys only in the slots `messages` select (all 8
+    probes of each in MODE32X)."""
     secret_dir = pathlib.Path(secret_dir)
     secret_dir.mkdir(mode=0o700, parents=True)
-    if mode == "MODE32":
-        write_sparse_mode32(secret_dir, {key_index(mode, message): os.urandom(KEY_LEN) for message in messages})
+    if mode in ("MODE32", "MODE32X"):
+        write_sparse_mode32(secret_dir, random_keys_for(messages, [mode]))
         return secret_dir
     name = "secret" if mode == "MODE0" else "0000"
     (secret_dir / name).write_bytes(os.urandom(KEY_LEN if mode == "MODE0" else FILE_LEN))
     os.chmod(secret_dir / name, 0o400)
     return secret_dir
+
+
+def random_keys_for(messages, modes=("MODE32", "MODE32X")):
+    """Random keys by key index, wherever `messages` read in any of `modes`: MODE32 and
+    MODE32X use the same files, so one sparse directory can serve both."""
+    return {index: os.urandom(KEY_LEN) for mode in modes for message in messages for index in key_indices(mode, message)}
 
 
 def write_sparse_mode32(secret_dir, keys_by_index):
@@ -117,6 +163,40 @@ def compute_vectors():
             )
     return {
         "key_rule": "key of (file index f, slot s) = SHA-256(b'cryptoserver test vector' || u16be(f) || u16be(s))",
+        "vectors": vectors,
+        "mode32x": compute_mode32x_vectors(),
+    }
+
+
+def mode32x_vector_message(vector):
+    """A MODE32X vector's message: spelled out in hex, or given by LONG_MESSAGE_RULE."""
+    if "message_hex" in vector:
+        return bytes.fromhex(vector["message_hex"])
+    assert vector["message_rule"] == LONG_MESSAGE_RULE, vector["message_rule"]
+    return bytes(i % 251 for i in range(vector["message_len"]))
+
+
+def compute_mode32x_vectors():
+    vectors = []
+    for message in MODE32X_VECTOR_MESSAGES:
+        if len(message) == LONG_MESSAGE_LEN:
+            described = {"message_rule": LONG_MESSAGE_RULE, "message_len": len(message)}
+        else:
+            described = {"message_hex": message.hex()}
+        key = mode32x_key(message, lambda index: vector_key_at("MODE32X", index))
+        vectors.append(
+            {
+                **described,
+                "r_hex": mode32x_seed(message).hex(),
+                "probe_indices": mode32x_probes(message),
+                "derived_key_hex": key.hex(),
+                "mac_hex": hmac.new(key, message, hashlib.sha256).hexdigest(),
+            }
+        )
+    return {
+        "rule": "R = SHA-256(b'cryptoserver MODE32X v1' || m); probe indices = SHA-256(R || 0x00) as 8 u32be; "
+        "key_j = the test key MODE32 places at probe index j; K' = SHA-256(R || 0x01 || key_0 || ... || key_7); "
+        "MAC = HMAC-SHA256(K', m)",
         "vectors": vectors,
     }
 

@@ -2,14 +2,45 @@
 //! MAC engine; tests/server/test_vectors.py checks the same file against Python's
 //! hashlib/hmac and the running server.
 
-use cryptoserver::layout::Mode;
+use cryptoserver::layout::{Mode, Probes};
 use cryptoserver::mac::mac;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 #[derive(Deserialize)]
 struct Vectors {
     vectors: Vec<Vector>,
+    mode32x: Mode32xVectors,
+}
+
+#[derive(Deserialize)]
+struct Mode32xVectors {
+    vectors: Vec<Mode32xVector>,
+}
+
+/// A message is spelled out in hex, or given as a length and the rule "byte i = i mod 251".
+#[derive(Deserialize)]
+struct Mode32xVector {
+    message_hex: Option<String>,
+    message_rule: Option<String>,
+    message_len: Option<usize>,
+    r_hex: String,
+    probe_indices: Vec<u32>,
+    derived_key_hex: String,
+    mac_hex: String,
+}
+
+impl Mode32xVector {
+    fn message(&self) -> Vec<u8> {
+        match (&self.message_hex, &self.message_rule, self.message_len) {
+            (Some(hex), None, None) => hex::decode(hex).unwrap(),
+            (None, Some(rule), Some(len)) if rule == "byte i = i mod 251" => {
+                (0..len).map(|i| (i % 251) as u8).collect()
+            }
+            _ => panic!("a vector gives its message in hex or by the rule 'byte i = i mod 251'"),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -50,6 +81,42 @@ fn committed_vectors_match_the_rust_implementation() {
         assert_eq!(hex::encode(key), vector.key_hex, "{context}");
         assert_eq!(
             hex::encode(mac(&key, &message)),
+            vector.mac_hex,
+            "{context}"
+        );
+    }
+}
+
+#[test]
+fn committed_mode32x_vectors_match_the_rust_implementation() {
+    let vectors: Vectors = serde_json::from_str(include_str!("vectors.json")).unwrap();
+    let vectors = vectors.mode32x.vectors;
+    assert_eq!(vectors.len(), 4);
+    assert!(vectors.iter().any(|v| v.message_len == Some(1_000_000)));
+    for vector in &vectors {
+        let message = vector.message();
+        let context = format!("MODE32X message of {} bytes", message.len());
+        let r = Sha256::new()
+            .chain_update(b"cryptoserver MODE32X v1")
+            .chain_update(&message)
+            .finalize();
+        assert_eq!(hex::encode(r), vector.r_hex, "{context}");
+        let probes = Probes::of(&message);
+        assert_eq!(probes.indices().to_vec(), vector.probe_indices, "{context}");
+        let keys: Vec<_> = probes
+            .locations()
+            .iter()
+            .map(|location| {
+                Zeroizing::new(vector_key(
+                    location.file as u16,
+                    (location.offset / 32) as u16,
+                ))
+            })
+            .collect();
+        let derived = probes.derive_key(&keys);
+        assert_eq!(hex::encode(*derived), vector.derived_key_hex, "{context}");
+        assert_eq!(
+            hex::encode(mac(&derived, &message)),
             vector.mac_hex,
             "{context}"
         );

@@ -34,7 +34,7 @@ pub enum ApiError {
     TooLarge {
         limit: usize,
     },
-    /// A key could not be read (MODE32): never a wrong MAC.
+    /// A key could not be read (MODE32, MODE32X): never a wrong MAC.
     KeyUnavailable,
     Unauthorized,
     RateLimited(Refusal),

@@ -18,12 +18,13 @@ use crate::mac::{self, Mac};
 const BATCH_TASKS: usize = 64;
 /// In-memory keys: smaller batches run as one task, as a hand-off costs more than a few MACs.
 pub(super) const CHUNK_IN_MEMORY: usize = 256;
-/// MODE32: key reads of one batch in flight at once. More keep a disk's queue
+/// MODE32 and MODE32X: key reads of one batch in flight at once. More keep a disk's queue
 /// no fuller (it serves a few dozen at once) and only delay everyone else's reads.
 const READS_IN_FLIGHT: usize = 64;
 
-/// Reads through io_uring: the key reads are in flight together, not one after
-/// another (the ring submits the queued ones in one call).
+/// Reads through io_uring (and MODE32X's on the thread pool too, so a message's
+/// 8 reads are in flight together): the key reads are in flight together, not
+/// one after another (the ring submits the queued ones in one call).
 pub(super) async fn macs_as_keys_arrive(
     files: &Arc<KeyFiles>,
     mode: Mode,
@@ -31,14 +32,8 @@ pub(super) async fn macs_as_keys_arrive(
     frames: Vec<Range<usize>>,
 ) -> Result<Vec<u8>, KeyUnavailable> {
     let macs: Vec<Mac> = stream::iter(frames)
-        .map(|range| {
-            let message = &body[range];
-            async move {
-                let key = KeyFiles::read_key_async(files, mode.locate(message)).await?;
-                Ok::<_, KeyUnavailable>(mac::mac(&key, message))
-            }
-        })
-        .buffered(READS_IN_FLIGHT)
+        .map(|range| KeyFiles::mac_async(files, &body[range]))
+        .buffered(READS_IN_FLIGHT / mode.keys_per_mac())
         .try_collect()
         .await?;
     Ok(macs.concat())

@@ -1,6 +1,7 @@
-//! MODE32's 65,536 files: kept open where the descriptor limit allows, read
-//! one key at a time (through io_uring, else on the blocking threads), checked
-//! after every read, and tracked while they fail so `/readyz` can say so.
+//! MODE32's 65,536 files (MODE32X's too): kept open where the descriptor limit
+//! allows, read one key at a time (through io_uring, else on the blocking
+//! threads), checked after every read, and tracked while they fail so `/readyz`
+//! can say so.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,12 +14,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use futures_util::future;
 use zeroize::Zeroizing;
 
 use super::descriptors::{files_kept_open_under, open_files_wanted, raise_open_file_limit};
 use super::ring::KeyReadRing;
 use super::startup::{open_secret_file, warn_readable_by_others, LoadError, SecretFile};
-use crate::layout::{KeyLocation, Mode, KEY_LEN};
+use crate::layout::{KeyLocation, Mode, Probes, KEY_LEN};
+use crate::mac::{self, Mac};
 use crate::metrics::KeyReadStats;
 use crate::sys::{self, Access};
 
@@ -103,6 +106,8 @@ impl std::error::Error for KeyUnavailable {
 
 /// MODE32's files, as the key store reads them.
 pub(super) struct KeyFiles {
+    /// MODE32 or MODE32X: the same files, another rule for the key of a message.
+    mode: Mode,
     dir: PathBuf,
     /// Files `0..open.len()`, opened once at startup: a key read is one read.
     /// All of them when RLIMIT_NOFILE allows; the rest are opened per read.
@@ -118,8 +123,11 @@ pub(super) struct KeyFiles {
 }
 
 impl KeyFiles {
-    pub(super) fn open(dir: &Path, reads: KeyReads) -> Result<KeyFiles, LoadError> {
-        let mode = Mode::Mode32;
+    pub(super) fn open(mode: Mode, dir: &Path, reads: KeyReads) -> Result<KeyFiles, LoadError> {
+        assert!(
+            mode.same_files_as(Mode::Mode32),
+            "{mode} keeps its keys in memory"
+        );
         let ring = match reads {
             KeyReads::Threads => None,
             KeyReads::IoUring => Some(KeyReadRing::new().map_err(LoadError::IoUringUnavailable)?),
@@ -163,6 +171,7 @@ impl KeyFiles {
         }
         warn_readable_by_others(readable_by_others, &example);
         Ok(KeyFiles {
+            mode,
             dir: dir.to_owned(),
             open: open.into(),
             ring,
@@ -185,7 +194,26 @@ impl KeyFiles {
     }
 
     fn path(&self, file: usize) -> PathBuf {
-        self.dir.join(Mode::Mode32.file_name(file))
+        self.dir.join(self.mode.file_name(file))
+    }
+
+    /// The MAC of `message` under the key its mode picks: one read in MODE32;
+    /// in MODE32X its 8 probe reads are issued together, and any that fails
+    /// fails the MAC.
+    pub(super) async fn mac_async(
+        files: &Arc<KeyFiles>,
+        message: &[u8],
+    ) -> Result<Mac, KeyUnavailable> {
+        if files.mode == Mode::Mode32x {
+            let probes = Probes::of(message);
+            let reads = probes
+                .locations()
+                .map(|location| KeyFiles::read_key_async(files, location));
+            let keys = future::try_join_all(reads).await?;
+            return Ok(mac::mac(&probes.derive_key(&keys), message));
+        }
+        let key = KeyFiles::read_key_async(files, files.mode.locate(message)).await?;
+        Ok(mac::mac(&key, message))
     }
 
     /// A key read that does not block the async worker: through io_uring from a
@@ -231,7 +259,7 @@ impl KeyFiles {
             }
             Err(source) => {
                 let path = self.path(location.file);
-                tracing::error!(path = %path.display(), error = %source, "cannot read a MODE32 key; answering 503");
+                tracing::error!(path = %path.display(), error = %source, mode = %self.mode, "cannot read a key; answering 503");
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 self.mark(location.file, true);
                 Err(KeyUnavailable { path, source })
@@ -264,7 +292,7 @@ impl KeyFiles {
 
     /// Opens a file again, with the same checks as at startup.
     fn reopen(&self, file: usize) -> io::Result<File> {
-        open_secret_file(Mode::Mode32, &self.path(file))
+        open_secret_file(self.mode, &self.path(file))
             .map(|SecretFile { file, .. }| file)
             .map_err(io::Error::other)
     }

@@ -71,6 +71,13 @@ pub enum LoadError {
         holds: Mode,
         configured: Mode,
     },
+    /// The manifest's mode has the same files as the configured one but
+    /// another key rule (MODE32 and MODE32X): serving would change every MAC.
+    KeyRuleMismatch {
+        dir: PathBuf,
+        holds: Mode,
+        configured: Mode,
+    },
     /// `CRYPTOSERVER_KEY_READS=io-uring` on a host that forbids io_uring.
     IoUringUnavailable(io::Error),
 }
@@ -141,9 +148,20 @@ impl fmt::Display for LoadError {
                  {configured} directory",
                 dir.display()
             ),
+            LoadError::KeyRuleMismatch {
+                dir,
+                holds,
+                configured,
+            } => write!(
+                f,
+                "{}: was generated for {holds} (per {MANIFEST_FILE_NAME}) but the server is configured for \
+                 {configured}: the files are the same, but {configured} derives each message's key another way, \
+                 so every MAC would change. Set CRYPTOSERVER_MODE={holds}",
+                dir.display()
+            ),
             LoadError::IoUringUnavailable(source) => write!(
                 f,
-                "cannot set up io_uring for MODE32 key reads: {source}; use CRYPTOSERVER_KEY_READS=auto or \
+                "cannot set up io_uring for MODE32/MODE32X key reads: {source}; use CRYPTOSERVER_KEY_READS=auto or \
                  threads where the kernel or a seccomp filter forbids it"
             ),
         }
@@ -197,6 +215,13 @@ pub(super) fn read_manifest(mode: Mode, dir: &Path) -> Result<Option<Manifest>, 
             dir = %dir.display(),
             "no {MANIFEST_FILE_NAME}: serving secrets made by hand; they cannot be checked for changes"
         ),
+        Some(manifest) if manifest.mode() != mode && manifest.mode().same_files_as(mode) => {
+            return Err(LoadError::KeyRuleMismatch {
+                dir: dir.to_owned(),
+                holds: manifest.mode(),
+                configured: mode,
+            })
+        }
         Some(manifest) if manifest.mode() != mode => {
             return Err(LoadError::ModeMismatch {
                 dir: dir.to_owned(),

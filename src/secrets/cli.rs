@@ -13,7 +13,8 @@ use crate::layout::Mode;
 #[derive(Clone, Debug, clap::Args)]
 pub struct GenerateArgs {
     /// Mode to generate the secrets of: MODE0 (file `secret`, 32 bytes), MODE16 (file `0000`,
-    /// 2 MiB) or MODE32 (files `0000`..`ffff`, 128 GiB); case-insensitive, as CRYPTOSERVER_MODE.
+    /// 2 MiB), MODE32 or MODE32X (files `0000`..`ffff`, 128 GiB); case-insensitive, as
+    /// CRYPTOSERVER_MODE.
     #[arg(long)]
     pub mode: Mode,
 

@@ -41,6 +41,12 @@ pub enum SecretsError {
         holds: Mode,
         wanted: Mode,
     },
+    /// The manifest describes a mode with the same files but another key rule.
+    OtherKeyRule {
+        manifest: PathBuf,
+        holds: Mode,
+        wanted: Mode,
+    },
     /// A complete directory (it has its manifest) lost one of its files.
     LostFile {
         path: PathBuf,
@@ -150,6 +156,17 @@ impl fmt::Display for SecretsError {
                 f,
                 "{}: this directory holds {holds} secrets, not {wanted}; nothing was written. \
                  Generate {wanted} secrets in another directory",
+                manifest.display()
+            ),
+            SecretsError::OtherKeyRule {
+                manifest,
+                holds,
+                wanted,
+            } => write!(
+                f,
+                "{}: this directory holds {holds} secrets; {wanted} uses the same files but derives each \
+                 message's key another way, so every MAC made with them would change; nothing was written. \
+                 Keep serving it as {holds}, or generate {wanted} secrets in another directory",
                 manifest.display()
             ),
             SecretsError::LostFile {

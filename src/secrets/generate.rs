@@ -218,6 +218,13 @@ fn check_existing_manifest(
     else {
         return Ok(false);
     };
+    if manifest.mode() != mode && manifest.mode().same_files_as(mode) {
+        return Err(SecretsError::OtherKeyRule {
+            manifest: manifest_path,
+            holds: manifest.mode(),
+            wanted: mode,
+        });
+    }
     if manifest.mode() != mode {
         return Err(SecretsError::OtherModeManifest {
             manifest: manifest_path,

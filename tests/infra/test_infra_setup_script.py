@@ -171,6 +171,9 @@ def test_refuses_a_directory_holding_secrets_of_another_mode(tmp_path):
     [
         ({"mode": None}, "CRYPTOSERVER_MODE is not set"),
         ({"mode": "MODE64"}, "CRYPTOSERVER_MODE=MODE64 is not a mode"),
+        ({"mode": "MODE64"}, "use MODE0, MODE16, MODE32 or MODE32X"),
+        # MODE32X passes the mode check, so the next check speaks.
+        ({"mode": "mode32x", "CRYPTOSERVER_SECRETS_VERIFY": "sometimes"}, "use always or after-generate"),
         ({"device": None}, "no secrets volume: set CRYPTOSERVER_SECRETS_VOLUME_ID"),
         ({"device": None, "CRYPTOSERVER_SECRETS_VOLUME_ID": "vol-xyz"}, "is not an EBS volume id"),
         ({"CRYPTOSERVER_SECRETS_VOLUME_ID": "vol-0123456789abcdef0"}, "not both"),

@@ -45,6 +45,7 @@ def plan(scratch, *settings):
         [],
         ["mode=MODE16", "data_volume_size=1"],
         ["mode=mode32", "data_volume_size=130"],
+        ["mode=MODE32x", "data_volume_size=130"],
         ["data_volume_type=io2", "data_volume_iops=16000"],
         ["data_volume_throughput=750"],
         ["data_volume_iops=4000", "data_volume_throughput=1000"],
@@ -63,7 +64,8 @@ def test_valid_settings_are_accepted(variables_only, settings):
     "settings, message",
     [
         (["data_volume_size=129"], "needs at least 130 GiB"),
-        (["mode=MODE64"], "mode is MODE0, MODE16 or MODE32"),
+        (["mode=MODE64"], "mode is MODE0, MODE16, MODE32 or MODE32X"),
+        (["mode=MODE32X", "data_volume_size=129"], "needs at least 130 GiB"),
         (["data_volume_type=st1"], "st1 and sc1 serve random reads far too slowly"),
         (["data_volume_type=io2"], "io1 and io2 volumes need data_volume_iops"),
         (["data_volume_type=gp2", "data_volume_throughput=500"], "on a gp3 volume"),

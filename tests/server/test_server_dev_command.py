@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import requests
 
 import reference
@@ -33,3 +34,11 @@ def test_dev_command_serves_marked_development_secrets(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize("mode", ["MODE32", "mode32x"])
+def test_dev_command_refuses_the_128_gib_modes(mode):
+    result = subprocess.run([binary("xtask"), "dev", "--mode", mode], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"{mode.upper()} needs 128 GiB of secrets" in result.stderr
+    assert "--mode MODE16" in result.stderr

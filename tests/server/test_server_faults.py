@@ -1,7 +1,8 @@
-"""MODE32 under faults: a key file deleted, made unreadable or failing with a real
-I/O error, and file descriptors running out. The affected requests get 503 and
-never a wrong MAC, /readyz turns 503, other requests keep working, and the server
-recovers by itself once the fault is gone."""
+"""MODE32 and MODE32X under faults: a key file deleted, made unreadable or failing
+with a real I/O error, and file descriptors running out. The affected requests
+get 503 and never a wrong MAC, /readyz turns 503, other requests keep working,
+and the server recovers by itself once the fault is gone. In MODE32X the broken
+file holds one of the message's 8 probes."""
 
 import contextlib
 import itertools
@@ -21,23 +22,42 @@ import reference
 from conftest import running_server
 
 
-def message_in_file(wanted):
-    """A message whose MODE32 key lives in a file for which `wanted(file_index)` holds."""
+MODES = ["MODE32", "MODE32X"]
+
+
+def files_of(mode, message):
+    """The numbers of the files a message's MAC reads: 1 in MODE32, 8 in MODE32X."""
+    return [index >> 16 for index in reference.key_indices(mode, message)]
+
+
+def message_reading(mode, wanted, every=False):
+    """A message one of whose files (with `every`: each of them) satisfies `wanted(file_index)`."""
     for number in itertools.count():
         message = f"message-{number}".encode()
-        if wanted(reference.key_index("MODE32", message) >> 16):
+        if (all if every else any)(map(wanted, files_of(mode, message))):
             return message
+
+
+def kept(file):
+    return file < 0x1000
+
+
+def high(file):
+    return file > 0xF000
 
 
 # Low file numbers stay open for the server's lifetime; high ones may be opened
 # per read when RLIMIT_NOFILE is below 65,536 (as on these machines).
-KEPT = message_in_file(lambda file: file < 0x1000)
-HIGH = message_in_file(lambda file: file > 0xF000)
-OTHER = message_in_file(lambda file: 0x8000 <= file < 0x9000)
+KEPT = {mode: message_reading(mode, kept) for mode in MODES}
+HIGH = {mode: message_reading(mode, high) for mode in MODES}
+# Reads none of the files the tests break.
+OTHER = {mode: message_reading(mode, lambda file: not kept(file) and not high(file), every=True) for mode in MODES}
 
 
-def file_of(message):
-    return f"{reference.key_index('MODE32', message) >> 16:04x}"
+def file_of(mode, message, wanted):
+    """The name of the file to break for `message`: its MODE32 key file, or in
+    MODE32X the first of its probes' files for which `wanted` holds."""
+    return f"{next(file for file in files_of(mode, message) if wanted(file)):04x}"
 
 
 @pytest.fixture(params=["io-uring", "threads"])
@@ -46,11 +66,21 @@ def key_reads(request):
     return {"CRYPTOSERVER_KEY_READS": request.param}
 
 
+@pytest.fixture(params=MODES)
+def mode(request):
+    """Every fault is tried in both modes that read keys from disk."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def mode32(tmp_path_factory):
-    """One MODE32 directory for the module (65,536 files take seconds to make);
-    each test puts back what it broke."""
-    return reference.write_random_secrets("MODE32", tmp_path_factory.mktemp("faults") / "secrets", [KEPT, HIGH, OTHER])
+    """One directory for the module (65,536 files take seconds to make), with keys
+    planted where either mode reads them: MODE32 and MODE32X use the same files.
+    Each test puts back what it broke."""
+    secret_dir = tmp_path_factory.mktemp("faults") / "secrets"
+    secret_dir.mkdir(mode=0o700)
+    reference.write_sparse_mode32(secret_dir, reference.random_keys_for([*KEPT.values(), *HIGH.values(), *OTHER.values()]))
+    return secret_dir
 
 
 def status_and_mac(server, message):
@@ -58,49 +88,54 @@ def status_and_mac(server, message):
     return response.status_code, response.content
 
 
-def assert_serves(server, secret_dir, *messages):
+def assert_serves(server, mode, secret_dir, *messages):
     for message in messages:
-        assert status_and_mac(server, message) == (200, reference.mac("MODE32", secret_dir, message))
+        assert status_and_mac(server, message) == (200, reference.mac(mode, secret_dir, message))
 
 
-def assert_fails_closed(server, message):
+def assert_fails_closed(server, mode, message):
     status, body = status_and_mac(server, message)
     assert status == 503, body
     assert b"error" in body
     # A batch holding the message fails whole: no MAC of its other messages either.
-    batch = b"".join(struct.pack(">I", len(m)) + m for m in [OTHER, message, OTHER])
+    batch = b"".join(struct.pack(">I", len(m)) + m for m in [OTHER[mode], message, OTHER[mode]])
     response = requests.post(f"{server.url}/hmac/batch", data=batch, timeout=10)
     assert response.status_code == 503 and b"error" in response.content
     assert requests.get(f"{server.url}/readyz").status_code == 503
 
 
-@pytest.mark.parametrize("message", [KEPT, HIGH], ids=["kept-open", "opened-per-read"])
-def test_deleted_file_then_restored(tmp_path, key_reads, mode32, message):
-    path = mode32 / file_of(message)
+WHERE = pytest.mark.parametrize("messages, wanted", [(KEPT, kept), (HIGH, high)], ids=["kept-open", "opened-per-read"])
+
+
+@WHERE
+def test_deleted_file_then_restored(tmp_path, key_reads, mode, mode32, messages, wanted):
+    message = messages[mode]
+    path = mode32 / file_of(mode, message, wanted)
     saved = path.read_bytes()
-    with running_server(tmp_path, "MODE32", mode32, key_reads) as server, restored(path, saved):
-        assert_serves(server, mode32, message)
+    with running_server(tmp_path, mode, mode32, key_reads) as server, restored(path, saved):
+        assert_serves(server, mode, mode32, message)
         path.unlink()
-        assert_fails_closed(server, message)
-        assert_serves(server, mode32, OTHER)
+        assert_fails_closed(server, mode, message)
+        assert_serves(server, mode, mode32, OTHER[mode])
         path.write_bytes(saved)
         assert requests.get(f"{server.url}/readyz").status_code == 200
-        assert_serves(server, mode32, message)
+        assert_serves(server, mode, mode32, message)
         metrics = requests.get(f"{server.url}/metrics").text
         assert "cryptoserver_key_read_errors_total 0" not in metrics
 
 
-@pytest.mark.parametrize("message", [KEPT, HIGH], ids=["kept-open", "opened-per-read"])
-def test_unreadable_file_then_readable_again(tmp_path, key_reads, mode32, message):
-    path = mode32 / file_of(message)
-    with running_server(tmp_path, "MODE32", mode32, key_reads) as server, restored(path, path.read_bytes()):
-        assert_serves(server, mode32, message)
+@WHERE
+def test_unreadable_file_then_readable_again(tmp_path, key_reads, mode, mode32, messages, wanted):
+    message = messages[mode]
+    path = mode32 / file_of(mode, message, wanted)
+    with running_server(tmp_path, mode, mode32, key_reads) as server, restored(path, path.read_bytes()):
+        assert_serves(server, mode, mode32, message)
         os.chmod(path, 0)
-        assert_fails_closed(server, message)
-        assert_serves(server, mode32, OTHER)
+        assert_fails_closed(server, mode, message)
+        assert_serves(server, mode, mode32, OTHER[mode])
         os.chmod(path, 0o400)
         assert requests.get(f"{server.url}/readyz").status_code == 200
-        assert_serves(server, mode32, message)
+        assert_serves(server, mode, mode32, message)
 
 
 @contextlib.contextmanager
@@ -147,29 +182,30 @@ def evict(path):
         os.close(fd)
 
 
-def test_io_error_then_repaired(tmp_path, key_reads, mode32, failing_disk):
+def test_io_error_then_repaired(tmp_path, key_reads, mode, mode32, failing_disk):
     image, mount, device = failing_disk
-    name = file_of(KEPT)
+    message = KEPT[mode]
+    name = file_of(mode, message, kept)
     saved = (mode32 / name).read_bytes()
     shutil.copyfile(mode32 / name, mount / name)
     os.sync()
     (mode32 / name).unlink()
     (mode32 / name).symlink_to(mount / name)
     backup = tmp_path / "disk.backup"
-    with restored(mode32 / name, saved), running_server(tmp_path, "MODE32", mode32, key_reads) as server:
-        assert_serves(server, mode32, KEPT)
+    with restored(mode32 / name, saved), running_server(tmp_path, mode, mode32, key_reads) as server:
+        assert_serves(server, mode, mode32, message)
         shutil.copyfile(image, backup)
         evict(mount / name)
         os.truncate(image, 0)
         run("losetup", "-c", device)
-        assert_fails_closed(server, KEPT)
-        assert_serves(server, mode32, OTHER)
+        assert_fails_closed(server, mode, message)
+        assert_serves(server, mode, mode32, OTHER[mode])
         with open(backup, "rb") as source, open(image, "r+b") as target:
             shutil.copyfileobj(source, target)
         run("losetup", "-c", device)
         evict(mount / name)
         assert requests.get(f"{server.url}/readyz").status_code == 200
-        assert_serves(server, mode32, KEPT)
+        assert_serves(server, mode, mode32, message)
 
 
 def connection_limits(server):
@@ -190,8 +226,8 @@ def hold_connections(server, source, count):
     return held
 
 
-def test_held_connections_cannot_exhaust_the_descriptors(tmp_path, key_reads, mode32):
-    """With a low RLIMIT_NOFILE every MODE32 key read opens its file: connections
+def test_held_connections_cannot_exhaust_the_descriptors(tmp_path, key_reads, mode, mode32):
+    """With a low RLIMIT_NOFILE most key reads open their file: connections
     up to and past every limit must leave other clients, and the key reads,
     the descriptors they need."""
 
@@ -200,27 +236,28 @@ def test_held_connections_cannot_exhaust_the_descriptors(tmp_path, key_reads, mo
 
     # Idle connections stay open for the whole test, as if kept alive by requests.
     env = {**key_reads, "RUST_LOG": "info", "CRYPTOSERVER_HEADER_TIMEOUT": "120"}
-    with running_server(tmp_path, "MODE32", mode32, env, preexec_fn=low_fd_limit) as server:
+    high_message = HIGH[mode]
+    with running_server(tmp_path, mode, mode32, env, preexec_fn=low_fd_limit) as server:
         max_connections, per_client = connection_limits(server)
         assert 100 < max_connections < 1024 and per_client == max_connections // 4
         held = []
         try:
             with requests.Session() as other:
-                assert_serves(server, mode32, HIGH)
+                assert_serves(server, mode, mode32, high_message)
                 # One client holds more connections than there are descriptors.
                 held += hold_connections(server, "127.0.0.2", 1100)
                 assert len(held) == 1100, "the server stopped accepting connections"
                 time.sleep(0.5)
-                response = other.post(f"{server.url}/hmac", data=HIGH, timeout=10)
-                assert response.content == reference.mac("MODE32", mode32, HIGH)
+                response = other.post(f"{server.url}/hmac", data=high_message, timeout=10)
+                assert response.content == reference.mac(mode, mode32, high_message)
                 # Many clients fill the connection limit: the open connection's
                 # key reads still find a descriptor.
                 for source in range(3, 3 + max_connections // per_client + 1):
                     held += hold_connections(server, f"127.0.0.{source}", per_client)
                 time.sleep(0.5)
-                for message in [HIGH, OTHER]:
+                for message in [high_message, OTHER[mode]]:
                     response = other.post(f"{server.url}/hmac", data=message, timeout=10)
-                    assert response.content == reference.mac("MODE32", mode32, message)
+                    assert response.content == reference.mac(mode, mode32, message)
                 metrics = other.get(f"{server.url}/metrics", timeout=10).text
                 refused = int(re.search(r"^cryptoserver_connections_refused_total (\d+)$", metrics, re.M).group(1))
                 assert refused >= 1100 - per_client
@@ -229,6 +266,6 @@ def test_held_connections_cannot_exhaust_the_descriptors(tmp_path, key_reads, mo
             for sock in held:
                 sock.close()
         time.sleep(0.5)
-        assert_serves(server, mode32, HIGH, OTHER)
+        assert_serves(server, mode, mode32, high_message, OTHER[mode])
         assert requests.get(f"{server.url}/readyz").status_code == 200
         assert "out of file descriptors" not in server.log()

@@ -40,7 +40,7 @@ def mode16_dir(tmp_path):
 
 
 def test_unknown_mode(mode0_dir):
-    assert_refused(start("MODE8", mode0_dir), "MODE8", "MODE0, MODE16 and MODE32")
+    assert_refused(start("MODE8", mode0_dir), "MODE8", "MODE0, MODE16, MODE32 and MODE32X")
 
 
 def test_bad_bind_address(mode0_dir):

@@ -16,7 +16,7 @@ const WARNING_FILE: &str = "DEVELOPMENT-SECRETS-NOT-FOR-PRODUCTION.txt";
 
 #[derive(clap::Args)]
 pub struct DevArgs {
-    /// MODE0 or MODE16 (MODE32 needs 128 GiB: make it with `gen-secrets` on a real volume).
+    /// MODE0 or MODE16 (MODE32 and MODE32X need 128 GiB: make them with `gen-secrets` on a real volume).
     #[arg(long, default_value = "MODE16")]
     mode: Mode,
 
@@ -26,8 +26,11 @@ pub struct DevArgs {
 }
 
 pub fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    if args.mode == Mode::Mode32 {
-        bail!("MODE32 needs 128 GiB of secrets; for development use --mode MODE16 (the default) or MODE0");
+    if args.mode.same_files_as(Mode::Mode32) {
+        bail!(
+            "{} needs 128 GiB of secrets; for development use --mode MODE16 (the default) or MODE0",
+            args.mode
+        );
     }
     let dir = dev_secrets_dir(args.mode);
     std::fs::create_dir_all(dir.parent().expect("dev-secrets has a parent"))

@@ -2,9 +2,10 @@
 //!
 //! All 65,536 files have their full 2 MiB size but are sparse, except for the
 //! 4 KiB blocks that hold the keys of the benchmark's "cold" messages: those are
-//! real random data on disk, one block per message, so every cold request costs
-//! one device read once the files are evicted from the page cache. fio then
-//! reads exactly those blocks, with direct I/O, at the same concurrency.
+//! real random data on disk, one block per key, so every cold request costs one
+//! device read (eight for MODE32X's cold messages, one per probe) once the files
+//! are evicted from the page cache. fio then reads exactly MODE32's cold blocks,
+//! with direct I/O, at the same concurrency. MODE32X serves the same directory.
 //!
 //! The cold keys lie in the files the server keeps open, as on a host whose
 //! RLIMIT_NOFILE lets it keep all of them open (the systemd unit's does);
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cryptoserver::keystore::{KeyReads, KeyStore};
-use cryptoserver::layout::{KeyLocation, Mode, KEY_FILE_LEN, MODE32_FILE_COUNT};
+use cryptoserver::layout::{KeyLocation, Mode, Probes, KEY_FILE_LEN, MODE32_FILE_COUNT};
 use cryptoserver::secrets::generate::fill_secret;
 use cryptoserver::sys::{self, Access};
 
@@ -45,8 +46,12 @@ pub struct Mode32Dir {
     /// Messages whose key blocks hold data on disk, each in its own block, all
     /// in the first `kept_open` files.
     pub cold: Vec<Message>,
-    /// Messages whose keys fall into holes of the sparse files: reading them
-    /// costs no device read, so they warm the server up without warming `cold`.
+    /// As `cold`, for MODE32X: each of the 8 probes in its own planted block,
+    /// in any file (the probes of a message land anywhere).
+    pub cold_x: Vec<Message>,
+    /// Messages whose keys, in either mode, fall into holes of the sparse files:
+    /// reading them costs no device read, so they warm the server up without
+    /// warming `cold`.
     pub warm_up: Vec<Message>,
 }
 
@@ -62,6 +67,9 @@ impl Mode32Dir {
     ) -> anyhow::Result<Mode32Dir> {
         let path = cache.join("secrets");
         let (cold_file, warm_up_file) = (cache.join("cold.bin"), cache.join("warm-up.bin"));
+        let cold_x_file = cache.join("cold-mode32x.bin");
+        // As many MODE32X cold reads as MODE32 ones.
+        let cold_x = cold / Mode::Mode32x.keys_per_mac();
         let read_messages = |file: &Path, count: usize| -> Option<Vec<Message>> {
             let bytes = std::fs::read(file).ok()?;
             (bytes.len() == count * MESSAGE_LEN).then(|| {
@@ -72,27 +80,39 @@ impl Mode32Dir {
             })
         };
         let kept = reuse_or_empty(cache, |_| {
-            let cold = read_messages(&cold_file, cold)
-                .filter(|cold| cold.iter().all(|m| block_of(m).file < kept_open))?;
-            Some((cold, read_messages(&warm_up_file, warm_up)?))
+            let cold = read_messages(&cold_file, cold).filter(|cold| {
+                cold.iter()
+                    .all(|m| blocks_of(Mode::Mode32, m)[0].file < kept_open)
+            })?;
+            let cold_x = read_messages(&cold_x_file, cold_x)?;
+            Some([cold, cold_x, read_messages(&warm_up_file, warm_up)?])
         })?;
-        let (cold, warm_up) = match kept {
+        let [cold, cold_x, warm_up] = match kept {
             Some(messages) => messages,
             None => {
-                let (cold, warm_up) = distinct_block_messages(cold, warm_up, kept_open)?;
-                write_secrets(&path, &cold)?;
+                let groups = [
+                    (cold, &[Mode::Mode32][..]),
+                    (cold_x, &[Mode::Mode32x][..]),
+                    (warm_up, &[Mode::Mode32, Mode::Mode32x][..]),
+                ];
+                let [cold, cold_x, warm_up] = distinct_block_messages(groups, kept_open)?;
+                let planted = (cold.iter().flat_map(|m| blocks_of(Mode::Mode32, m)))
+                    .chain(cold_x.iter().flat_map(|m| blocks_of(Mode::Mode32x, m)));
+                write_secrets(&path, planted.collect())?;
                 // The message files are written last, so they exist only for a whole directory.
                 std::fs::write(&warm_up_file, warm_up.concat())
+                    .and_then(|()| std::fs::write(&cold_x_file, cold_x.concat()))
                     .and_then(|()| std::fs::write(&cold_file, cold.concat()))
                     .with_context(|| {
                         format!("cannot write the messages into {}", cache.display())
                     })?;
-                (cold, warm_up)
+                [cold, cold_x, warm_up]
             }
         };
         Ok(Mode32Dir {
             path,
             cold,
+            cold_x,
             warm_up,
         })
     }
@@ -125,7 +145,7 @@ impl Mode32Dir {
             let reads: Vec<String> = self
                 .cold
                 .iter()
-                .map(|m| block_of(m))
+                .flat_map(|m| blocks_of(Mode::Mode32, m))
                 .filter(|block| files.contains(&block.file))
                 .map(|block| {
                     format!(
@@ -250,14 +270,12 @@ impl IoRate {
 }
 
 /// Writes the MODE32 directory at `path` (which must not exist): sparse files,
-/// but for the key block of every `cold` message, which holds random data. Then
-/// flushes it to disk.
-fn write_secrets(path: &Path, cold: &[Message]) -> anyhow::Result<()> {
+/// but for the `planted` blocks, which hold random data. Then flushes it to disk.
+fn write_secrets(path: &Path, mut planted: Vec<KeyLocation>) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    let mut planted: Vec<KeyLocation> = cold.iter().map(|m| block_of(m)).collect();
     planted.sort_by_key(|location| (location.file, location.offset));
     let mut data = vec![0u8; BLOCK_LEN as usize];
     let mut blocks = planted.iter().peekable();
@@ -284,39 +302,55 @@ fn write_secrets(path: &Path, cold: &[Message]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The 4 KiB block holding `message`'s MODE32 key.
-fn block_of(message: &[u8]) -> KeyLocation {
-    let key = Mode::Mode32.locate(message);
-    KeyLocation {
-        file: key.file,
-        offset: key.offset / BLOCK_LEN * BLOCK_LEN,
-    }
+/// The 4 KiB blocks holding the keys `message` reads in `mode` (MODE32 or MODE32X).
+fn blocks_of(mode: Mode, message: &[u8]) -> Vec<KeyLocation> {
+    let keys = match mode {
+        Mode::Mode32x => Probes::of(message).locations().to_vec(),
+        _ => vec![mode.locate(message)],
+    };
+    keys.into_iter()
+        .map(|key| KeyLocation {
+            file: key.file,
+            offset: key.offset / BLOCK_LEN * BLOCK_LEN,
+        })
+        .collect()
 }
 
-/// `cold + warm_up` random messages whose keys all lie in different blocks of
-/// the first `files` files.
-fn distinct_block_messages(
-    cold: usize,
-    warm_up: usize,
+/// Random messages in groups of `(count, modes)`: each message's key blocks in
+/// every one of its group's modes are read by no other key of all the messages,
+/// and its MODE32 key lies in the first `files` files (MODE32X's 8 probes land
+/// in any file).
+fn distinct_block_messages<const N: usize>(
+    groups: [(usize, &[Mode]); N],
     files: usize,
-) -> anyhow::Result<(Vec<Message>, Vec<Message>)> {
-    let mut seen = HashSet::with_capacity(cold + warm_up);
-    let mut messages = Vec::with_capacity(cold + warm_up);
-    let mut random = vec![0u8; (cold + warm_up) * MESSAGE_LEN];
-    while messages.len() < cold + warm_up {
-        fill_secret(&mut random)?;
-        for chunk in random.chunks_exact(MESSAGE_LEN) {
-            let block = block_of(chunk);
-            if messages.len() < cold + warm_up
-                && block.file < files
-                && seen.insert((block.file, block.offset))
-            {
-                messages.push(chunk.try_into().expect("chunks are MESSAGE_LEN long"));
+) -> anyhow::Result<[Vec<Message>; N]> {
+    let mut seen = HashSet::new();
+    let mut random = vec![0u8; 4096 * MESSAGE_LEN];
+    let mut chosen = groups.map(|(count, _)| Vec::with_capacity(count));
+    for ((count, modes), messages) in groups.into_iter().zip(&mut chosen) {
+        while messages.len() < count {
+            fill_secret(&mut random)?;
+            for chunk in random.chunks_exact(MESSAGE_LEN) {
+                let mode32_in_files = !modes.contains(&Mode::Mode32)
+                    || blocks_of(Mode::Mode32, chunk)[0].file < files;
+                let blocks: Vec<_> = modes
+                    .iter()
+                    .flat_map(|&mode| blocks_of(mode, chunk))
+                    .map(|block| (block.file, block.offset))
+                    .collect();
+                let distinct: HashSet<_> = blocks.iter().collect();
+                if messages.len() < count
+                    && mode32_in_files
+                    && distinct.len() == blocks.len()
+                    && !blocks.iter().any(|block| seen.contains(block))
+                {
+                    seen.extend(blocks);
+                    messages.push(chunk.try_into().expect("chunks are MESSAGE_LEN long"));
+                }
             }
         }
     }
-    let warm_up_messages = messages.split_off(cold);
-    Ok((messages, warm_up_messages))
+    Ok(chosen)
 }
 
 /// Sums the reads and run times of the jobs in fio's terse (version 3) output
@@ -377,20 +411,31 @@ mod tests {
 
     #[test]
     fn messages_land_in_distinct_blocks() {
-        let (cold, warm_up) = distinct_block_messages(300, 100, 1000).unwrap();
-        assert_eq!((cold.len(), warm_up.len()), (300, 100));
-        let blocks: HashSet<_> = cold
-            .iter()
-            .chain(&warm_up)
-            .map(|m| {
-                let block = block_of(m);
-                (block.file, block.offset)
-            })
+        let both = [Mode::Mode32, Mode::Mode32x];
+        let [cold, cold_x, warm_up] = distinct_block_messages(
+            [(300, &both[..1]), (40, &both[1..]), (100, &both[..])],
+            1000,
+        )
+        .unwrap();
+        assert_eq!((cold.len(), cold_x.len(), warm_up.len()), (300, 40, 100));
+        let blocks: Vec<_> = (cold.iter().flat_map(|m| blocks_of(Mode::Mode32, m)))
+            .chain(cold_x.iter().flat_map(|m| blocks_of(Mode::Mode32x, m)))
+            .chain(
+                warm_up
+                    .iter()
+                    .flat_map(|m| both.iter().flat_map(|&mode| blocks_of(mode, m))),
+            )
+            .map(|block| (block.file, block.offset))
             .collect();
-        assert_eq!(blocks.len(), 400);
-        assert!(blocks.iter().all(|&(file, _)| file < 1000));
+        assert_eq!(blocks.len(), 300 + 40 * 8 + 100 * 9);
+        assert_eq!(blocks.iter().collect::<HashSet<_>>().len(), blocks.len());
+        assert!((cold.iter().chain(&warm_up)).all(|m| blocks_of(Mode::Mode32, m)[0].file < 1000));
         let key = Mode::Mode32.locate(&cold[0]);
-        let block = block_of(&cold[0]);
+        let block = blocks_of(Mode::Mode32, &cold[0])[0];
         assert!(key.offset - block.offset < BLOCK_LEN && block.offset.is_multiple_of(BLOCK_LEN));
+        let probe = Probes::of(&cold_x[0]).locations()[5];
+        let block = blocks_of(Mode::Mode32x, &cold_x[0])[5];
+        assert_eq!(probe.file, block.file);
+        assert!(probe.offset - block.offset < BLOCK_LEN);
     }
 }

@@ -6,7 +6,9 @@
 //! - `batch`: `POST /hmac/batch` MACs/s against the same MACs computed in this
 //!   process on one core;
 //! - `mode32`: startup with all 65,536 files checked, idle memory, and key reads
-//!   from a cold page cache against fio reading the same blocks from the disk.
+//!   from a cold page cache against fio reading the same blocks from the disk;
+//!   MODE32X on the same files: warm against MODE32 warm, and cold (single and
+//!   batched) against fio's rate divided by its 8 reads per MAC.
 //!
 //! The floor and the servers run side by side and are measured in interleaved
 //! rounds, so load from elsewhere on the machine drifts into all of them alike;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use cryptoserver::batch::encode_frames;
 use cryptoserver::keystore::{mode32_files_kept_open, KeyReads, KeyStore};
-use cryptoserver::layout::Mode;
+use cryptoserver::layout::{Mode, MODE32_FILE_COUNT};
 use cryptoserver::secrets::generate::fill_secret;
 
 use super::mode32::{Mode32Dir, MESSAGE_LEN};
@@ -55,6 +57,8 @@ const BATCH_LOAD: Load = Load {
 const WARM_UP: Duration = Duration::from_secs(1);
 /// Starts of the MODE32 server timed; the median is reported.
 const STARTS: usize = 3;
+/// Messages per cold MODE32X `/hmac/batch` request: few, so the cold keys last.
+const COLD_BATCH_LEN: usize = 256;
 
 #[derive(clap::Args, Clone)]
 pub struct ServerBenchArgs {
@@ -398,6 +402,139 @@ impl Bench {
                 unit: "MiB",
             },
         });
+        let baselines = Mode32Baselines {
+            server: &server,
+            warm_up_file: &warm_up_file,
+            fio_rate,
+            floor_rate: floor.per_second(),
+            kept_open,
+        };
+        self.mode32x(report, &dir, &baselines)
+    }
+
+    /// MODE32X on the MODE32 directory: warm requests/s against MODE32's, and
+    /// cold requests and batches against fio's reads/s divided by 8.
+    fn mode32x(
+        &self,
+        report: &mut Report,
+        dir: &Mode32Dir,
+        mode32: &Mode32Baselines,
+    ) -> anyhow::Result<()> {
+        eprintln!("  MODE32X: the same files, 8 key reads per MAC");
+        // Its probes land in any file: where some are opened per read, its
+        // figures are shown, but the goals apply only with every file kept open.
+        let all_open = mode32.kept_open == MODE32_FILE_COUNT;
+        let files = if all_open {
+            "every file kept open".to_owned()
+        } else {
+            format!("{} of 65,536 files kept open, no goal", mode32.kept_open)
+        };
+        let goal = |ratio: f64, ceiling: Option<Ceiling>| {
+            if all_open {
+                Goal::AtLeast {
+                    ratio,
+                    minimum: 0.8,
+                    ceiling,
+                }
+            } else {
+                Goal::Ratio(ratio)
+            }
+        };
+        let (server, _) = self.start_server(Mode::Mode32x, &dir.path)?;
+        let targets = [mode32.server, &server];
+        for target in targets {
+            self.post_hmac(target, mode32.warm_up_file, WARM_UP)?;
+        }
+        let mut rates: [Vec<f64>; 2] = Default::default();
+        for round in 1..=self.args.rounds {
+            for index in (0..targets.len()).map(|step| (round + step) % targets.len()) {
+                let result = self.post_hmac(targets[index], mode32.warm_up_file, self.seconds())?;
+                eprintln!(
+                    "  round {round}: {:<8} warm {:>7.0} req/s",
+                    targets[index].name,
+                    result.per_second()
+                );
+                rates[index].push(result.per_second());
+            }
+        }
+        let [mode32_warm, mode32x_warm] = &rates;
+        let warm_ratio = median(mode32x_warm.iter().zip(mode32_warm).map(|(x, m)| x / m));
+        report.row(Row {
+            what: format!(
+                "MODE32X warm page cache, requests/s ({CONCURRENCY} connections, {files})"
+            ),
+            value: thousands(median(mode32x_warm.iter().copied())),
+            baseline: format!(
+                "MODE32 warm: {}",
+                thousands(median(mode32_warm.iter().copied()))
+            ),
+            goal: goal(warm_ratio, None),
+        });
+
+        // A quarter of the cold messages one per request, the rest in batches,
+        // which keep more reads in flight.
+        let (single, batched) = dir.cold_x.split_at(dir.cold_x.len() / 4);
+        let per_mac = mode32.fio_rate / Mode::Mode32x.keys_per_mac() as f64;
+        let fio_baseline = format!("fio / 8: {}", thousands(per_mac));
+        // Stop well before a run could use up its cold keys: with up to 8 times
+        // fio's reads in flight the disk may serve several times fio's rate, so
+        // even at 6 times fio / 8.
+        let lasting = |messages: usize| {
+            self.seconds()
+                .min(Duration::from_secs_f64(messages as f64 / (6.0 * per_mac)))
+        };
+        let cold_file = self.work.write_file("mode32x-cold.bin", &single.concat())?;
+        dir.evict()?;
+        let cold = self.post_hmac(&server, &cold_file, lasting(single.len()))?;
+        let batches: Vec<Vec<u8>> = batched.chunks(COLD_BATCH_LEN).map(encode_frames).collect();
+        let batch_file = self
+            .work
+            .write_file("mode32x-cold-batches.bin", &batches.concat())?;
+        dir.evict()?;
+        let batch = self.wrk.run(
+            &server.url("/hmac/batch"),
+            &batch_file,
+            batches[0].len(),
+            BATCH_LOAD,
+            lasting(batched.len()),
+        )?;
+        for (run, result) in [("requests", &cold), ("batches", &batch)] {
+            if result.repeated > 0 {
+                bail!(
+                    "the MODE32X cold {run} reused keys they had already read; raise --cold-keys above {}",
+                    self.args.cold_keys
+                );
+            }
+        }
+        let batch_macs = batch.per_second() * COLD_BATCH_LEN as f64;
+        eprintln!(
+            "  MODE32X cold: {:.0} requests/s, p50 {:.2} ms; batches {batch_macs:.0} MACs/s",
+            cold.per_second(),
+            millis(cold.p50)
+        );
+        report.row(Row {
+            what: format!(
+                "MODE32X cold page cache, requests/s ({CONCURRENCY} connections, 8 reads each, {files})"
+            ),
+            value: thousands(cold.per_second()),
+            baseline: fio_baseline.clone(),
+            goal: goal(
+                cold.per_second() / per_mac,
+                Some(Ceiling {
+                    ratio: mode32.floor_rate / per_mac,
+                    set_by: "the HTTP floor itself",
+                }),
+            ),
+        });
+        report.row(Row {
+            what: format!(
+                "MODE32X cold POST /hmac/batch, MACs/s ({COLD_BATCH_LEN} x 64 B, {} connections)",
+                BATCH_LOAD.connections
+            ),
+            value: thousands(batch_macs),
+            baseline: fio_baseline,
+            goal: Goal::Ratio(batch_macs / per_mac),
+        });
         Ok(())
     }
 
@@ -454,6 +591,19 @@ impl Bench {
             .join(format!("{}.log", mode.name().to_ascii_lowercase()));
         Server::start(mode.name(), &mut command, address, &log)
     }
+}
+
+/// What MODE32X is measured against, from the MODE32 part of the run.
+struct Mode32Baselines<'a> {
+    /// The MODE32 server, for warm requests side by side.
+    server: &'a Server,
+    warm_up_file: &'a Path,
+    /// fio's random 4 KiB reads per second on the cold blocks.
+    fio_rate: f64,
+    /// The HTTP floor's requests/s at the same load.
+    floor_rate: f64,
+    /// MODE32 files the server keeps open; the others cost an `open` per read.
+    kept_open: usize,
 }
 
 /// `count` random messages of MESSAGE_LEN bytes, concatenated.
