@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             verify(&args.into(), ProgressOutput::Stderr).map(|done| eprintln!("{done}"))
         }
         Command::Fingerprint(args) => {
-            fingerprint(&args.dir).map(|fingerprint| println!("{fingerprint}"))
+            fingerprint(&args.dir, args.mode).map(|fingerprint| println!("{fingerprint}"))
         }
     };
     match result {

@@ -85,4 +85,9 @@ pub struct FingerprintArgs {
     /// Secrets directory holding a `cryptoserver.manifest`.
     #[arg(long)]
     pub dir: PathBuf,
+
+    /// Fail unless the manifest records secrets of this mode (case-insensitive, as
+    /// CRYPTOSERVER_MODE).
+    #[arg(long)]
+    pub mode: Option<Mode>,
 }

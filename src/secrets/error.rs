@@ -77,6 +77,12 @@ pub enum SecretsError {
     NoManifest {
         path: PathBuf,
     },
+    /// `fingerprint --mode` found a manifest of another mode.
+    ManifestOfAnotherMode {
+        manifest: PathBuf,
+        holds: Mode,
+        wanted: Mode,
+    },
     /// `verify --copy-to` copies only into an empty directory (a fresh filesystem).
     CopyTargetNotEmpty {
         dir: PathBuf,
@@ -245,6 +251,16 @@ impl fmt::Display for SecretsError {
                 "{}: not found, so there is nothing to verify against. Secrets made by hand (dd, Python) \
                  have none; `cryptoserver-secrets generate` on the complete directory writes one",
                 path.display()
+            ),
+            SecretsError::ManifestOfAnotherMode {
+                manifest,
+                holds,
+                wanted,
+            } => write!(
+                f,
+                "{}: records {holds} secrets, not {wanted}: serve them as {holds} (CRYPTOSERVER_MODE), \
+                 or use a secrets directory made for {wanted}",
+                manifest.display()
             ),
             SecretsError::CopyTargetNotEmpty { dir, entry } => write!(
                 f,

@@ -130,9 +130,18 @@ pub fn verify(options: &VerifyOptions, output: ProgressOutput) -> Result<Verifie
 }
 
 /// `cryptoserver-secrets fingerprint`: the fingerprint of the secrets in `dir`,
-/// from its manifest alone (checked, but no secret is read).
-pub fn fingerprint(dir: &Path) -> Result<Fingerprint, SecretsError> {
-    Ok(read_manifest(dir)?.fingerprint())
+/// from its manifest alone (checked, but no secret is read); with `mode`, only
+/// if the manifest records secrets of that mode.
+pub fn fingerprint(dir: &Path, mode: Option<Mode>) -> Result<Fingerprint, SecretsError> {
+    let manifest = read_manifest(dir)?;
+    match mode {
+        Some(wanted) if wanted != manifest.mode() => Err(SecretsError::ManifestOfAnotherMode {
+            manifest: Manifest::path(dir),
+            holds: manifest.mode(),
+            wanted,
+        }),
+        _ => Ok(manifest.fingerprint()),
+    }
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest, SecretsError> {
@@ -335,20 +344,37 @@ mod tests {
     fn the_fingerprint_comes_from_the_manifest_alone() {
         let parent = generated(Mode::Mode16);
         let manifest = Manifest::read(parent.path()).unwrap().unwrap();
-        assert_eq!(fingerprint(parent.path()).unwrap(), manifest.fingerprint());
+        assert_eq!(
+            fingerprint(parent.path(), None).unwrap(),
+            manifest.fingerprint()
+        );
+        assert_eq!(
+            fingerprint(parent.path(), Some(Mode::Mode16)).unwrap(),
+            manifest.fingerprint()
+        );
+        let error = fingerprint(parent.path(), Some(Mode::Mode32)).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("cryptoserver.manifest: records MODE16 secrets, not MODE32"),
+            "{error}"
+        );
         // A changed secret is `verify`'s business: the fingerprint names the recorded set.
         let path = parent.path().join("0000");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, [0u8; 16]).unwrap();
-        assert_eq!(fingerprint(parent.path()).unwrap(), manifest.fingerprint());
+        assert_eq!(
+            fingerprint(parent.path(), None).unwrap(),
+            manifest.fingerprint()
+        );
 
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(
-            fingerprint(empty.path()),
+            fingerprint(empty.path(), None),
             Err(SecretsError::NoManifest { path }) if path == Manifest::path(empty.path())
         ));
         std::fs::write(Manifest::path(empty.path()), b"{").unwrap();
-        let error = fingerprint(empty.path()).unwrap_err();
+        let error = fingerprint(empty.path(), None).unwrap_err();
         assert!(
             error.to_string().contains("manifest is not valid JSON"),
             "{error}"
