@@ -61,6 +61,10 @@ readonly LABEL=cryptosecrets
 # boot does not rebuild), and -F because the device holds the last boot's copy.
 readonly MKFS_HOT=(mkfs.ext4 -q -F -T largefile -m 0 -O ^has_journal -L cryptohot)
 readonly MOUNT_OPTIONS=nosuid,nodev,noexec
+# Files read at once when verifying or copying: an EBS read takes about a millisecond
+# (far more for a block not yet loaded from the snapshot), so reads in flight, not
+# cores, set the pace; each costs a 1 MiB buffer.
+readonly READ_JOBS=16
 readonly MANIFEST=cryptoserver.manifest
 # What the NVMe controller of each kind of AWS disk calls itself (sysfs .../device/model).
 readonly EBS_MODEL="Amazon Elastic Block Store"
@@ -434,7 +438,7 @@ make_hot_copy() {
     mount -t ext4 -o "rw,$MOUNT_OPTIONS" "$hot_device" "$hot_dir" || die "cannot mount $hot_device at $hot_dir"
     trap 'umount "$hot_dir"' EXIT
     log "copying every secret in $dir to $hot_dir, verifying each against its manifest"
-    cryptoserver-secrets verify --dir "$dir" --copy-to "$hot_dir" --owner "$owner" ||
+    cryptoserver-secrets verify --jobs "$READ_JOBS" --dir "$dir" --copy-to "$hot_dir" --owner "$owner" ||
         die "the hot copy at $hot_dir failed (see above); the server does not start: it never serves" \
             "from a copy that did not match, nor falls back to $dir"
     mount -o "remount,ro,$MOUNT_OPTIONS" "$hot_dir"
@@ -490,7 +494,7 @@ if [[ $role == origin ]]; then
         log "not re-hashing the secrets in place: the hot copy verifies every file as it copies it"
     elif [[ $verify_policy == always || $already_complete == false ]]; then
         log "verifying every secret in $dir against its manifest"
-        cryptoserver-secrets verify --dir "$dir" ||
+        cryptoserver-secrets verify --jobs "$READ_JOBS" --dir "$dir" ||
             die "the secrets in $dir do not match their manifest (see above); the server does not start"
     else
         log "not re-hashing the secrets (CRYPTOSERVER_SECRETS_VERIFY=$verify_policy; none was written)"
@@ -515,7 +519,7 @@ else
     if [[ $hot_copy == off ]]; then
         # Reading every file also loads every block of a volume restored lazily from its snapshot.
         log "verifying every secret in $dir against its manifest (read-only)"
-        cryptoserver-secrets verify --dir "$dir" ||
+        cryptoserver-secrets verify --jobs "$READ_JOBS" --dir "$dir" ||
             die "the secrets in $dir do not match their manifest (see above); this replica does not serve them"
     fi
 fi
