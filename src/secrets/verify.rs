@@ -263,6 +263,14 @@ mod tests {
         verify(&options, ProgressOutput::Hidden)
     }
 
+    /// Changes one bit of the (read-only) secret at `path`.
+    fn flip_a_byte(path: &Path, index: usize) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut content = std::fs::read(path).unwrap();
+        content[index] ^= 1;
+        std::fs::write(path, content).unwrap();
+    }
+
     /// Names and permissions of the entries of `dir`, sorted.
     fn listing(dir: &Path) -> Vec<(String, u32)> {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -302,10 +310,7 @@ mod tests {
     fn a_changed_byte_is_found_and_named() {
         let parent = generated(Mode::Mode16);
         let path = parent.path().join("0000");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut content = std::fs::read(&path).unwrap();
-        content[12345] ^= 1;
-        std::fs::write(&path, content).unwrap();
+        flip_a_byte(&path, 12345);
         let error = verify_dir(parent.path()).unwrap_err();
         assert!(
             error
@@ -360,9 +365,7 @@ mod tests {
             "{error}"
         );
         // A changed secret is `verify`'s business: the fingerprint names the recorded set.
-        let path = parent.path().join("0000");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::write(&path, [0u8; 16]).unwrap();
+        flip_a_byte(&parent.path().join("0000"), 0);
         assert_eq!(
             fingerprint(parent.path(), None).unwrap(),
             manifest.fingerprint()
@@ -419,10 +422,7 @@ mod tests {
     fn a_changed_file_is_not_copied_and_the_copy_gets_no_manifest() {
         let parent = generated(Mode::Mode16);
         let path = parent.path().join("0000");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut content = std::fs::read(&path).unwrap();
-        content[7] ^= 1;
-        std::fs::write(&path, content).unwrap();
+        flip_a_byte(&path, 7);
         let scratch = tempfile::tempdir().unwrap();
         let copy = scratch.path().join("hot");
         let error = verify_copying(parent.path(), Some(&copy)).unwrap_err();
