@@ -5,6 +5,7 @@ for NVMe instance storage is made fresh, verified while it is copied, and served
 and a device whose controller says it is an EBS volume is never formatted."""
 
 import contextlib
+import json
 import os
 import pathlib
 import pwd
@@ -14,7 +15,7 @@ import subprocess
 import pytest
 import requests
 
-from conftest import running_server
+from conftest import binary, running_server
 from first_boot import (
     EBS_MODEL,
     INSTANCE_STORE_MODEL,
@@ -38,10 +39,10 @@ SERIAL = "vol0123456789abcdef0"
 
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory):
-    """An origin's MODE16 volume with its TLS pair, as `cargo xtask snapshot` would
-    find it (the ready line printed, mounted read-only), copied to an image file:
-    the bytes a volume restored from its snapshot holds. Returns the image and
-    the origin's ready line."""
+    """An origin's MODE16 volume with its TLS pair, as `cargo xtask snapshot` finds
+    it (the ready line printed, mounted read-only), copied to an image file while
+    mounted: the bytes a volume restored from its snapshot holds. Returns the
+    image and the origin's ready line."""
     scratch = tmp_path_factory.mktemp("origin")
     secret_dir = scratch / "secrets"
     image = scratch / "snapshot.img"
@@ -49,9 +50,8 @@ def origin(tmp_path_factory):
         made = run_setup(secret_dir, device=device, CRYPTOSERVER_SECRETS_TLS_NAME="localhost")
         ready = ready_line(made)
         assert (ready["role"], ready["verified"], ready["mount"]) == ("origin", "yes", "ro")
-        subprocess.run(["umount", secret_dir], check=True)
-        with open(device, "rb") as source, open(image, "wb") as target:
-            shutil.copyfileobj(source, target)
+        # As EBS snapshots it: the device's blocks, under the read-only mount, past any cache.
+        subprocess.run(["dd", f"if={device}", f"of={image}", "bs=4M", "iflag=direct", "status=none"], check=True)
     return image, ready
 
 
@@ -292,6 +292,29 @@ def test_a_hot_copy_device_too_small_is_refused_unformatted(origin, tmp_path):
         assert_refused(result, f"no instance-store device can hold the MODE16 secrets (2097152 bytes): {instance_store}: 1048576 bytes")
         assert device_digest(instance_store) == before
         assert not os.path.ismount(hot_dir)
+
+
+@pytest.mark.parametrize("mode", ["MODE32", "MODE32X"])
+def test_a_hot_copy_device_is_sized_for_128_gib_in_the_big_modes(tmp_path, mode):
+    """Sized from the mode before anything is formatted or read, so a manifest alone
+    (the secrets directory the script is given, a plain one) stands for 128 GiB."""
+    secret_dir = tmp_path / "secrets"
+    secret_dir.mkdir(mode=0o700)
+    files = [{"name": f"{index:04x}", "size": 2 << 20, "sha256": f"{index:064x}"} for index in range(65536)]
+    manifest = {"format_version": 1, "mode": mode, "created": "2026-12-04T00:00:00Z", "tool_version": "test", "files": files}
+    (secret_dir / "cryptoserver.manifest").write_text(json.dumps(manifest))
+    owner = pwd.getpwnam(OWNER)
+    for path in (secret_dir, secret_dir / "cryptoserver.manifest"):
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    fingerprint = subprocess.run([binary("cryptoserver-secrets"), "fingerprint", "--dir", secret_dir],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    with loop_device(tmp_path) as instance_store:
+        before = device_digest(instance_store)
+        settings = hot_copy_settings(tmp_path, {instance_store: (INSTANCE_STORE_MODEL, None)})
+        result = run_setup(secret_dir, mode=mode, CRYPTOSERVER_SECRETS_ROLE="replica",
+                           CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT=fingerprint, **settings)
+        assert_refused(result, f"no instance-store device can hold the {mode} secrets (137438953472 bytes)")
+        assert device_digest(instance_store) == before
 
 
 def test_a_device_reporting_itself_as_ebs_is_never_formatted_for_the_hot_copy(origin, tmp_path):
