@@ -55,8 +55,9 @@ set -euo pipefail
 readonly PROGRAM=cryptoserver-secrets-setup
 # ext4 with one inode per MiB: the secrets are 2 MiB files, so the default inode tables
 # (one inode per 16 KiB) would waste about 2% of the volume; no blocks reserved for root.
-readonly MKFS=(mkfs.ext4 -q -T largefile -m 0 -L cryptosecrets)
+# Its label is how a replica finds the volume restored from the origin's snapshot.
 readonly LABEL=cryptosecrets
+readonly MKFS=(mkfs.ext4 -q -T largefile -m 0 -L "$LABEL")
 # The hot copy is made anew at every boot: no journal (a crash loses nothing the next
 # boot does not rebuild), and -F because the device holds the last boot's copy.
 readonly MKFS_HOT=(mkfs.ext4 -q -F -T largefile -m 0 -O ^has_journal -L cryptohot)
@@ -165,16 +166,15 @@ devices_by_model() {
     done
 }
 
-# Every block device with a model, as `NAME (model)`, for error messages.
+# Every block device with a model, as `NAME (model), ...`, for error messages.
 known_devices() {
-    local entry name model listed=()
+    local entry name model listed=
     for entry in "$sysfs"/block/*; do
         name=${entry##*/}
         model=$(device_model "$name")
-        [[ -z $model ]] || listed+=("$name ($model)")
+        [[ -z $model ]] || listed+="${listed:+, }$name ($model)"
     done
-    local IFS=,
-    echo "${listed[*]:-none}"
+    echo "${listed:-none}"
 }
 
 # The EBS volume id of block device $1 from its NVMe serial (the id without its dash), or -.
