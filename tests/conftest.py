@@ -3,6 +3,7 @@ loopback ports, and a real cryptoserver process to talk to."""
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import pathlib
 import platform
@@ -32,6 +33,24 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def write_tokens(directory, *tokens):
+    """A tokens file in `directory` allowing `tokens` (it holds their SHA-256 digests)."""
+    path = directory / "tokens"
+    path.write_text("# allowed clients\n" + "".join(hashlib.sha256(t.encode()).hexdigest() + "\n" for t in tokens))
+    return path
+
+
+def ready_within(url, seconds=5, **kwargs):
+    """Whether `GET /readyz` answers 200 within `seconds`: a server probes its
+    failing key files again at most once a second."""
+    deadline = time.monotonic() + seconds
+    while requests.get(f"{url}/readyz", timeout=5, **kwargs).status_code != 200:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def cpu_seconds(pid):
