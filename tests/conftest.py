@@ -149,10 +149,15 @@ def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_
             time.sleep(0.05)
         yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, 15)
+
+
+def stop(process, seconds):
+    """SIGTERM, then SIGKILL if `process` is still running after `seconds`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
