@@ -334,7 +334,7 @@ impl KeyFiles {
         let Ok(mut last_probe) = files.last_probe.try_lock() else {
             return false;
         };
-        // A probe that ended while this caller waited may have cleared them.
+        // A probe that ended since the check above may have cleared them.
         if !files.any_failing() {
             return true;
         }
