@@ -49,7 +49,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
 
     /// File of allowed bearer tokens, one SHA-256 hex digest per line (`cargo xtask gen-token`
-    /// makes one). When set, every route but /healthz needs `Authorization: Bearer <token>`.
+    /// makes one). When set, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
     #[arg(long, env = "CRYPTOSERVER_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
 

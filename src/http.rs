@@ -34,8 +34,10 @@ pub use state::AppState;
 
 /// The application as a connection serves it. Every request is observed
 /// (span, metrics, `x-request-id`) and refused at once beyond the concurrency
-/// limit, then routed; on every route but `/healthz` it is then authorized and
-/// rate-limited.
+/// limit, then routed; on every route but `/healthz` and `/readyz` it is then
+/// authorized and rate-limited. Those two are for health checkers, which send
+/// no token (an AWS Network Load Balancer cannot), and cost next to nothing:
+/// a 401 or 429 there would take a healthy server out of its load balancer.
 ///
 /// Observing wraps the router once instead of each route (as `Router::layer`
 /// would, boxing and cloning the layer per request), and the authorization
@@ -54,7 +56,6 @@ impl App {
             .route("/hmac", post(handlers::hmac))
             .route("/hmac/batch", post(handlers::hmac_batch))
             .route("/verify", post(handlers::verify))
-            .route("/readyz", get(handlers::readyz))
             .route("/metrics", get(handlers::metrics));
         if state.tokens.is_some() || state.rate_limiter.is_some() {
             guarded = guarded.route_layer(from_fn_with_state(Arc::clone(&state), guard::authorize));
@@ -62,6 +63,7 @@ impl App {
         let router = Router::new()
             .merge(guarded)
             .route("/healthz", get(handlers::healthz))
+            .route("/readyz", get(handlers::readyz))
             .fallback(|| async { ApiError::NotFound })
             .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
             .with_state(Arc::clone(&state));

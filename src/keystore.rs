@@ -142,18 +142,13 @@ impl KeyStore {
         }
     }
 
-    /// True while every key can be read: MODE32 files that failed are probed again,
-    /// so readiness comes back by itself once they can be read.
+    /// True while every key can be read: MODE32 files that failed are probed
+    /// again (at most once a second, however often this is asked), so readiness
+    /// comes back by itself once they can be read.
     pub async fn is_ready(&self) -> bool {
         match &self.keys {
             Keys::InMemory(_) => true,
-            Keys::OnDisk(files) if !files.any_failing() => true,
-            Keys::OnDisk(files) => {
-                let files = Arc::clone(files);
-                tokio::task::spawn_blocking(move || files.probe_failing())
-                    .await
-                    .expect("probes do not panic")
-            }
+            Keys::OnDisk(files) => KeyFiles::is_ready(files).await,
         }
     }
 }

@@ -3,6 +3,7 @@ loopback ports, and a real cryptoserver process to talk to."""
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import pathlib
 import platform
@@ -32,6 +33,24 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def write_tokens(directory, *tokens):
+    """A tokens file in `directory` allowing `tokens` (it holds their SHA-256 digests)."""
+    path = directory / "tokens"
+    path.write_text("# allowed clients\n" + "".join(hashlib.sha256(t.encode()).hexdigest() + "\n" for t in tokens))
+    return path
+
+
+def ready_within(url, seconds=5, **kwargs):
+    """Whether `GET /readyz` answers 200 within `seconds`: a server probes its
+    failing key files again at most once a second."""
+    deadline = time.monotonic() + seconds
+    while requests.get(f"{url}/readyz", timeout=5, **kwargs).status_code != 200:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def cpu_seconds(pid):
@@ -130,10 +149,15 @@ def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_
             time.sleep(0.05)
         yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, 15)
+
+
+def stop(process, seconds):
+    """SIGTERM, then SIGKILL if `process` is still running after `seconds`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

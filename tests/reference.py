@@ -16,6 +16,7 @@ KEY_LEN = 32
 KEYS_PER_FILE = 65536
 FILE_LEN = KEY_LEN * KEYS_PER_FILE
 VECTORS = pathlib.Path(__file__).with_name("vectors.json")
+MANIFEST = "cryptoserver.manifest"
 VECTOR_MESSAGES = [b"", b"\x00", b"hello world", b"apples and pears", bytes(range(256)) * 4]
 MODE32X_LABEL = b"cryptoserver MODE32X v1"
 MODE32X_PROBES = 8
@@ -141,6 +142,15 @@ def write_sparse_mode32(secret_dir, keys_by_index):
         with open(secret_dir / f"{index >> 16:04x}", "r+b") as file:
             file.seek(KEY_LEN * (index & 0xFFFF))
             file.write(key)
+
+
+def fingerprint(secret_dir):
+    """The secrets fingerprint, written out from the README's definition: the first
+    16 bytes of SHA-256 over a label, the mode, and each file's name, size and SHA-256."""
+    manifest = json.loads((pathlib.Path(secret_dir) / MANIFEST).read_text())
+    text = "cryptoserver secrets fingerprint v1\n" + manifest["mode"] + "\n"
+    text += "".join(f"{entry['name']} {entry['size']} {entry['sha256']}\n" for entry in manifest["files"])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def compute_vectors():

@@ -1,5 +1,5 @@
 //! Who may call, and how often: the bearer token (when tokens are configured)
-//! and the per-client rate limit, on every route but `/healthz`.
+//! and the per-client rate limit, on every route but `/healthz` and `/readyz`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

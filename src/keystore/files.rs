@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future;
 use zeroize::Zeroizing;
@@ -26,6 +26,11 @@ use crate::metrics::KeyReadStats;
 use crate::sys::{self, Access};
 
 type Key = Zeroizing<[u8; KEY_LEN]>;
+
+/// How often `/readyz` may probe the failing files again. It needs no token (a
+/// load balancer's health check sends none), so what it costs must not grow
+/// with how often it is asked.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How MODE32 reads its keys from disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,6 +124,8 @@ pub(super) struct KeyFiles {
     /// Files whose last read failed; `/readyz` reports 503 while any is listed.
     failing: Mutex<BTreeSet<usize>>,
     failing_count: AtomicUsize,
+    /// When `/readyz` last probed the failing files; held while a probe runs.
+    last_probe: tokio::sync::Mutex<Option<Instant>>,
     stats: KeyReadStats,
 }
 
@@ -177,6 +184,7 @@ impl KeyFiles {
             ring,
             failing: Mutex::new(BTreeSet::new()),
             failing_count: AtomicUsize::new(0),
+            last_probe: tokio::sync::Mutex::new(None),
             stats: KeyReadStats::default(),
         })
     }
@@ -316,8 +324,32 @@ impl KeyFiles {
         self.failing_count.store(set.len(), Ordering::Relaxed);
     }
 
+    /// True while no file is failing. While some are, one caller at a time
+    /// reads them again, at most once per [`PROBE_INTERVAL`]; every other caller
+    /// answers not ready, as the last read of some file failed.
+    pub(super) async fn is_ready(files: &Arc<KeyFiles>) -> bool {
+        if !files.any_failing() {
+            return true;
+        }
+        let Ok(mut last_probe) = files.last_probe.try_lock() else {
+            return false;
+        };
+        // A probe that ended since the check above may have cleared them.
+        if !files.any_failing() {
+            return true;
+        }
+        if last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
+            return false;
+        }
+        *last_probe = Some(Instant::now());
+        let probing = Arc::clone(files);
+        tokio::task::spawn_blocking(move || probing.probe_failing())
+            .await
+            .expect("probes do not panic")
+    }
+
     /// Reads every failing file again; true when all of them read now.
-    pub(super) fn probe_failing(&self) -> bool {
+    fn probe_failing(&self) -> bool {
         let failing: Vec<usize> = self
             .failing
             .lock()

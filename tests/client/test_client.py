@@ -18,7 +18,7 @@ import requests
 import trustme
 
 import reference
-from conftest import REPO, free_port, running_server, server_over_random_secrets
+from conftest import REPO, free_port, ready_within, running_server, server_over_random_secrets
 from cryptoserver_client import _core
 from cryptoserver_client import (
     AsyncClient,
@@ -101,6 +101,7 @@ def test_every_mode_sync_and_async(tmp_path, mode):
             finally:
                 victim.write_bytes(saved)
             assert requests_to(server, "/hmac", 503) == 3
+            assert ready_within(server.url)
             with Client(server.url) as client:
                 assert client.ready() is True
                 assert client.hmac(MESSAGES[3]) == expected[3]

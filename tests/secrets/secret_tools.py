@@ -12,9 +12,9 @@ import time
 import pytest
 
 from conftest import binary
+from reference import MANIFEST
 
 FILE_LEN = 2 * 1024 * 1024
-MANIFEST = "cryptoserver.manifest"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a filesystem needs root (CI runs as root)")
 
@@ -45,15 +45,6 @@ def start_generate(secret_dir, mode, *args):
 
 def verify(secret_dir):
     return subprocess.run(secrets_command("verify", "--dir", secret_dir), capture_output=True, text=True, timeout=300)
-
-
-def fingerprint(secret_dir):
-    """The secrets fingerprint, written out from the README's definition: the first
-    16 bytes of SHA-256 over a label, the mode, and each file's name, size and SHA-256."""
-    manifest = json.loads((pathlib.Path(secret_dir) / MANIFEST).read_text())
-    text = "cryptoserver secrets fingerprint v1\n" + manifest["mode"] + "\n"
-    text += "".join(f"{entry['name']} {entry['size']} {entry['sha256']}\n" for entry in manifest["files"])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def sha256_file(path):

@@ -10,7 +10,7 @@ import requests
 
 import reference
 from conftest import binary, free_port, running_server
-from secret_tools import FILE_LEN, MANIFEST, fingerprint, generate, verify
+from secret_tools import FILE_LEN, MANIFEST, generate, verify
 
 MESSAGES = [b"", b"hello world", b"apples and pears", os.urandom(4096)]
 
@@ -37,7 +37,7 @@ def test_every_tool_reports_the_same_fingerprint(tmp_path):
     """verify prints it, the server logs it, /readyz and the build-info metric carry it;
     a second set of secrets has another one."""
     secret_dir = generated(tmp_path / "secrets", "MODE16")
-    expected = fingerprint(secret_dir)
+    expected = reference.fingerprint(secret_dir)
     checked = verify(secret_dir)
     assert checked.returncode == 0, checked.stderr
     assert f"secrets fingerprint {expected}" in checked.stderr
@@ -49,7 +49,7 @@ def test_every_tool_reports_the_same_fingerprint(tmp_path):
         assert f'mode="MODE16",fingerprint="{expected}"' in metrics
     assert expected in server.log()
     other = generated(tmp_path / "other", "MODE16")
-    assert fingerprint(other) != expected
+    assert reference.fingerprint(other) != expected
 
 
 def test_secrets_made_by_hand_have_no_fingerprint(tmp_path):

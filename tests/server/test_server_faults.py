@@ -4,6 +4,7 @@ get 503 and never a wrong MAC, /readyz turns 503, other requests keep working,
 and the server recovers by itself once the fault is gone. In MODE32X the broken
 file holds one of the message's 8 probes."""
 
+import concurrent.futures
 import contextlib
 import itertools
 import os
@@ -19,7 +20,7 @@ import pytest
 import requests
 
 import reference
-from conftest import running_server
+from conftest import ready_within, running_server, write_tokens
 
 
 MODES = ["MODE32", "MODE32X"]
@@ -118,7 +119,7 @@ def test_deleted_file_then_restored(tmp_path, key_reads, mode, mode32, messages,
         assert_fails_closed(server, mode, message)
         assert_serves(server, mode, mode32, OTHER[mode])
         path.write_bytes(saved)
-        assert requests.get(f"{server.url}/readyz").status_code == 200
+        assert ready_within(server.url)
         assert_serves(server, mode, mode32, message)
         metrics = requests.get(f"{server.url}/metrics").text
         assert "cryptoserver_key_read_errors_total 0" not in metrics
@@ -134,8 +135,38 @@ def test_unreadable_file_then_readable_again(tmp_path, key_reads, mode, mode32, 
         assert_fails_closed(server, mode, message)
         assert_serves(server, mode, mode32, OTHER[mode])
         os.chmod(path, 0o400)
-        assert requests.get(f"{server.url}/readyz").status_code == 200
+        assert ready_within(server.url)
         assert_serves(server, mode, mode32, message)
+
+
+def test_readiness_asked_without_a_token_probes_a_failing_file_at_most_once_a_second(tmp_path, mode32):
+    """/readyz needs no token, so whoever reaches the port may ask it as often as
+    they like: while a file fails, it is read again at most once a second
+    whatever the number of callers (each failed probe is a key-read error)."""
+    mode, message = "MODE32", KEPT["MODE32"]
+    path = mode32 / file_of(mode, message, kept)
+    auth = {"Authorization": "Bearer token-one"}
+    env = {"CRYPTOSERVER_TOKENS_FILE": str(write_tokens(tmp_path, "token-one"))}
+
+    def read_errors():
+        metrics = requests.get(f"{server.url}/metrics", headers=auth, timeout=10).text
+        return int(re.search(r"^cryptoserver_key_read_errors_total (\d+)$", metrics, re.M).group(1))
+
+    def readyz(_):
+        return requests.get(f"{server.url}/readyz", timeout=10).status_code
+
+    with running_server(tmp_path, mode, mode32, env) as server, restored(path, path.read_bytes()):
+        os.chmod(path, 0)
+        assert requests.post(f"{server.url}/hmac", data=message, headers=auth, timeout=10).status_code == 503
+        before, started = read_errors(), time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(readyz, range(400)))
+        elapsed = time.monotonic() - started
+        probes = read_errors() - before
+        assert statuses == [503] * 400
+        assert 1 <= probes <= int(elapsed) + 1, f"{probes} probes in {elapsed:.1f} s"
+        os.chmod(path, 0o400)
+        assert ready_within(server.url)
 
 
 @contextlib.contextmanager
@@ -204,7 +235,7 @@ def test_io_error_then_repaired(tmp_path, key_reads, mode, mode32, failing_disk)
             shutil.copyfileobj(source, target)
         run("losetup", "-c", device)
         evict(mount / name)
-        assert requests.get(f"{server.url}/readyz").status_code == 200
+        assert ready_within(server.url)
         assert_serves(server, mode, mode32, message)
 
 

@@ -14,7 +14,7 @@ import requests
 import trustme
 
 import reference
-from conftest import cpu_seconds, free_port, running_server
+from conftest import cpu_seconds, free_port, running_server, write_tokens
 
 
 @pytest.fixture
@@ -25,12 +25,6 @@ def mode0(tmp_path):
 
 def expected_mac(key, message):
     return hmac.new(key, message, hashlib.sha256).digest()
-
-
-def write_tokens(tmp_path, *tokens):
-    path = tmp_path / "tokens"
-    path.write_text("# allowed clients\n" + "".join(hashlib.sha256(t.encode()).hexdigest() + "\n" for t in tokens))
-    return path
 
 
 def test_bearer_tokens(tmp_path, mode0):
@@ -46,9 +40,24 @@ def test_bearer_tokens(tmp_path, mode0):
             response = requests.post(f"{server.url}/hmac", data=b"x", headers={"Authorization": f"Bearer {token}"})
             assert response.status_code == 200 and response.content == expected_mac(key, b"x")
         assert requests.get(f"{server.url}/healthz").status_code == 200
-        assert requests.get(f"{server.url}/readyz").status_code == 401
+        assert requests.get(f"{server.url}/metrics").status_code == 401
         metrics = requests.get(f"{server.url}/metrics", headers={"Authorization": "Bearer token-one"}).text
         assert "cryptoserver_unauthorized_total 4" in metrics
+
+
+def test_readiness_needs_no_token_and_no_rate(tmp_path, mode0):
+    """A load balancer's health check (an AWS NLB's) sends no token and comes
+    from a few addresses: /readyz answers it like /healthz, never 401 or 429."""
+    secret_dir, _ = mode0
+    env = {"CRYPTOSERVER_TOKENS_FILE": str(write_tokens(tmp_path, "token-one")), "CRYPTOSERVER_RATE_LIMIT": "0.5:2"}
+    with running_server(tmp_path, "MODE0", secret_dir, env) as server, requests.Session() as session:
+        for _ in range(10):
+            response = session.get(f"{server.url}/readyz")
+            assert response.status_code == 200
+            assert response.json() == {"ready": True, "mode": "MODE0", "fingerprint": None}
+        # The token's own rate limit is untouched by them.
+        auth = {"Authorization": "Bearer token-one"}
+        assert [session.post(f"{server.url}/hmac", data=b"x", headers=auth).status_code for _ in range(3)] == [200, 200, 429]
 
 
 def test_a_tokens_file_with_a_token_in_clear_is_refused(tmp_path, mode0):

@@ -1,7 +1,8 @@
 //! `cargo xtask ci`: everything CI runs, on a fresh machine too. It installs what
 //! the tests need (a Python virtual environment with tests/requirements.txt, which
-//! brings moto's server and shellcheck, and LocalStack in one of its own), builds
-//! every binary, then runs the Rust tests and the end-to-end Python suites.
+//! brings moto's server and shellcheck, LocalStack in one of its own, and HAProxy
+//! from Debian's packages), builds every binary, then runs the Rust tests and the
+//! end-to-end Python suites.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,7 +10,7 @@ use std::process::Command;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
-use crate::process::{cargo, output, repo_root, run, target_dir};
+use crate::process::{cargo, ensure_installed, output, repo_root, run, target_dir};
 
 pub fn run_ci() -> anyhow::Result<()> {
     let root = repo_root();
@@ -30,6 +31,8 @@ pub fn run_ci() -> anyhow::Result<()> {
         &root.join("tests/aws/localstack-requirements.txt"),
         &[],
     )?;
+    // tests/pool balances replicas with it, as a load balancer would.
+    ensure_installed("haproxy", "haproxy")?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     if has_nextest() {
         run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;

@@ -1,8 +1,9 @@
-//! Running the programs a task drives, and where cargo puts what it builds.
-//! Every program runs through [`run`] (its output shown as it comes) or
-//! [`output`] (its output captured); both fail naming the command line and its
-//! exit status.
+//! Running the programs a task drives, installing those that come from
+//! Debian's packages, and where cargo puts what it builds. Every program runs
+//! through [`run`] (its output shown as it comes) or [`output`] (its output
+//! captured); both fail naming the command line and its exit status.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
@@ -70,6 +71,43 @@ pub fn output(command: &mut Command) -> anyhow::Result<String> {
     Ok(stdout)
 }
 
+/// Installs Debian package `package` unless `program` is already on PATH.
+pub fn ensure_installed(program: &str, package: &str) -> anyhow::Result<()> {
+    if is_installed(program) {
+        return Ok(());
+    }
+    eprintln!("{program} is missing: installing Debian's {package} package");
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "--yes", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    // A fresh machine has no package lists yet.
+    install()
+        .or_else(|_| run(Command::new("apt-get").arg("update")).and_then(|()| install()))
+        .with_context(|| {
+            format!(
+                "cannot install {program} with apt-get (Debian's {package} package), which needs \
+                 root on Debian or Ubuntu: install {program} yourself and run again"
+            )
+        })?;
+    if !is_installed(program) {
+        bail!("installing Debian's {package} package did not put {program} on PATH; install it by hand");
+    }
+    Ok(())
+}
+
+/// Whether `program` is an executable file in one of PATH's directories, as
+/// starting it would find it.
+fn is_installed(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|file| file.is_file() && file.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
 fn cannot_start(shown: &str) -> String {
     format!("cannot start `{shown}`: is it installed?")
 }
@@ -93,6 +131,12 @@ fn show(command: &Command) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_programs_on_path() {
+        assert!(is_installed("sh"));
+        assert!(!is_installed("no-such-program-here"));
+    }
 
     #[test]
     fn output_returns_what_the_program_printed() {

@@ -27,8 +27,7 @@ use cryptoserver::secrets::generate::fill_secret;
 use cryptoserver::sys::{self, Access};
 
 use super::scratch::reuse_or_empty;
-use super::tools::ensure_installed;
-use crate::process::output;
+use crate::process::{ensure_installed, output};
 
 /// The unit the disk reads: the page a 32-byte key read pulls in.
 pub const BLOCK_LEN: u64 = 4096;

@@ -1,8 +1,6 @@
-//! The programs the server benchmarks drive, installed from Debian's packages
-//! when missing, and the processes they start, stopped on every exit path.
+//! The processes the server benchmarks start, stopped on every exit path.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,41 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cryptoserver::sys;
-
-use crate::process::run;
-
-/// Installs Debian package `package` unless `program` is already on PATH.
-pub fn ensure_installed(program: &str, package: &str) -> anyhow::Result<()> {
-    if is_installed(program) {
-        return Ok(());
-    }
-    eprintln!("{program} is missing: installing Debian's {package} package");
-    let install = || {
-        run(Command::new("apt-get")
-            .args(["install", "--yes", "--no-install-recommends", package])
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    // A fresh machine has no package lists yet.
-    if install().is_err() {
-        run(Command::new("apt-get").arg("update"))?;
-        install()?;
-    }
-    if !is_installed(program) {
-        bail!("installing {package} did not provide {program}; install it by hand");
-    }
-    Ok(())
-}
-
-/// Whether `program` is an executable file in one of PATH's directories, as
-/// starting it would find it.
-fn is_installed(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(program))
-                .is_ok_and(|file| file.is_file() && file.permissions().mode() & 0o111 != 0)
-        })
-    })
-}
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_address() -> anyhow::Result<SocketAddr> {
@@ -165,12 +128,6 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_programs_on_path() {
-        assert!(is_installed("sh"));
-        assert!(!is_installed("no-such-program-here"));
-    }
 
     #[test]
     fn reads_vm_rss() {

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::tools::ensure_installed;
-use crate::process::output;
+use crate::process::{ensure_installed, output};
 
 /// Keeps `count` requests in flight per thread from `wrk.thread:get("id")`'s
 /// share of the bodies (every `threads`-th body of the file). `rounds` counts
