@@ -96,6 +96,8 @@ def test_the_group_replaces_replicas_the_load_balancer_finds_unready_and_refresh
     assert group["launch_template"][0]["version"] == "${aws_launch_template.this.latest_version}"
     refresh = group["instance_refresh"][0]
     assert refresh["strategy"] == "Rolling"
+    # Not the grace period (the default): a refresh would wait hours per MODE32 replica.
+    assert group["default_instance_warmup"] == 60
     assert refresh["preferences"][0]["min_healthy_percentage"] == "${var.instance_refresh_min_healthy_percentage}"
     for name in ("min_size", "max_size", "desired_capacity"):
         assert group[name] == f"${{var.{name}}}"

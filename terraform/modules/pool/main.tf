@@ -317,6 +317,10 @@ resource "aws_autoscaling_group" "this" {
   # when EC2 finds it running; the grace period covers first-boot verification.
   health_check_type         = "ELB"
   health_check_grace_period = local.health_check_grace_period
+  # A refresh moves on once a new replica passes the load balancer's health check
+  # (its verification done) and this minute has passed; unset, it would wait the
+  # whole grace period after every replacement.
+  default_instance_warmup = 60
 
   launch_template {
     id      = aws_launch_template.this.id
