@@ -1,13 +1,13 @@
-//! `cryptoserver-secrets`: generates and verifies a secrets directory on the
+//! `cryptoserver-secrets`: generates, verifies and fingerprints a secrets directory on the
 //! host itself, where there is no cargo (the image ships this binary).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cryptoserver::secrets::cli::{GenerateArgs, VerifyArgs};
+use cryptoserver::secrets::cli::{FingerprintArgs, GenerateArgs, VerifyArgs};
 use cryptoserver::secrets::generate::generate;
 use cryptoserver::secrets::progress::ProgressOutput;
-use cryptoserver::secrets::verify::verify;
+use cryptoserver::secrets::verify::{fingerprint, verify};
 
 #[derive(Parser)]
 #[command(
@@ -26,22 +26,25 @@ enum Command {
     Generate(GenerateArgs),
     /// Re-hash every file of a secrets directory against its cryptoserver.manifest
     Verify(VerifyArgs),
+    /// Print the secrets fingerprint (32 hex digits) from the cryptoserver.manifest alone, on stdout
+    Fingerprint(FingerprintArgs),
 }
 
 fn main() -> ExitCode {
+    // Summaries are for people (stderr); the fingerprint is for scripts (stdout).
     let result = match Cli::parse().command {
         Command::Generate(args) => {
-            generate(&args.into(), ProgressOutput::Stderr).map(|done| done.to_string())
+            generate(&args.into(), ProgressOutput::Stderr).map(|done| eprintln!("{done}"))
         }
         Command::Verify(args) => {
-            verify(&args.into(), ProgressOutput::Stderr).map(|done| done.to_string())
+            verify(&args.into(), ProgressOutput::Stderr).map(|done| eprintln!("{done}"))
+        }
+        Command::Fingerprint(args) => {
+            fingerprint(&args.dir, args.mode).map(|fingerprint| println!("{fingerprint}"))
         }
     };
     match result {
-        Ok(summary) => {
-            eprintln!("{summary}");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("cryptoserver-secrets: error: {error}");
             ExitCode::FAILURE

@@ -55,6 +55,17 @@ pub struct VerifyArgs {
     /// Files read in parallel [default: the number of cores].
     #[arg(long, short = 'j')]
     pub jobs: Option<NonZeroUsize>,
+
+    /// Also copy every file, as it is read, into this empty directory (created 0700 if absent):
+    /// files 0400, the manifest last, only once every file matched. The first-boot script's hot
+    /// copy on instance storage.
+    #[arg(long, value_name = "DIR")]
+    pub copy_to: Option<PathBuf>,
+
+    /// User to own the copy: the user the server runs as [default: the user running this
+    /// command].
+    #[arg(long, requires = "copy_to")]
+    pub owner: Option<String>,
 }
 
 impl From<VerifyArgs> for VerifyOptions {
@@ -62,6 +73,21 @@ impl From<VerifyArgs> for VerifyOptions {
         VerifyOptions {
             dir: args.dir,
             jobs: args.jobs,
+            copy_to: args.copy_to,
+            owner: args.owner,
         }
     }
+}
+
+/// `fingerprint`'s command line.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FingerprintArgs {
+    /// Secrets directory holding a `cryptoserver.manifest`.
+    #[arg(long)]
+    pub dir: PathBuf,
+
+    /// Fail unless the manifest records secrets of this mode (case-insensitive, as
+    /// CRYPTOSERVER_MODE).
+    #[arg(long)]
+    pub mode: Option<Mode>,
 }

@@ -77,6 +77,17 @@ pub enum SecretsError {
     NoManifest {
         path: PathBuf,
     },
+    /// `fingerprint --mode` found a manifest of another mode.
+    ManifestOfAnotherMode {
+        manifest: PathBuf,
+        holds: Mode,
+        wanted: Mode,
+    },
+    /// `verify --copy-to` copies only into an empty directory (a fresh filesystem).
+    CopyTargetNotEmpty {
+        dir: PathBuf,
+        entry: String,
+    },
     /// `verify` found files that differ from the manifest.
     Mismatch {
         dir: PathBuf,
@@ -240,6 +251,22 @@ impl fmt::Display for SecretsError {
                 "{}: not found, so there is nothing to verify against. Secrets made by hand (dd, Python) \
                  have none; `cryptoserver-secrets generate` on the complete directory writes one",
                 path.display()
+            ),
+            SecretsError::ManifestOfAnotherMode {
+                manifest,
+                holds,
+                wanted,
+            } => write!(
+                f,
+                "{}: records {holds} secrets, not {wanted}: serve them as {holds} (CRYPTOSERVER_MODE), \
+                 or use a secrets directory made for {wanted}",
+                manifest.display()
+            ),
+            SecretsError::CopyTargetNotEmpty { dir, entry } => write!(
+                f,
+                "{}: holds '{entry}'; a copy is only made into an empty directory (a fresh filesystem), \
+                 so that it holds nothing but verified files; nothing was written",
+                dir.display()
             ),
             SecretsError::Mismatch {
                 dir,

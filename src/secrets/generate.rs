@@ -162,7 +162,7 @@ pub fn generate(
 
 /// Stores the manifest atomically (see [`SecretDir::create_file`]); an
 /// existing manifest is never replaced.
-fn write_manifest(
+pub(super) fn write_manifest(
     dir: &SecretDir,
     manifest: &Manifest,
     owner: Option<&Owner>,
@@ -243,7 +243,7 @@ fn check_existing_manifest(
 }
 
 /// Refuses to start when the filesystem cannot hold the missing files and the manifest.
-fn check_space(dir: &SecretDir, mode: Mode, missing: usize) -> Result<(), SecretsError> {
+pub(super) fn check_space(dir: &SecretDir, mode: Mode, missing: usize) -> Result<(), SecretsError> {
     let available = dir.available_space()?;
     let needed = space_needed(mode, missing, available.block_size);
     if needed.bytes > available.bytes || needed.inodes > available.inodes {

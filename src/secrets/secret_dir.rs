@@ -3,6 +3,7 @@
 //! durably (temporary name, fsync, rename that refuses to replace, fsync of the
 //! directory), so that no code path can overwrite a secret.
 
+use std::convert::Infallible;
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -133,6 +134,21 @@ impl SecretDir {
         contents: &[u8],
         owner: Option<&Owner>,
     ) -> Result<PendingFile, FileError> {
+        self.start_file_with(name, owner, |file, temp| {
+            file.write_all(contents)
+                .map_err(FileError::at(temp, "write"))
+        })
+        .map(|(pending, ())| pending)
+    }
+
+    /// [`start_file`](Self::start_file) with the contents written by `fill`,
+    /// given the new file and its temporary path; returns what `fill` returned.
+    pub fn start_file_with<T>(
+        &self,
+        name: &str,
+        owner: Option<&Owner>,
+        fill: impl FnOnce(&mut File, &Path) -> Result<T, FileError>,
+    ) -> Result<(PendingFile, T), FileError> {
         let temp = self.path.join(temp_name(name));
         let file = OpenOptions::new()
             .write(true)
@@ -146,13 +162,12 @@ impl SecretDir {
             file: Some(file),
         };
         let (temp, file) = (&pending.temp, pending.file.as_mut().expect("just opened"));
-        file.write_all(contents)
-            .map_err(FileError::at(temp, "write"))?;
+        let filled = fill(file, temp)?;
         file.set_permissions(Permissions::from_mode(FILE_MODE))
             .and_then(|()| owner.map_or(Ok(()), |owner| owner.apply(file)))
             .map_err(FileError::at(temp, "set the owner and permissions of"))?;
         sys::start_write_back(file).map_err(FileError::at(temp, "start writing back"))?;
-        Ok(pending)
+        Ok((pending, filled))
     }
 
     /// Makes a started file final: fsync, rename to its name only if no file of
@@ -238,21 +253,40 @@ pub fn temp_name(name: &str) -> String {
 /// Bytes read at a time while hashing.
 const READ_CHUNK: usize = 1 << 20;
 
+/// A file's SHA-256 and length, or why it could not be read.
+pub type Hashed = Result<([u8; 32], u64), FileError>;
+
 /// SHA-256 and length of the file at `path`, read through `buffer`.
-pub fn hash_file(path: &Path, buffer: &mut Vec<u8>) -> Result<([u8; 32], u64), FileError> {
-    let mut file = File::open(path).map_err(FileError::at(path, "open"))?;
+pub fn hash_file(path: &Path, buffer: &mut Vec<u8>) -> Hashed {
+    hash_file_into(path, buffer, |_| Ok::<(), Infallible>(()))
+        .unwrap_or_else(|never| match never {})
+}
+
+/// [`hash_file`] that also hands every chunk it reads to `sink` (a copy being
+/// written). The outer error is the sink's first, which stops the reading; the
+/// inner result is the hash, or why `path` could not be read.
+pub fn hash_file_into<E>(
+    path: &Path,
+    buffer: &mut Vec<u8>,
+    mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Hashed, E> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) => return Ok(Err(FileError::at(path, "open")(error))),
+    };
     buffer.resize(READ_CHUNK, 0);
     let mut hasher = Sha256::new();
     let mut len = 0u64;
     loop {
         match io::Read::read(&mut file, buffer) {
-            Ok(0) => return Ok((hasher.finalize().into(), len)),
+            Ok(0) => return Ok(Ok((hasher.finalize().into(), len))),
             Ok(read) => {
                 hasher.update(&buffer[..read]);
+                sink(&buffer[..read])?;
                 len += read as u64;
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(FileError::at(path, "read")(error)),
+            Err(error) => return Ok(Err(FileError::at(path, "read")(error))),
         }
     }
 }

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -18,11 +19,13 @@ import trustme
 
 import reference
 from conftest import REPO, free_port, running_server, server_over_random_secrets
+from cryptoserver_client import _core
 from cryptoserver_client import (
     AsyncClient,
     BadRequest,
     Client,
     CryptoserverError,
+    ProtocolError,
     RateLimited,
     ServerUnavailable,
     TooLarge,
@@ -219,12 +222,27 @@ def test_mtls(tmp_path, certificates):
         with Client(server.url, ca=certificates["ca"], client_cert=(certificates["client-cert"], certificates["client-key"])) as client:
             assert client.verify(b"m", expected)
 
+        # TLS 1.3 refuses a missing client certificate after the handshake, so
+        # the refusal arrives on a write or on a read, whichever comes first:
+        # several tries meet both, and each ends in this client's own error.
         async def without_certificate():
             async with AsyncClient(server.url, ca=certificates["ca"], retries=1, backoff=0.01, max_backoff=0.02) as client:
                 await client.hmac(b"m")
 
-        with pytest.raises(CryptoserverError):
-            asyncio.run(without_certificate())
+        for _ in range(5):
+            with pytest.raises(CryptoserverError):
+                asyncio.run(without_certificate())
+            with Client(server.url, ca=certificates["ca"], retries=1, backoff=0.01, max_backoff=0.02) as client:
+                with pytest.raises(CryptoserverError):
+                    client.hmac(b"m")
+
+
+def test_a_tls_alert_outside_httpx_is_a_typed_error():
+    alert = ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required")
+    assert not _core.is_retryable(alert)
+    error = _core.transport_error("POST /hmac", "https://127.0.0.1:1", alert, 1)
+    assert isinstance(error, ProtocolError)
+    assert "TLS" in str(error) and "client_cert" in str(error)
 
 
 def hold_the_only_place(server, release_after):

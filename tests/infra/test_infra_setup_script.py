@@ -16,32 +16,8 @@ import uuid
 import pytest
 import requests
 
-from conftest import binary, running_server
-from infra_tools import DEPLOY
-
-SCRIPT = DEPLOY / "cryptoserver-secrets-setup.sh"
-OWNER = "nobody"
-
-needs_loop_devices = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("losetup") or not os.path.exists("/dev/loop-control"),
-    reason="needs root and loop devices (CI runs as root)",
-)
-
-
-def run_setup(secret_dir, mode="MODE16", device="none", **settings):
-    """Runs the script as systemd would: settings in the environment, the
-    generator on PATH, nothing else."""
-    env = {
-        "PATH": f"{binary('cryptoserver-secrets').parent}:/usr/sbin:/usr/bin:/sbin:/bin",
-        "CRYPTOSERVER_SECRETDIR": str(secret_dir),
-        "CRYPTOSERVER_SECRETS_OWNER": OWNER,
-    }
-    if mode is not None:
-        env["CRYPTOSERVER_MODE"] = mode
-    if device is not None:
-        env["CRYPTOSERVER_SECRETS_DEVICE"] = str(device)
-    env.update({key: str(value) for key, value in settings.items()})
-    return subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+from conftest import running_server
+from first_boot import OWNER, loop_device, mount_options, mounted_cleanup, needs_loop_devices, probe, ready_line, run_setup, unmount
 
 
 def snapshot(secret_dir):
@@ -54,10 +30,6 @@ def snapshot(secret_dir):
         if path.is_file()
     }
     return directory.st_mode, directory.st_uid, files
-
-
-def unmount(mountpoint):
-    subprocess.run(["umount", mountpoint], check=True)
 
 
 def assert_ready(result, secret_dir, mode):
@@ -75,6 +47,10 @@ def test_plain_directory_generates_verifies_and_a_second_run_changes_nothing(tmp
     first = run_setup(secret_dir)
     assert_ready(first, secret_dir, "MODE16")
     assert "verifying every secret" in first.stderr
+    ready = ready_line(first)
+    assert ready == {"role": "origin", "mode": "MODE16", "fingerprint": ready["fingerprint"], "verified": "yes",
+                     "mount": "none", "volume": "-", "hot-copy": "none"}
+    assert f"secrets fingerprint {ready['fingerprint']}" in first.stderr, "not the fingerprint verify printed"
     assert (secret_dir / "0000").stat().st_size == 2 * 1024 * 1024
     before = snapshot(secret_dir)
 
@@ -82,6 +58,23 @@ def test_plain_directory_generates_verifies_and_a_second_run_changes_nothing(tmp
     assert_ready(second, secret_dir, "MODE16")
     assert "nothing to do" in second.stderr
     assert snapshot(secret_dir) == before
+    assert ready_line(second) == ready
+
+
+def test_origin_checks_the_expected_fingerprint_when_set(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    fingerprint = ready_line(run_setup(secret_dir, mode="MODE0"))["fingerprint"]
+    before = snapshot(secret_dir)
+    other = f"{int(fingerprint, 16) ^ 1:032x}"
+    refused = run_setup(secret_dir, mode="MODE0", CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT=other)
+    assert refused.returncode != 0
+    assert f"have fingerprint {fingerprint}, not the expected {other}" in refused.stderr
+    assert "ready role=" not in refused.stderr
+    assert snapshot(secret_dir) == before
+    # As the contract writes it (lower case) or as a person might copy it.
+    for expected in (fingerprint, fingerprint.upper()):
+        accepted = run_setup(secret_dir, mode="MODE0", CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT=expected)
+        assert ready_line(accepted)["fingerprint"] == fingerprint
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root (CI runs as root)")
@@ -151,9 +144,11 @@ def test_after_generate_policy_skips_the_rehash_only_when_nothing_was_written(tm
     first = run_setup(secret_dir, mode="MODE0", CRYPTOSERVER_SECRETS_VERIFY="after-generate")
     assert_ready(first, secret_dir, "MODE0")
     assert "verifying every secret" in first.stderr
+    assert ready_line(first)["verified"] == "yes"
     second = run_setup(secret_dir, mode="MODE0", CRYPTOSERVER_SECRETS_VERIFY="after-generate")
     assert_ready(second, secret_dir, "MODE0")
     assert "not re-hashing" in second.stderr
+    assert ready_line(second)["verified"] == "skipped"
 
 
 def test_refuses_a_directory_holding_secrets_of_another_mode(tmp_path):
@@ -179,6 +174,11 @@ def test_refuses_a_directory_holding_secrets_of_another_mode(tmp_path):
         ({"CRYPTOSERVER_SECRETS_VOLUME_ID": "vol-0123456789abcdef0"}, "not both"),
         ({"CRYPTOSERVER_SECRETS_VERIFY": "sometimes"}, "use always or after-generate"),
         ({"CRYPTOSERVER_SECRETS_TLS_NAME": "bad name"}, "is not a DNS name"),
+        ({"CRYPTOSERVER_SECRETS_ROLE": "leader"}, "CRYPTOSERVER_SECRETS_ROLE=leader: use origin"),
+        ({"CRYPTOSERVER_SECRETS_ROLE": "replica"}, "CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT is not set"),
+        ({"CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT": "abc"}, "is not a secrets fingerprint (32 hex digits"),
+        ({"CRYPTOSERVER_SECRETS_HOT_COPY": "tmpfs"}, "CRYPTOSERVER_SECRETS_HOT_COPY=tmpfs: use off or instance-store"),
+        ({"CRYPTOSERVER_SECRETS_HOT_DIR": "hot"}, "CRYPTOSERVER_SECRETS_HOT_DIR=hot must be an absolute path"),
     ],
 )
 def test_bad_settings_stop_before_anything_is_written(tmp_path, settings, message):
@@ -187,38 +187,6 @@ def test_bad_settings_stop_before_anything_is_written(tmp_path, settings, messag
     assert result.returncode != 0
     assert message in result.stderr
     assert not secret_dir.exists()
-
-
-@contextlib.contextmanager
-def loop_device(tmp_path, size=64 << 20, image=None):
-    """A loop device over `image`, or over a new blank file of `size` bytes."""
-    if image is None:
-        image = tmp_path / f"volume-{uuid.uuid4().hex[:8]}.img"
-        with open(image, "wb") as file:
-            file.truncate(size)
-    device = subprocess.run(["losetup", "--find", "--show", image], capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        yield device
-    finally:
-        subprocess.run(["losetup", "--detach", device], capture_output=True)
-
-
-@contextlib.contextmanager
-def mounted_cleanup(mountpoint):
-    try:
-        yield
-    finally:
-        if os.path.ismount(mountpoint):
-            unmount(mountpoint)
-
-
-def mount_options(mountpoint):
-    return set(subprocess.run(["findmnt", "--noheadings", "--output", "OPTIONS", "--mountpoint", mountpoint],
-                              capture_output=True, text=True, check=True).stdout.strip().split(","))
-
-
-def probe(device):
-    return subprocess.run(["blkid", "-p", "-o", "export", device], capture_output=True, text=True).stdout
 
 
 @needs_loop_devices
@@ -233,9 +201,14 @@ def test_blank_volume_is_formatted_mounted_read_only_and_serves(tmp_path):
         filesystem = probe(device)
         before = snapshot(secret_dir)
 
+        ready = ready_line(first)
+        assert (ready["role"], ready["verified"], ready["mount"], ready["volume"]) == ("origin", "yes", "ro", "-")
+
         # The server accepts what the script left: a read-only ext4 root with lost+found.
         with running_server(tmp_path, "MODE16", secret_dir) as server:
-            assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
+            readyz = requests.get(f"{server.url}/readyz", timeout=5)
+            assert readyz.status_code == 200
+            assert readyz.json()["fingerprint"] == ready["fingerprint"]
             assert len(requests.post(f"{server.url}/hmac", data=b"hello world", timeout=5).content) == 32
 
         # Re-run while mounted, then after an unmount (a reboot): never formatted again.
@@ -322,6 +295,7 @@ def test_finds_the_ebs_volume_by_its_nvme_id_and_waits_for_it(tmp_path):
             found = run_setup(secret_dir, mode="MODE0", device=None, CRYPTOSERVER_SECRETS_VOLUME_ID=volume_id)
             assert_ready(found, secret_dir, "MODE0")
             assert f"(mounted read-only from {device})" in found.stderr
+            assert ready_line(found)["volume"] == volume_id
     finally:
         link.unlink(missing_ok=True)
         for path in reversed(created):

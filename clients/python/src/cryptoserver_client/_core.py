@@ -43,17 +43,26 @@ _FRAME_HEADER = struct.Struct(">I")
 RETRYABLE_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 
-def is_retryable(error: httpx.HTTPError) -> bool:
+#: Failures of a request that got no answer. httpx wraps most in its own
+#: exceptions, but a TLS alert read on an established connection (TLS 1.3
+#: refuses a missing client certificate after the handshake) can reach the
+#: async client as the bare `ssl.SSLError`.
+TRANSPORT_FAILURES = (httpx.HTTPError, ssl.SSLError)
+
+
+def is_retryable(error: Exception) -> bool:
     """A failed connection is worth another attempt, unless TLS refused the
     server's certificate: that stays wrong until the configuration changes."""
-    if not isinstance(error, RETRYABLE_TRANSPORT_ERRORS):
-        return False
+    return isinstance(error, RETRYABLE_TRANSPORT_ERRORS) and not _caused_by(error, ssl.SSLCertVerificationError)
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     cause: BaseException | None = error
     while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return False
+        if isinstance(cause, kind):
+            return True
         cause = cause.__cause__ or cause.__context__
-    return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -269,10 +278,15 @@ def error_for(what: str, response: httpx.Response) -> CryptoserverError:
     return ProtocolError(text, status=status, request_id=request_id)
 
 
-def transport_error(what: str, url: str, error: httpx.HTTPError, attempts: int) -> CryptoserverError:
+def transport_error(what: str, url: str, error: Exception, attempts: int) -> CryptoserverError:
     """The error for a request that got no answer; built from the text of
     `error` only, so no reference to the request (and its body) survives."""
     reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if isinstance(error, ssl.SSLError):
+        return ProtocolError(
+            f"{what}: TLS with {url} failed ({reason}): check the client's ca and client_cert "
+            "against the server's certificate and its CRYPTOSERVER_TLS_CLIENT_CA"
+        )
     if isinstance(error, RETRYABLE_TRANSPORT_ERRORS):
         return ServerUnavailable(f"{what}: no connection to {url} after {attempts} attempt(s) ({reason})")
     if isinstance(error, httpx.TimeoutException):

@@ -116,7 +116,7 @@ class Client:
             failure: CryptoserverError | None = None
             try:
                 response = self._http.request(method, path, content=content, headers=headers)
-            except httpx.HTTPError as error:
+            except _core.TRANSPORT_FAILURES as error:
                 if attempt >= settings.retries or not _core.is_retryable(error):
                     failure = _core.transport_error(f"{method} {path}", settings.base_url, error, attempt + 1)
                 delay = _core.backoff_delay(settings, attempt)
