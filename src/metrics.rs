@@ -305,5 +305,27 @@ mod tests {
         assert!(text.contains("cryptoserver_request_duration_seconds_count 2"));
         assert!(text.contains("cryptoserver_in_flight_requests 3"));
         assert!(text.contains("cryptoserver_open_connections 5"));
+        assert!(!text.contains("cryptoserver_batch_key_reads_in_flight"));
+    }
+
+    #[test]
+    fn renders_key_reads_and_the_batch_budget() {
+        use std::sync::Arc;
+
+        use crate::limits::{BatchReads, ReadBudget};
+
+        let stats = KeyReadStats::default();
+        stats.timeouts.fetch_add(2, Ordering::Relaxed);
+        let budget = Arc::new(ReadBudget::new(BatchReads {
+            total: 8,
+            per_batch: 8,
+        }));
+        let _reads = budget.try_take(5, 1).unwrap();
+        assert!(budget.try_take(8, 8).is_none());
+        let text = Metrics::default().render("MODE32", None, 0, 0, Some((&stats, &budget)));
+        assert!(text.contains("cryptoserver_key_read_timeouts_total 2"));
+        assert!(text.contains("cryptoserver_batch_key_reads_in_flight 5"));
+        assert!(text.contains("cryptoserver_batches_refused_total 1"));
+        assert!(text.contains("# TYPE cryptoserver_batch_key_reads_in_flight gauge"));
     }
 }
