@@ -580,6 +580,10 @@ mod tests {
         assert_eq!(limiter.take(other, 0), Ok(()));
     }
 
+    fn budget(total: usize, per_batch: usize) -> Arc<ReadBudget> {
+        Arc::new(ReadBudget::new(BatchReads { total, per_batch }))
+    }
+
     fn address(n: u32) -> ClientId {
         ClientId::Address(IpAddr::V4(n.into()))
     }
@@ -638,10 +642,7 @@ mod tests {
 
     #[test]
     fn batches_share_the_read_budget_and_are_refused_when_it_is_spent() {
-        let budget = Arc::new(ReadBudget::new(BatchReads {
-            total: 64,
-            per_batch: 32,
-        }));
+        let budget = budget(64, 32);
         let first = budget.try_take(65_536, 1).unwrap();
         assert_eq!(first.count(), 32, "a batch takes at most its own share");
         let small = budget.try_take(5, 1).unwrap();
@@ -668,10 +669,7 @@ mod tests {
 
     #[test]
     fn concurrent_batches_never_take_more_than_the_budget() {
-        let budget = Arc::new(ReadBudget::new(BatchReads {
-            total: 50,
-            per_batch: 7,
-        }));
+        let budget = budget(50, 7);
         let most = Arc::new(AtomicUsize::new(0));
         std::thread::scope(|scope| {
             for _ in 0..8 {
