@@ -423,3 +423,57 @@ fn check_still_secret(file: &File) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+    use crate::limits::{ConcurrencyLimit, WorkGuard};
+
+    /// MODE32's files, file 0 a socket kept open and read through io_uring:
+    /// its read completes only once the peer writes, as on a stalled volume.
+    fn files_reading_a_socket() -> (Arc<KeyFiles>, UnixStream) {
+        let (socket, peer) = UnixStream::pair().unwrap();
+        let files = KeyFiles {
+            mode: Mode::Mode32,
+            dir: std::env::temp_dir(),
+            open: vec![RwLock::new(Arc::new(File::from(OwnedFd::from(socket))))].into(),
+            ring: Some(KeyReadRing::new().unwrap()),
+            failing: Mutex::new(BTreeSet::new()),
+            failing_count: AtomicUsize::new(0),
+            stats: KeyReadStats::default(),
+        };
+        (Arc::new(files), peer)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_past_its_timeout_fails_and_keeps_a_slot_until_it_has_read() {
+        let (files, peer) = files_reading_a_socket();
+        let limit = Arc::new(ConcurrencyLimit::new(1));
+        assert!(limit.try_enter(), "the request's own slot");
+        let guard = WorkGuard::new(&limit, None);
+        let location = KeyLocation { file: 0, offset: 0 };
+        let timeout = Duration::from_millis(100);
+        let read = KeyFiles::read_key_async(&files, location, guard.work(), timeout).await;
+        assert!(matches!(read, Err(KeyError::TimedOut(t)) if t == timeout));
+        // The request answers 503 and gives its own slot back.
+        drop(guard);
+        limit.leave();
+        assert_eq!(limit.in_flight(), 1, "the read in flight is not counted");
+        assert!(!limit.try_enter());
+        assert_eq!(files.stats.timeouts.load(Ordering::Relaxed), 1);
+        assert!(!files.any_failing(), "a slow read is no broken file");
+        (&peer).write_all(&[7; KEY_LEN]).unwrap();
+        let started = Instant::now();
+        while limit.in_flight() > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the read completed and kept its slot"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
