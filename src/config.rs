@@ -11,7 +11,7 @@ use clap::Parser;
 
 use crate::keystore::KeyReads;
 use crate::layout::Mode;
-use crate::limits::RateLimit;
+use crate::limits::{BatchReads, BatchReadsError, RateLimit, ReadLimits};
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -87,6 +87,18 @@ pub struct Config {
     #[arg(long, env = "CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT", value_parser = parse_count)]
     pub max_connections_per_client: Option<usize>,
 
+    /// MODE32/MODE32X key reads that batches may have in flight, as ALL[:PER_BATCH]: ALL for
+    /// every batch together (below --max-concurrent), PER_BATCH for one (default: half of ALL;
+    /// at least 8 in MODE32X). A batch finding none free gets 503 at once. Single requests never
+    /// take from it. Default: 64:32, at most half of --max-concurrent.
+    #[arg(long, env = "CRYPTOSERVER_BATCH_READS", value_parser = parse_batch_reads)]
+    pub batch_reads: Option<BatchReads>,
+
+    /// Seconds a MODE32/MODE32X key read may take; a slower one fails its request with 503 (the
+    /// read keeps its place under the limits until it has really stopped).
+    #[arg(long, env = "CRYPTOSERVER_KEY_READ_TIMEOUT", default_value_t = ReadLimits::DEFAULT_TIMEOUT.as_secs(), value_parser = parse_positive_seconds)]
+    pub key_read_timeout: u64,
+
     /// How MODE32 and MODE32X read keys: auto (io_uring where the kernel allows it, else a thread
     /// pool), io-uring (startup fails without it) or threads.
     #[arg(long, env = "CRYPTOSERVER_KEY_READS", default_value_t = KeyReads::Auto)]
@@ -126,7 +138,9 @@ pub enum ValueError {
     SizeUnit(String),
     Size(String),
     Seconds(String),
+    PositiveSeconds(String),
     Count(String),
+    BatchReads(String),
 }
 
 impl fmt::Display for ValueError {
@@ -146,7 +160,15 @@ impl fmt::Display for ValueError {
                 write!(f, "'{text}' is not a positive size, e.g. 1048576 or 1MiB")
             }
             ValueError::Seconds(text) => write!(f, "'{text}' is not a whole number of seconds"),
+            ValueError::PositiveSeconds(text) => {
+                write!(f, "'{text}' is not a positive whole number of seconds")
+            }
             ValueError::Count(text) => write!(f, "'{text}' is not a positive whole number"),
+            ValueError::BatchReads(text) => write!(
+                f,
+                "'{text}' is not ALL or ALL:PER_BATCH with positive whole numbers and PER_BATCH \
+                 at most ALL, e.g. 64 or 64:32"
+            ),
         }
     }
 }
@@ -165,6 +187,19 @@ fn parse_rate_limit(text: &str) -> Result<RateLimit, ValueError> {
     match (positive(rate), positive(burst)) {
         (Some(per_second), Some(burst)) if burst >= 1.0 => Ok(RateLimit { per_second, burst }),
         _ => Err(ValueError::RateLimit(text.to_owned())),
+    }
+}
+
+/// Parses `64` (64 for all batches, 32 per batch) or `64:16`.
+fn parse_batch_reads(text: &str) -> Result<BatchReads, ValueError> {
+    let count = |part: &str| part.trim().parse::<usize>().ok().filter(|&n| n > 0);
+    let parsed = match text.split_once(':') {
+        Some((total, per_batch)) => count(total).zip(count(per_batch)),
+        None => count(text).map(|total| (total, total.div_ceil(2))),
+    };
+    match parsed {
+        Some((total, per_batch)) if per_batch <= total => Ok(BatchReads { total, per_batch }),
+        _ => Err(ValueError::BatchReads(text.to_owned())),
     }
 }
 
@@ -200,6 +235,26 @@ fn parse_seconds(text: &str) -> Result<Duration, ValueError> {
     text.parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| ValueError::Seconds(text.to_owned()))
+}
+
+fn parse_positive_seconds(text: &str) -> Result<u64, ValueError> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|&seconds| seconds > 0)
+        .ok_or_else(|| ValueError::PositiveSeconds(text.to_owned()))
+}
+
+impl Config {
+    /// The batches' key reads: as configured, checked against the mode and
+    /// the concurrency limit, or the default that fits them.
+    pub fn batch_reads(&self) -> Result<BatchReads, BatchReadsError> {
+        let per_message = self.mode.keys_per_mac();
+        let max_concurrent = self.max_concurrent.max(1);
+        match self.batch_reads {
+            Some(reads) => reads.check(per_message, max_concurrent).map(|()| reads),
+            None => Ok(BatchReads::default_under(max_concurrent, per_message)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +304,33 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn batch_reads_parse_and_are_checked_against_the_mode() {
+        let reads = |total, per_batch| Ok(BatchReads { total, per_batch });
+        assert_eq!(parse_batch_reads("64"), reads(64, 32));
+        assert_eq!(parse_batch_reads("9"), reads(9, 5));
+        assert_eq!(parse_batch_reads("100:100"), reads(100, 100));
+        for bad in ["", "0", "-4", "8:16", "64:0", "lots", "64:", ":8"] {
+            assert_eq!(
+                parse_batch_reads(bad),
+                Err(ValueError::BatchReads(bad.into())),
+                "{bad}"
+            );
+        }
+        let config = parse(&["--mode", "MODE32X", "--batch-reads", "64:4"]).unwrap();
+        let error = config.batch_reads().unwrap_err().to_string();
+        assert!(error.contains("fewer than one message"), "{error}");
+        let config = parse(&["--max-concurrent", "16", "--batch-reads", "16"]).unwrap();
+        assert!(config.batch_reads().is_err());
+        let config = parse(&["--max-concurrent", "16"]).unwrap();
+        assert_eq!(config.batch_reads().ok(), reads(8, 8).ok());
+        let error = parse(&["--key-read-timeout", "0"]).unwrap_err().to_string();
+        assert!(
+            error.contains("'0' is not a positive whole number of seconds"),
+            "{error}"
+        );
     }
 
     #[test]

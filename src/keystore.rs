@@ -14,8 +14,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 
 use crate::layout::{KeyLocation, Mode, KEY_LEN};
-use crate::limits::ConcurrencyLimit;
-use crate::mac::{self, Mac};
+use crate::limits::{ReadBudget, ReadLimits, WorkGuard};
+use crate::mac::Mac;
 use crate::manifest::{Fingerprint, Manifest};
 use crate::metrics::KeyReadStats;
 
@@ -27,7 +27,7 @@ mod startup;
 mod table;
 
 pub use descriptors::{descriptors_left, mode32_files_kept_open};
-pub use files::{KeyReads, KeyUnavailable, UnknownKeyReads};
+pub use files::{KeyError, KeyReads, KeyUnavailable, UnknownKeyReads};
 pub use startup::LoadError;
 
 use files::KeyFiles;
@@ -40,6 +40,8 @@ pub struct KeyStore {
     keys: Keys,
     /// Of the directory's manifest; `None` for secrets made by hand.
     fingerprint: Option<Fingerprint>,
+    /// What bounds the reads of keys on disk.
+    limits: Arc<ReadLimits>,
 }
 
 #[derive(Clone)]
@@ -70,7 +72,17 @@ impl KeyStore {
             mode,
             keys,
             fingerprint: manifest.as_ref().map(Manifest::fingerprint),
+            limits: Arc::default(),
         })
+    }
+
+    /// Reads keys on disk under `limits` rather than the defaults (which know
+    /// no concurrency limit).
+    pub fn with_limits(self, limits: ReadLimits) -> KeyStore {
+        KeyStore {
+            limits: Arc::new(limits),
+            ..self
+        }
     }
 
     pub fn mode(&self) -> Mode {
@@ -82,63 +94,74 @@ impl KeyStore {
         self.fingerprint
     }
 
-    /// The MAC of `message` under the key the layout rule picks for it.
-    pub async fn mac(&self, message: &[u8]) -> Result<Mac, KeyUnavailable> {
+    /// The MAC of `message` under the key the layout rule picks for it. A key
+    /// read on disk that this future leaves behind (dropped, or timed out)
+    /// holds a place under the concurrency limit until it has stopped.
+    pub async fn mac(&self, message: &[u8]) -> Result<Mac, KeyError> {
         match &self.keys {
-            Keys::InMemory(_) => self.mac_blocking(message),
-            Keys::OnDisk(files) => KeyFiles::mac_async(files, message).await,
+            Keys::InMemory(keys) => Ok(mac_in_memory(keys, self.mode, message)),
+            Keys::OnDisk(files) => {
+                let guard = WorkGuard::new(&self.limits.concurrency, None);
+                let mac =
+                    KeyFiles::mac_async(files, message, guard.work(), self.limits.timeout).await?;
+                guard.finish();
+                Ok(mac)
+            }
         }
     }
 
     /// The MACs of the messages at `frames` in `body`, concatenated in order.
-    /// Work on the blocking threads that this future leaves behind when dropped
-    /// stops after the message at hand, and holds a place under `limit` until then.
+    /// Keys on disk: the batch takes its share of the batches' key reads, or is
+    /// refused with [`KeyError::BatchReadsBusy`] when none is free. Work this
+    /// future leaves behind (dropped, failed or timed out) starts nothing new,
+    /// and holds its reads and a place under the concurrency limit until it
+    /// has stopped.
     pub async fn mac_batch(
         &self,
         body: Bytes,
         frames: Vec<Range<usize>>,
-        limit: &Arc<ConcurrencyLimit>,
-    ) -> Result<Vec<u8>, KeyUnavailable> {
+    ) -> Result<Vec<u8>, KeyError> {
         match &self.keys {
-            Keys::OnDisk(files) if files.reads_through_ring() || self.mode.keys_per_mac() > 1 => {
-                batch::macs_as_keys_arrive(files, self.mode, &body, frames).await
-            }
-            Keys::InMemory(_) => {
-                let store = self.clone();
-                batch::macs_on_threads(
+            Keys::InMemory(keys) => {
+                let (keys, mode) = (Arc::clone(keys), self.mode);
+                Ok(batch::macs_on_threads(
                     body,
                     frames,
                     batch::CHUNK_IN_MEMORY,
-                    limit,
-                    move |message| store.mac_blocking(message),
+                    &self.limits.concurrency,
+                    move |message| mac_in_memory(&keys, mode, message),
                 )
-                .await
+                .await)
             }
-            Keys::OnDisk(_) => {
-                let store = self.clone();
-                batch::macs_on_threads(body, frames, 1, limit, move |message| {
-                    store.mac_blocking(message)
-                })
-                .await
+            Keys::OnDisk(_) if frames.is_empty() => Ok(Vec::new()),
+            Keys::OnDisk(files) => {
+                let per_message = self.mode.keys_per_mac();
+                let reads = self
+                    .limits
+                    .batches
+                    .try_take(frames.len() * per_message, per_message)
+                    .ok_or(KeyError::BatchReadsBusy)?;
+                let guard = WorkGuard::new(&self.limits.concurrency, Some(reads));
+                let macs = batch::macs_as_keys_arrive(
+                    files,
+                    self.mode,
+                    (&body, frames),
+                    guard.work(),
+                    self.limits.timeout,
+                )
+                .await?;
+                guard.finish();
+                Ok(macs)
             }
         }
     }
 
-    /// The MAC of one message, reading its key on this thread if it is on disk
-    /// (MODE32 without io_uring; MODE32X never reads on one thread).
-    fn mac_blocking(&self, message: &[u8]) -> Result<Mac, KeyUnavailable> {
-        let location = self.mode.locate(message);
-        match &self.keys {
-            Keys::InMemory(keys) => Ok(keys[slot(location)].mac(message)),
-            Keys::OnDisk(files) => Ok(mac::mac(&*files.read_key(location)?, message)),
-        }
-    }
-
-    /// MODE32's key-read counters; `None` for keys held in memory.
-    pub fn read_stats(&self) -> Option<&KeyReadStats> {
+    /// MODE32's key-read counters and the batches' read budget; `None` for
+    /// keys held in memory.
+    pub fn read_stats(&self) -> Option<(&KeyReadStats, &ReadBudget)> {
         match &self.keys {
             Keys::InMemory(_) => None,
-            Keys::OnDisk(files) => Some(files.stats()),
+            Keys::OnDisk(files) => Some((files.stats(), &self.limits.batches)),
         }
     }
 
@@ -151,6 +174,11 @@ impl KeyStore {
             Keys::OnDisk(files) => KeyFiles::is_ready(files).await,
         }
     }
+}
+
+/// The MAC of `message` under its MODE0 or MODE16 key.
+fn mac_in_memory(keys: &KeyTable, mode: Mode, message: &[u8]) -> Mac {
+    keys[slot(mode.locate(message))].mac(message)
 }
 
 /// Index of an in-memory key: its slot in the one MODE0/MODE16 file.

@@ -1,12 +1,15 @@
 //! Per-client rate limiting (one token bucket per client: its token when
 //! authenticated, else its source address), the server-wide concurrency limit,
-//! and the limits on open connections, in all and per client address.
+//! the key reads batches may have in flight and how long a key read may take,
+//! what work that outlives its request keeps taken, and the limits on open
+//! connections, in all and per client address.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::clock::Clock as _;
@@ -167,6 +170,287 @@ impl Drop for HeldSlot {
     }
 }
 
+/// Key reads batches may have in flight: `total` for all batches together,
+/// `per_batch` for one. Single requests never take from it, so however many
+/// batches arrive, a `/hmac` key read waits behind at most `total` of theirs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchReads {
+    pub total: usize,
+    pub per_batch: usize,
+}
+
+impl BatchReads {
+    /// Enough to keep a gp3 volume busy (at 1 ms a read, 64 in flight make
+    /// 64,000 reads/s, above its 16,000 IOPS at most) while a single request's
+    /// read waits behind at most 64 of the batches' (about 21 ms at the 3,000
+    /// IOPS baseline).
+    pub const DEFAULT: BatchReads = BatchReads {
+        total: 64,
+        per_batch: 32,
+    };
+
+    /// The default under `max_concurrent`: half of it at most, so batches
+    /// (each holding at least one read) leave single requests half the slots,
+    /// and never fewer than one message needs, `reads_per_message`.
+    pub fn default_under(max_concurrent: usize, reads_per_message: usize) -> BatchReads {
+        let total = BatchReads::DEFAULT
+            .total
+            .min(max_concurrent / 2)
+            .max(reads_per_message);
+        BatchReads {
+            total,
+            per_batch: BatchReads::DEFAULT.per_batch.min(total),
+        }
+    }
+
+    /// Why these reads cannot serve: fewer per batch than one message needs,
+    /// or so many that batches alone could fill the concurrency limit.
+    pub fn check(
+        self,
+        reads_per_message: usize,
+        max_concurrent: usize,
+    ) -> Result<(), BatchReadsError> {
+        if self.per_batch < reads_per_message {
+            return Err(BatchReadsError::FewerThanAMessage {
+                per_batch: self.per_batch,
+                reads_per_message,
+            });
+        }
+        if self.total >= max_concurrent {
+            return Err(BatchReadsError::NotBelowConcurrency {
+                total: self.total,
+                max_concurrent,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for BatchReads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.total, self.per_batch)
+    }
+}
+
+/// A [`BatchReads`] that does not fit the mode or the concurrency limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchReadsError {
+    FewerThanAMessage {
+        per_batch: usize,
+        reads_per_message: usize,
+    },
+    NotBelowConcurrency {
+        total: usize,
+        max_concurrent: usize,
+    },
+}
+
+impl fmt::Display for BatchReadsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchReadsError::FewerThanAMessage {
+                per_batch,
+                reads_per_message,
+            } => write!(
+                f,
+                "CRYPTOSERVER_BATCH_READS allows {per_batch} key reads per batch, fewer than one message \
+                 reads at once in this mode ({reads_per_message}): allow at least {reads_per_message}"
+            ),
+            BatchReadsError::NotBelowConcurrency {
+                total,
+                max_concurrent,
+            } => write!(
+                f,
+                "CRYPTOSERVER_BATCH_READS allows {total} key reads for all batches, not below \
+                 CRYPTOSERVER_MAX_CONCURRENT ({max_concurrent}): batches alone could fill it and \
+                 refuse every single request; lower it or raise CRYPTOSERVER_MAX_CONCURRENT"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BatchReadsError {}
+
+/// How the key store's reads are bounded: how long one may take, the reads
+/// batches may have in flight, and the concurrency limit that work which
+/// outlives its request (a read that timed out, a batch whose client went
+/// away) keeps a place under until it has stopped.
+pub struct ReadLimits {
+    pub timeout: Duration,
+    pub batches: Arc<ReadBudget>,
+    pub concurrency: Arc<ConcurrencyLimit>,
+}
+
+impl ReadLimits {
+    /// A read that has not finished after this long fails its request: a
+    /// cold read takes about a millisecond, so only a stalled or saturated
+    /// volume comes near it, and the client's retry may find another host.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+impl Default for ReadLimits {
+    /// The defaults, with no concurrency limit (for tools and tests).
+    fn default() -> Self {
+        ReadLimits {
+            timeout: ReadLimits::DEFAULT_TIMEOUT,
+            batches: Arc::new(ReadBudget::new(BatchReads::DEFAULT)),
+            concurrency: Arc::new(ConcurrencyLimit::new(usize::MAX)),
+        }
+    }
+}
+
+/// The key reads batches have in flight under [`BatchReads`]. A batch takes
+/// its share when it starts, or is refused at once: a queue would hold its
+/// request, and a concurrency slot, for nothing.
+pub struct ReadBudget {
+    limits: BatchReads,
+    in_flight: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl ReadBudget {
+    pub fn new(limits: BatchReads) -> Self {
+        ReadBudget {
+            limits,
+            in_flight: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn limits(&self) -> BatchReads {
+        self.limits
+    }
+
+    /// Takes as many reads as are free, up to `wanted` and the per-batch
+    /// limit, or none (counting a refusal) when fewer than `at_least` are free.
+    pub fn try_take(self: &Arc<Self>, wanted: usize, at_least: usize) -> Option<ReadPermits> {
+        let wanted = wanted.min(self.limits.per_batch);
+        let mut in_flight = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            let count = wanted.min(self.limits.total.saturating_sub(in_flight));
+            if count < at_least.max(1) {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            match self.in_flight.compare_exchange_weak(
+                in_flight,
+                in_flight + count,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(ReadPermits {
+                        budget: Arc::clone(self),
+                        count,
+                    })
+                }
+                Err(now) => in_flight = now,
+            }
+        }
+    }
+
+    /// Reads taken now (by batches running, or by their reads still in flight).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Batches refused so far for want of free reads.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads taken from a [`ReadBudget`], given back when dropped.
+pub struct ReadPermits {
+    budget: Arc<ReadBudget>,
+    count: usize,
+}
+
+impl ReadPermits {
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
+impl Drop for ReadPermits {
+    fn drop(&mut self) {
+        self.budget
+            .in_flight
+            .fetch_sub(self.count, Ordering::Relaxed);
+    }
+}
+
+/// What a request's work (key reads, tasks on the blocking threads) keeps
+/// taken until it has really stopped, which can be after the request has
+/// ended: after a timeout, or when its client went away. Each piece of work
+/// holds an `Arc` of it until it has stopped.
+#[derive(Default)]
+pub struct Work {
+    stop: AtomicBool,
+    /// A batch's key reads, given back with the last piece of work.
+    reads: Option<ReadPermits>,
+    /// Held from the end of the request until the last piece has stopped.
+    slot: Mutex<Option<HeldSlot>>,
+}
+
+impl Work {
+    /// True once the request has ended: work not yet started should not start.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// The key reads this work may have in flight; `None` when unbudgeted.
+    pub fn reads(&self) -> Option<usize> {
+        self.reads.as_ref().map(ReadPermits::count)
+    }
+}
+
+/// The request's side of its [`Work`]. Dropped before [`finish`](Self::finish)
+/// (the request ended with work still running, or may have), it tells the work
+/// to stop and makes it hold a place under the concurrency limit until its last
+/// piece has stopped: work whose request has gone must still be counted.
+pub struct WorkGuard<'a> {
+    work: Arc<Work>,
+    limit: &'a Arc<ConcurrencyLimit>,
+    finished: bool,
+}
+
+impl<'a> WorkGuard<'a> {
+    pub fn new(limit: &'a Arc<ConcurrencyLimit>, reads: Option<ReadPermits>) -> Self {
+        WorkGuard {
+            work: Arc::new(Work {
+                reads,
+                ..Work::default()
+            }),
+            limit,
+            finished: false,
+        }
+    }
+
+    pub fn work(&self) -> &Arc<Work> {
+        &self.work
+    }
+
+    /// Every piece of the work has stopped: the request's own slot covered it.
+    pub fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for WorkGuard<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.work.stop.store(true, Ordering::Relaxed);
+            // If the work has all stopped already, the slot goes with this `Arc`.
+            *self
+                .work
+                .slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(self.limit.hold());
+        }
+    }
+}
+
 /// The address a client is known by: an IPv4 address, or an IPv6 /64 (one
 /// host usually holds a whole /64, so single IPv6 addresses cost it nothing).
 pub fn client_address(ip: IpAddr) -> IpAddr {
@@ -296,6 +580,10 @@ mod tests {
         assert_eq!(limiter.take(other, 0), Ok(()));
     }
 
+    fn budget(total: usize, per_batch: usize) -> Arc<ReadBudget> {
+        Arc::new(ReadBudget::new(BatchReads { total, per_batch }))
+    }
+
     fn address(n: u32) -> ClientId {
         ClientId::Address(IpAddr::V4(n.into()))
     }
@@ -350,6 +638,108 @@ mod tests {
         assert!(!limit.try_enter());
         drop(held);
         assert_eq!(limit.in_flight(), 2);
+    }
+
+    #[test]
+    fn batches_share_the_read_budget_and_are_refused_when_it_is_spent() {
+        let budget = budget(64, 32);
+        let first = budget.try_take(65_536, 1).unwrap();
+        assert_eq!(first.count(), 32, "a batch takes at most its own share");
+        let small = budget.try_take(5, 1).unwrap();
+        assert_eq!(small.count(), 5, "a small batch takes only what it reads");
+        let rest = budget.try_take(65_536, 8).unwrap();
+        assert_eq!(
+            rest.count(),
+            27,
+            "what is free, when it is enough for a message"
+        );
+        assert_eq!(budget.in_flight(), 64);
+        assert!(budget.try_take(1, 1).is_none());
+        drop(small);
+        assert!(
+            budget.try_take(800, 8).is_none(),
+            "fewer reads free than a MODE32X message needs"
+        );
+        assert_eq!(budget.refused(), 2);
+        let after = budget.try_take(800, 1).unwrap();
+        assert_eq!(after.count(), 5);
+        drop((first, rest, after));
+        assert_eq!(budget.in_flight(), 0);
+    }
+
+    #[test]
+    fn concurrent_batches_never_take_more_than_the_budget() {
+        let budget = budget(50, 7);
+        let most = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for wanted in 1..2000 {
+                        if let Some(permits) = budget.try_take(wanted, 1) {
+                            assert!(permits.count() <= 7);
+                            most.fetch_max(budget.in_flight(), Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(most.load(Ordering::Relaxed) <= 50);
+        assert_eq!(budget.in_flight(), 0);
+    }
+
+    #[test]
+    fn work_that_outlives_its_request_keeps_its_slot_and_reads_until_it_stops() {
+        let limit = Arc::new(ConcurrencyLimit::new(4));
+        let budget = Arc::new(ReadBudget::new(BatchReads::DEFAULT));
+        // Finished: every piece stopped while the request's own slot counted it.
+        let guard = WorkGuard::new(&limit, budget.try_take(3, 1));
+        assert_eq!(guard.work().reads(), Some(3));
+        guard.finish();
+        assert_eq!((limit.in_flight(), budget.in_flight()), (0, 0));
+        // Ended early with a read still in flight: it holds a slot and its reads.
+        let guard = WorkGuard::new(&limit, budget.try_take(3, 1));
+        let read_in_flight = Arc::clone(guard.work());
+        drop(guard);
+        assert!(read_in_flight.stopping());
+        assert_eq!((limit.in_flight(), budget.in_flight()), (1, 3));
+        drop(read_in_flight);
+        assert_eq!((limit.in_flight(), budget.in_flight()), (0, 0));
+        // Ended early with nothing in flight: nothing stays held.
+        drop(WorkGuard::new(&limit, None));
+        assert_eq!(limit.in_flight(), 0);
+    }
+
+    #[test]
+    fn batch_reads_fit_the_mode_and_the_concurrency_limit() {
+        assert_eq!(BatchReads::default_under(1024, 1), BatchReads::DEFAULT);
+        assert_eq!(
+            BatchReads::default_under(40, 8),
+            BatchReads {
+                total: 20,
+                per_batch: 20
+            }
+        );
+        assert_eq!(
+            BatchReads::default_under(4, 8),
+            BatchReads {
+                total: 8,
+                per_batch: 8
+            }
+        );
+        let reads = BatchReads {
+            total: 64,
+            per_batch: 4,
+        };
+        assert_eq!(reads.check(1, 1024), Ok(()));
+        let error = reads.check(8, 1024).unwrap_err();
+        assert!(error.to_string().contains("at least 8"), "{error}");
+        let error = BatchReads::DEFAULT.check(1, 64).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("CRYPTOSERVER_MAX_CONCURRENT (64)"),
+            "{error}"
+        );
     }
 
     #[test]

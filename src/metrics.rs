@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::limits::ReadBudget;
 use crate::manifest::Fingerprint;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -125,6 +126,8 @@ pub struct Metrics {
 pub struct KeyReadStats {
     pub latency: Histogram,
     pub errors: AtomicU64,
+    /// Reads that had not finished within CRYPTOSERVER_KEY_READ_TIMEOUT.
+    pub timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -144,7 +147,7 @@ impl Metrics {
         fingerprint: Option<Fingerprint>,
         in_flight: usize,
         connections: usize,
-        key_reads: Option<&KeyReadStats>,
+        key_reads: Option<(&KeyReadStats, &ReadBudget)>,
     ) -> String {
         let mut out = String::with_capacity(4096);
         let fingerprint = fingerprint.map_or(String::new(), |fingerprint| fingerprint.to_string());
@@ -226,16 +229,37 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
-        if let Some(key_reads) = key_reads {
-            let (name, kind, help, value) = counter(
-                "cryptoserver_key_read_errors_total",
-                "MODE32/MODE32X key reads that failed.",
-                &key_reads.errors,
-            );
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+        if let Some((key_reads, batch_reads)) = key_reads {
+            let key_read_counts = [
+                counter(
+                    "cryptoserver_key_read_errors_total",
+                    "MODE32/MODE32X key reads that failed.",
+                    &key_reads.errors,
+                ),
+                counter(
+                    "cryptoserver_key_read_timeouts_total",
+                    "MODE32/MODE32X key reads that took longer than CRYPTOSERVER_KEY_READ_TIMEOUT (their request got 503).",
+                    &key_reads.timeouts,
+                ),
+                (
+                    "cryptoserver_batch_key_reads_in_flight",
+                    "gauge",
+                    "Key reads batches hold now, of CRYPTOSERVER_BATCH_READS.",
+                    batch_reads.in_flight() as u64,
+                ),
+                (
+                    "cryptoserver_batches_refused_total",
+                    "counter",
+                    "Batches refused with 503 at once: batches held every key read CRYPTOSERVER_BATCH_READS allows.",
+                    batch_reads.refused(),
+                ),
+            ];
+            for (name, kind, help, value) in key_read_counts {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
+            }
             key_reads.latency.render(
                 &mut out,
                 "cryptoserver_key_read_duration_seconds",
@@ -281,5 +305,27 @@ mod tests {
         assert!(text.contains("cryptoserver_request_duration_seconds_count 2"));
         assert!(text.contains("cryptoserver_in_flight_requests 3"));
         assert!(text.contains("cryptoserver_open_connections 5"));
+        assert!(!text.contains("cryptoserver_batch_key_reads_in_flight"));
+    }
+
+    #[test]
+    fn renders_key_reads_and_the_batch_budget() {
+        use std::sync::Arc;
+
+        use crate::limits::{BatchReads, ReadBudget};
+
+        let stats = KeyReadStats::default();
+        stats.timeouts.fetch_add(2, Ordering::Relaxed);
+        let budget = Arc::new(ReadBudget::new(BatchReads {
+            total: 8,
+            per_batch: 8,
+        }));
+        let _reads = budget.try_take(5, 1).unwrap();
+        assert!(budget.try_take(8, 8).is_none());
+        let text = Metrics::default().render("MODE32", None, 0, 0, Some((&stats, &budget)));
+        assert!(text.contains("cryptoserver_key_read_timeouts_total 2"));
+        assert!(text.contains("cryptoserver_batch_key_reads_in_flight 5"));
+        assert!(text.contains("cryptoserver_batches_refused_total 1"));
+        assert!(text.contains("# TYPE cryptoserver_batch_key_reads_in_flight gauge"));
     }
 }

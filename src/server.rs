@@ -31,7 +31,10 @@ use crate::access::{Tokens, TokensError};
 use crate::config::Config;
 use crate::http::{metrics_router, App, AppState};
 use crate::keystore::{descriptors_left, KeyStore, LoadError};
-use crate::limits::{ConcurrencyLimit, ConnectionLimit, ConnectionPermit, RateLimiter};
+use crate::limits::{
+    BatchReadsError, ConcurrencyLimit, ConnectionLimit, ConnectionPermit, RateLimiter, ReadBudget,
+    ReadLimits,
+};
 use crate::metrics::Metrics;
 use crate::sys;
 use crate::tls::TlsError;
@@ -55,6 +58,7 @@ const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 /// Why the server did not start; each names what to fix.
 #[derive(Debug)]
 pub enum ServerError {
+    BatchReads(BatchReadsError),
     Secrets(LoadError),
     Tokens(TokensError),
     Tls(TlsError),
@@ -70,6 +74,7 @@ pub enum ServerError {
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ServerError::BatchReads(error) => error.fmt(f),
             ServerError::Secrets(error) => error.fmt(f),
             ServerError::Tokens(error) => error.fmt(f),
             ServerError::Tls(error) => error.fmt(f),
@@ -86,6 +91,7 @@ impl fmt::Display for ServerError {
 impl std::error::Error for ServerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            ServerError::BatchReads(error) => Some(error),
             ServerError::Secrets(error) => Some(error),
             ServerError::Tokens(error) => Some(error),
             ServerError::Tls(error) => Some(error),
@@ -117,7 +123,15 @@ impl From<TlsError> for ServerError {
 pub fn run(config: Config) -> Result<(), ServerError> {
     harden_process();
     // Everything that can be wrong with the inputs is found before the port is bound.
-    let keys = KeyStore::load(config.mode, &config.secret_dir, config.key_reads)?;
+    let batch_reads = config.batch_reads().map_err(ServerError::BatchReads)?;
+    let concurrency = Arc::new(ConcurrencyLimit::new(config.max_concurrent.max(1)));
+    let keys = KeyStore::load(config.mode, &config.secret_dir, config.key_reads)?.with_limits(
+        ReadLimits {
+            timeout: Duration::from_secs(config.key_read_timeout),
+            batches: Arc::new(ReadBudget::new(batch_reads)),
+            concurrency: Arc::clone(&concurrency),
+        },
+    );
     let tokens = config
         .tokens_file
         .as_deref()
@@ -137,13 +151,18 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         max_connections_per_client = connections.per_client(),
         "connection limits"
     );
+    tracing::info!(
+        batch_reads = %batch_reads,
+        key_read_timeout_seconds = config.key_read_timeout,
+        "key read limits"
+    );
     let state = Arc::new(AppState {
         keys,
         max_body: config.max_body,
         body_timeout: config.body_timeout,
         tokens,
         rate_limiter: config.rate_limit.map(RateLimiter::new),
-        concurrency: Arc::new(ConcurrencyLimit::new(config.max_concurrent.max(1))),
+        concurrency,
         connections: Arc::new(connections),
         metrics: Metrics::default(),
     });

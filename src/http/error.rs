@@ -3,6 +3,7 @@
 //! header the status calls for.
 
 use std::fmt;
+use std::time::Duration;
 
 use axum::http::header::{CONNECTION, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::batch::FrameError;
+use crate::keystore::KeyError;
 use crate::limits::Refusal;
 
 /// Every route the server answers, as the 404 text lists them.
@@ -36,6 +38,11 @@ pub enum ApiError {
     },
     /// A key could not be read (MODE32, MODE32X): never a wrong MAC.
     KeyUnavailable,
+    /// A key read took longer than this (CRYPTOSERVER_KEY_READ_TIMEOUT).
+    KeyReadTimedOut(Duration),
+    /// Batches held every key read they may have (CRYPTOSERVER_BATCH_READS):
+    /// refused at once rather than queued.
+    BatchReadsBusy,
     Unauthorized,
     RateLimited(Refusal),
     /// At the concurrency limit: refused at once rather than queued.
@@ -54,7 +61,10 @@ impl ApiError {
             | ApiError::UnreadableBody => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::KeyUnavailable | ApiError::Shed => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::KeyUnavailable
+            | ApiError::KeyReadTimedOut(_)
+            | ApiError::BatchReadsBusy
+            | ApiError::Shed => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -84,6 +94,16 @@ impl ApiError {
                 "message is larger than the {limit}-byte limit (CRYPTOSERVER_MAX_BODY)"
             ),
             ApiError::KeyUnavailable => "key storage is unavailable; retry later".into(),
+            ApiError::KeyReadTimedOut(timeout) => format!(
+                "a key read took longer than {} s (CRYPTOSERVER_KEY_READ_TIMEOUT): the key storage is \
+                 overloaded; retry after the Retry-After seconds",
+                timeout.as_secs_f64()
+            ),
+            ApiError::BatchReadsBusy => {
+                "batches are using every key read the server gives them (CRYPTOSERVER_BATCH_READS); \
+                 retry after the Retry-After seconds"
+                    .into()
+            }
             ApiError::Unauthorized => {
                 "missing or unknown bearer token: send Authorization: Bearer <token>".into()
             }
@@ -125,7 +145,9 @@ impl ApiError {
                 RETRY_AFTER,
                 HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
             )),
-            ApiError::Shed => Some((RETRY_AFTER, HeaderValue::from_static("1"))),
+            ApiError::Shed | ApiError::KeyReadTimedOut(_) | ApiError::BatchReadsBusy => {
+                Some((RETRY_AFTER, HeaderValue::from_static("1")))
+            }
             _ => None,
         }
     }
@@ -142,6 +164,16 @@ impl std::error::Error for ApiError {
         match self {
             ApiError::MalformedBatch(error) => Some(error),
             _ => None,
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> Self {
+        match error {
+            KeyError::Unavailable(_) => ApiError::KeyUnavailable,
+            KeyError::TimedOut(timeout) => ApiError::KeyReadTimedOut(timeout),
+            KeyError::BatchReadsBusy => ApiError::BatchReadsBusy,
         }
     }
 }

@@ -82,11 +82,7 @@ pub(super) async fn hmac_batch(
     }
     let hashed: usize = frames.iter().map(|frame| frame.len()).sum();
     let count = frames.len();
-    let macs = state
-        .keys
-        .mac_batch(body, frames, &state.concurrency)
-        .await
-        .map_err(|_| ApiError::KeyUnavailable)?;
+    let macs = state.keys.mac_batch(body, frames).await?;
     record_macs(&state, count, hashed);
     Ok(macs.into_response())
 }
@@ -103,11 +99,7 @@ pub(super) async fn verify(
 }
 
 async fn mac_of(state: &AppState, message: &[u8]) -> Result<Mac, ApiError> {
-    let mac = state
-        .keys
-        .mac(message)
-        .await
-        .map_err(|_| ApiError::KeyUnavailable)?;
+    let mac = state.keys.mac(message).await?;
     record_macs(state, 1, message.len());
     Ok(mac)
 }

@@ -21,6 +21,7 @@ use super::descriptors::{files_kept_open_under, open_files_wanted, raise_open_fi
 use super::ring::KeyReadRing;
 use super::startup::{open_secret_file, warn_readable_by_others, LoadError, SecretFile};
 use crate::layout::{KeyLocation, Mode, Probes, KEY_LEN};
+use crate::limits::Work;
 use crate::mac::{self, Mac};
 use crate::metrics::KeyReadStats;
 use crate::sys::{self, Access};
@@ -109,6 +110,48 @@ impl std::error::Error for KeyUnavailable {
     }
 }
 
+/// Why a request got no MAC from the disk; never a wrong one instead.
+#[derive(Debug)]
+pub enum KeyError {
+    Unavailable(KeyUnavailable),
+    /// A key read had not finished after this long (CRYPTOSERVER_KEY_READ_TIMEOUT).
+    TimedOut(Duration),
+    /// Batches had every key read they may have in flight (CRYPTOSERVER_BATCH_READS).
+    BatchReadsBusy,
+}
+
+impl From<KeyUnavailable> for KeyError {
+    fn from(error: KeyUnavailable) -> Self {
+        KeyError::Unavailable(error)
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::Unavailable(error) => error.fmt(f),
+            KeyError::TimedOut(timeout) => write!(
+                f,
+                "a key read took longer than {} s (CRYPTOSERVER_KEY_READ_TIMEOUT)",
+                timeout.as_secs_f64()
+            ),
+            KeyError::BatchReadsBusy => f.write_str(
+                "batches have every key read they may have in flight (CRYPTOSERVER_BATCH_READS)",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Its message is this one's: go on with what caused it.
+            KeyError::Unavailable(error) => error.source(),
+            KeyError::TimedOut(_) | KeyError::BatchReadsBusy => None,
+        }
+    }
+}
+
 /// MODE32's files, as the key store reads them.
 pub(super) struct KeyFiles {
     /// MODE32 or MODE32X: the same files, another rule for the key of a message.
@@ -193,10 +236,6 @@ impl KeyFiles {
         &self.stats
     }
 
-    pub(super) fn reads_through_ring(&self) -> bool {
-        self.ring.is_some()
-    }
-
     pub(super) fn any_failing(&self) -> bool {
         self.failing_count.load(Ordering::Relaxed) > 0
     }
@@ -207,50 +246,79 @@ impl KeyFiles {
 
     /// The MAC of `message` under the key its mode picks: one read in MODE32;
     /// in MODE32X its 8 probe reads are issued together, and any that fails
-    /// fails the MAC.
+    /// fails the MAC. Each read holds `work` until it has stopped, and fails
+    /// after `timeout`.
     pub(super) async fn mac_async(
         files: &Arc<KeyFiles>,
         message: &[u8],
-    ) -> Result<Mac, KeyUnavailable> {
+        work: &Arc<Work>,
+        timeout: Duration,
+    ) -> Result<Mac, KeyError> {
         if files.mode == Mode::Mode32x {
             let probes = Probes::of(message);
             let reads = probes
                 .locations()
-                .map(|location| KeyFiles::read_key_async(files, location));
+                .map(|location| KeyFiles::read_key_async(files, location, work, timeout));
             let keys = future::try_join_all(reads).await?;
             return Ok(mac::mac(&probes.derive_key(&keys), message));
         }
-        let key = KeyFiles::read_key_async(files, files.mode.locate(message)).await?;
+        let key =
+            KeyFiles::read_key_async(files, files.mode.locate(message), work, timeout).await?;
         Ok(mac::mac(&key, message))
+    }
+
+    /// [`read_key_untimed`](Self::read_key_untimed), failed after `timeout`.
+    /// The read itself goes on, holding `work`, until it has stopped.
+    async fn read_key_async(
+        files: &Arc<KeyFiles>,
+        location: KeyLocation,
+        work: &Arc<Work>,
+        timeout: Duration,
+    ) -> Result<Key, KeyError> {
+        match tokio::time::timeout(timeout, KeyFiles::read_key_untimed(files, location, work)).await
+        {
+            Ok(read) => Ok(read?),
+            Err(_) => {
+                files.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(KeyError::TimedOut(timeout))
+            }
+        }
     }
 
     /// A key read that does not block the async worker: through io_uring from a
     /// file kept open, else on the blocking thread pool. Anything unusual (a
     /// failed read, a replaced file) takes the blocking path, which reopens the
-    /// file and reports.
-    pub(super) async fn read_key_async(
+    /// file and reports. Either way the read holds `work` until it has stopped,
+    /// even when this future is dropped first.
+    async fn read_key_untimed(
         files: &Arc<KeyFiles>,
         location: KeyLocation,
+        work: &Arc<Work>,
     ) -> Result<Key, KeyUnavailable> {
         if let (Some(ring), Some(kept)) = (&files.ring, files.open.get(location.file)) {
             let started = Instant::now();
             let file = Arc::clone(&kept.read().expect("no panics while holding the lock"));
-            let read = ring.read(Arc::clone(&file), location.offset).await;
+            let read = ring
+                .read(Arc::clone(&file), location.offset, Arc::clone(work))
+                .await;
             if let Ok(key) = read.and_then(|key| check_still_secret(&file).map(|()| key)) {
                 files.stats.latency.observe(started.elapsed());
                 files.note_success(location.file);
                 return Ok(key);
             }
         }
-        let files = Arc::clone(files);
+        let (files, work) = (Arc::clone(files), Arc::clone(work));
         // A cold read can take milliseconds: keep it off the async workers.
-        tokio::task::spawn_blocking(move || files.read_key(location))
-            .await
-            .expect("key reads do not panic")
+        tokio::task::spawn_blocking(move || {
+            let _held_until_read = work;
+            files.read_key(location)
+        })
+        .await
+        .expect("key reads do not panic")
     }
 
     /// A key read on this thread, reopening the file once if the read fails.
-    pub(super) fn read_key(&self, location: KeyLocation) -> Result<Key, KeyUnavailable> {
+    fn read_key(&self, location: KeyLocation) -> Result<Key, KeyUnavailable> {
         let started = Instant::now();
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         let result = match self.open.get(location.file) {
@@ -386,4 +454,58 @@ fn check_still_secret(file: &File) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+    use crate::limits::{ConcurrencyLimit, WorkGuard};
+
+    /// MODE32's files, file 0 a socket kept open and read through io_uring:
+    /// its read completes only once the peer writes, as on a stalled volume.
+    fn files_reading_a_socket() -> (Arc<KeyFiles>, UnixStream) {
+        let (socket, peer) = UnixStream::pair().unwrap();
+        let files = KeyFiles {
+            mode: Mode::Mode32,
+            dir: std::env::temp_dir(),
+            open: vec![RwLock::new(Arc::new(File::from(OwnedFd::from(socket))))].into(),
+            ring: Some(KeyReadRing::new().unwrap()),
+            failing: Mutex::new(BTreeSet::new()),
+            failing_count: AtomicUsize::new(0),
+            stats: KeyReadStats::default(),
+        };
+        (Arc::new(files), peer)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_past_its_timeout_fails_and_keeps_a_slot_until_it_has_read() {
+        let (files, peer) = files_reading_a_socket();
+        let limit = Arc::new(ConcurrencyLimit::new(1));
+        assert!(limit.try_enter(), "the request's own slot");
+        let guard = WorkGuard::new(&limit, None);
+        let location = KeyLocation { file: 0, offset: 0 };
+        let timeout = Duration::from_millis(100);
+        let read = KeyFiles::read_key_async(&files, location, guard.work(), timeout).await;
+        assert!(matches!(read, Err(KeyError::TimedOut(t)) if t == timeout));
+        // The request answers 503 and gives its own slot back.
+        drop(guard);
+        limit.leave();
+        assert_eq!(limit.in_flight(), 1, "the read in flight is not counted");
+        assert!(!limit.try_enter());
+        assert_eq!(files.stats.timeouts.load(Ordering::Relaxed), 1);
+        assert!(!files.any_failing(), "a slow read is no broken file");
+        (&peer).write_all(&[7; KEY_LEN]).unwrap();
+        let started = Instant::now();
+        while limit.in_flight() > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the read completed and kept its slot"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }

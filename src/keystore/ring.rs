@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use crate::layout::KEY_LEN;
+use crate::limits::Work;
 use crate::sys;
 
 /// Submission queue size; more reads than this in flight are queued and
@@ -52,14 +53,18 @@ struct Shared {
 struct ReadRequest {
     file: Arc<File>,
     offset: u64,
+    work: Arc<Work>,
     done: oneshot::Sender<KeyResult>,
 }
 
 /// A read the kernel may still write to. The driver owns it, not the
-/// request's future, so a request dropped midway frees nothing early.
+/// request's future, so a request dropped midway frees nothing early, and
+/// what the request's work keeps taken (a concurrency slot, a batch's reads)
+/// stays taken until the read has completed.
 struct InFlight {
     key: Box<Zeroizing<[u8; KEY_LEN]>>,
     _file: Arc<File>,
+    _work: Arc<Work>,
     done: oneshot::Sender<KeyResult>,
 }
 
@@ -101,16 +106,22 @@ impl KeyReadRing {
         })
     }
 
-    /// Reads the key at `offset` of `file`. A short read is an error, and so
-    /// is every read once the driver thread has failed.
-    pub async fn read(&self, file: Arc<File>, offset: u64) -> KeyResult {
+    /// Reads the key at `offset` of `file` for `work`, which the read holds
+    /// until it has completed, even if this future is dropped first. A short
+    /// read is an error, and so is every read once the driver thread has failed.
+    pub async fn read(&self, file: Arc<File>, offset: u64, work: Arc<Work>) -> KeyResult {
         let (done, result) = oneshot::channel();
         {
             let mut requests = self.shared.requests();
             if self.shared.driver_gone.load(Ordering::Acquire) {
                 return Err(driver_gone());
             }
-            requests.push(ReadRequest { file, offset, done });
+            requests.push(ReadRequest {
+                file,
+                offset,
+                work,
+                done,
+            });
         }
         if !self.shared.woken.swap(true, Ordering::AcqRel) {
             self.shared.wake_driver()?;
@@ -266,6 +277,7 @@ impl<'a> Driver<'a> {
             let index = self.insert(InFlight {
                 key,
                 _file: request.file,
+                _work: request.work,
                 done: request.done,
             });
             // SAFETY: the buffer and the descriptor stay in `in_flight` until completed.
@@ -369,7 +381,7 @@ mod tests {
         // More than the submission queue holds at once.
         for offset in (0..(1u64 << 20) - KEY_LEN as u64).step_by(499).take(2000) {
             let (ring, file) = (Arc::clone(&ring), Arc::clone(&file));
-            reads.spawn(async move { (offset, ring.read(file, offset).await) });
+            reads.spawn(async move { (offset, ring.read(file, offset, Arc::default()).await) });
         }
         let mut count = 0;
         while let Some(read) = reads.join_next().await {
@@ -383,18 +395,24 @@ mod tests {
     #[tokio::test]
     async fn short_and_failed_reads_are_errors() {
         let ring = KeyReadRing::new().unwrap();
-        let short = ring.read(numbered_file(40), 20).await.unwrap_err();
+        let short = ring
+            .read(numbered_file(40), 20, Arc::default())
+            .await
+            .unwrap_err();
         assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
         assert!(
             short.to_string().contains("read 20 of the key's 32 bytes"),
             "{short}"
         );
         let directory = Arc::new(File::open(std::env::temp_dir()).unwrap());
-        let error = ring.read(directory, 0).await.unwrap_err();
+        let error = ring.read(directory, 0, Arc::default()).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::IsADirectory);
         // The ring still serves after errors.
         assert_eq!(
-            *ring.read(numbered_file(64), 7).await.unwrap(),
+            *ring
+                .read(numbered_file(64), 7, Arc::default())
+                .await
+                .unwrap(),
             expected_key(7)
         );
     }
@@ -405,15 +423,47 @@ mod tests {
         let file = numbered_file(1 << 16);
         for offset in 0..100 {
             // Polled once, so queued, then dropped before it completes.
-            let read = ring.read(Arc::clone(&file), offset);
+            let read = ring.read(Arc::clone(&file), offset, Arc::default());
             let _ = tokio::time::timeout(std::time::Duration::ZERO, read).await;
         }
         assert_eq!(
-            *ring.read(Arc::clone(&file), 5).await.unwrap(),
+            *ring
+                .read(Arc::clone(&file), 5, Arc::default())
+                .await
+                .unwrap(),
             expected_key(5)
         );
         // Drop joins the driver thread: it must not hang on the abandoned reads.
         drop(ring);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_read_holds_its_work_until_it_has_completed() {
+        use std::os::unix::net::UnixStream;
+        use std::time::{Duration, Instant};
+
+        let ring = KeyReadRing::new().unwrap();
+        // A read of a socket completes only once its peer writes.
+        let (socket, peer) = UnixStream::pair().unwrap();
+        let socket = Arc::new(File::from(OwnedFd::from(socket)));
+        let work = Arc::new(Work::default());
+        let read = ring.read(socket, 0, Arc::clone(&work));
+        let timed_out = tokio::time::timeout(Duration::from_millis(50), read).await;
+        assert!(timed_out.is_err(), "a read of a silent socket completed");
+        assert_eq!(
+            Arc::strong_count(&work),
+            2,
+            "the read in flight let go of its work"
+        );
+        (&peer).write_all(&[7; KEY_LEN]).unwrap();
+        let started = Instant::now();
+        while Arc::strong_count(&work) > 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the completed read kept its work"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,7 +478,7 @@ mod tests {
         let socket = Arc::new(File::from(OwnedFd::from(socket)));
         let in_flight = tokio::spawn({
             let ring = Arc::clone(&ring);
-            async move { ring.read(socket, 0).await }
+            async move { ring.read(socket, 0, Arc::default()).await }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         ring.shared.fail.store(true, Ordering::Release);
@@ -438,7 +488,8 @@ mod tests {
         assert!(failed.expect("the read in flight hangs").unwrap().is_err());
         let file = numbered_file(64);
         for _ in 0..3 {
-            let later = tokio::time::timeout(limit, ring.read(Arc::clone(&file), 0)).await;
+            let later =
+                tokio::time::timeout(limit, ring.read(Arc::clone(&file), 0, Arc::default())).await;
             let error = later.expect("a read after the failure hangs").unwrap_err();
             assert!(
                 error.to_string().contains("io_uring thread stopped"),

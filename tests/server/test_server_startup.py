@@ -74,6 +74,21 @@ def test_unknown_key_reads(mode0_dir):
     assert_refused(start("MODE0", mode0_dir, {"CRYPTOSERVER_KEY_READS": "mmap"}), "mmap", "io-uring", "threads")
 
 
+@pytest.mark.parametrize(
+    "env, fragments",
+    [
+        ({"CRYPTOSERVER_BATCH_READS": "8:16"}, ["'8:16'", "PER_BATCH at most ALL"]),
+        ({"CRYPTOSERVER_BATCH_READS": "64:4", "CRYPTOSERVER_MODE": "MODE32X"}, ["4 key reads per batch", "at least 8"]),
+        ({"CRYPTOSERVER_BATCH_READS": "64", "CRYPTOSERVER_MAX_CONCURRENT": "64"}, ["CRYPTOSERVER_MAX_CONCURRENT (64)", "lower it"]),
+        ({"CRYPTOSERVER_KEY_READ_TIMEOUT": "0"}, ["'0'", "positive whole number of seconds"]),
+    ],
+    ids=["per-batch-above-all", "fewer-than-a-mode32x-message", "not-below-max-concurrent", "zero-timeout"],
+)
+def test_bad_key_read_limits(mode0_dir, env, fragments):
+    # Refused before the secrets are looked at: a MODE0 directory serves for every mode.
+    assert_refused(start(env.pop("CRYPTOSERVER_MODE", "MODE0"), mode0_dir, env), *fragments)
+
+
 def test_io_uring_required_but_forbidden(tmp_path):
     secret_dir = tmp_path / "secrets32"
     secret_dir.mkdir(mode=0o700)
