@@ -33,10 +33,12 @@ enum Task {
     GenToken,
     /// Build the release tarball the Packer image installs (binaries, systemd units, first-boot script)
     Dist(dist::DistArgs),
-    /// Check, read-only, that an EC2 instance is sealed (runs xtask-aws; see `cargo xtask audit --help`)
+    /// Check, read-only, that an EC2 instance or an Auto Scaling pool is sealed (runs xtask-aws; see `cargo xtask audit --help`)
     Audit(aws::AwsArgs),
     /// Seal an EC2 instance, then audit it (runs xtask-aws; see `cargo xtask seal --help`)
     Seal(aws::AwsArgs),
+    /// Snapshot a verified origin's secrets volume for a pool, once (runs xtask-aws; see `cargo xtask snapshot --help`)
+    Snapshot(aws::AwsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Task::Dist(args) => dist::run_dist(&args),
         Task::Audit(args) => aws::forward("audit", &args),
         Task::Seal(args) => aws::forward("seal", &args),
+        Task::Snapshot(args) => aws::forward("snapshot", &args),
         Task::GenToken => {
             let (token, line) = cryptoserver::access::generate_token()
                 .map_err(|error| anyhow::anyhow!("the OS random generator failed: {error}"))?;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::facts::{HostFacts, KeyPair, Metadata, SEALED_HOP_LIMIT, SEALED_TAG};
+use crate::facts::{HostFacts, KeyPair, Metadata, SecurityGroup, SEALED_HOP_LIMIT, SEALED_TAG};
 use crate::rules::SSH_PORT;
 
 pub struct Check {
@@ -28,12 +28,22 @@ impl fmt::Display for Check {
     }
 }
 
-pub fn audit(facts: &HostFacts, service_port: u16) -> Vec<Check> {
+/// What an instance is for, which decides what it must keep when it terminates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A single sealed host: its secrets volume is the only copy of the secrets.
+    Host,
+    /// A replica of an Auto Scaling pool: the snapshot is the durable copy, and a
+    /// volume kept after its instance would be one more copy of the secrets lying about.
+    PoolReplica,
+}
+
+pub fn audit(facts: &HostFacts, service_port: u16, role: Role) -> Vec<Check> {
     vec![
         Check {
             number: 1,
             title: "no ingress rule reaches TCP port 22",
-            outcome: port_22_closed(facts, service_port),
+            outcome: port_22_closed(&facts.security_groups, service_port),
         },
         Check {
             number: 2,
@@ -67,15 +77,21 @@ pub fn audit(facts: &HostFacts, service_port: u16) -> Vec<Check> {
         Check {
             number: 5,
             title: "termination protection",
-            outcome: if facts.termination_protection {
-                Ok("on".into())
-            } else {
-                Err("off: one API call can destroy the host".into())
+            outcome: match (role, facts.termination_protection) {
+                (Role::Host, true) => Ok("on".into()),
+                (Role::Host, false) => Err("off: one API call can destroy the host".into()),
+                (Role::PoolReplica, _) => Ok(
+                    "not required on a pool replica: Auto Scaling replaces it from the snapshot"
+                        .into(),
+                ),
             },
         },
         Check {
             number: 6,
-            title: "secrets volume encrypted and kept on termination",
+            title: match role {
+                Role::Host => "secrets volume encrypted and kept on termination",
+                Role::PoolReplica => "secrets volume encrypted",
+            },
             outcome: match &facts.secrets_volume {
                 Err(reason) => Err(reason.clone()),
                 Ok(volume) => {
@@ -83,7 +99,7 @@ pub fn audit(facts: &HostFacts, service_port: u16) -> Vec<Check> {
                     if !volume.encrypted {
                         problems.push("is not encrypted");
                     }
-                    if volume.delete_on_termination {
+                    if volume.delete_on_termination && role == Role::Host {
                         problems.push("is deleted when the instance terminates");
                     }
                     let name = format!("{} on {}", volume.volume_id, volume.device_name);
@@ -136,10 +152,11 @@ fn metadata(metadata: &Metadata) -> Result<String, String> {
     }
 }
 
-fn port_22_closed(facts: &HostFacts, service_port: u16) -> Result<String, String> {
+/// Whether any rule of `groups` reaches TCP port 22; if none does, who reaches the service port.
+pub fn port_22_closed(groups: &[SecurityGroup], service_port: u16) -> Result<String, String> {
     let mut open = Vec::new();
     let mut service_sources = Vec::new();
-    for group in &facts.security_groups {
+    for group in groups {
         for rule in &group.ingress {
             if rule.reaches_tcp_port(SSH_PORT) {
                 open.push(format!("{} ({}) allows {rule}", group.id, group.name));
@@ -152,11 +169,7 @@ fn port_22_closed(facts: &HostFacts, service_port: u16) -> Result<String, String
     if !open.is_empty() {
         return Err(open.join("; "));
     }
-    let groups: Vec<&str> = facts
-        .security_groups
-        .iter()
-        .map(|g| g.id.as_str())
-        .collect();
+    let ids: Vec<&str> = groups.iter().map(|g| g.id.as_str()).collect();
     let service = if service_sources.is_empty() {
         format!("no rule opens service port {service_port}: clients cannot reach the service")
     } else {
@@ -167,7 +180,7 @@ fn port_22_closed(facts: &HostFacts, service_port: u16) -> Result<String, String
             service_sources.join(", ")
         )
     };
-    Ok(format!("groups {}; {service}", groups.join(", ")))
+    Ok(format!("groups {}; {service}", ids.join(", ")))
 }
 
 #[cfg(test)]
@@ -199,12 +212,13 @@ pub(crate) mod tests {
                 delete_on_termination: false,
             }),
             sealed_tag: true,
+            fingerprint_tag: None,
             instance_profile: None,
         }
     }
 
     fn failures(facts: &HostFacts) -> Vec<u8> {
-        audit(facts, 8080)
+        audit(facts, 8080, Role::Host)
             .iter()
             .filter(|check| !check.passed())
             .map(|check| check.number)
@@ -213,7 +227,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_sealed_host_passes_and_says_who_reaches_the_service() {
-        let checks = audit(&sealed_host(), 8080);
+        let checks = audit(&sealed_host(), 8080, Role::Host);
         assert!(checks.iter().all(Check::passed));
         assert_eq!(
             checks[0].to_string(),
@@ -229,7 +243,7 @@ pub(crate) mod tests {
             .ingress
             .push(rule("-1", None, ipv4("172.16.0.0/12")));
         assert_eq!(failures(&host), [1]);
-        assert!(audit(&host, 8080)[0]
+        assert!(audit(&host, 8080, Role::Host)[0]
             .to_string()
             .contains("sg-service (cryptoserver) allows all traffic from 172.16.0.0/12"));
 
@@ -256,7 +270,7 @@ pub(crate) mod tests {
             encrypted: false,
             delete_on_termination: true,
         });
-        let volume_check = &audit(&host, 8080)[5];
+        let volume_check = &audit(&host, 8080, Role::Host)[5];
         assert_eq!(
             volume_check.to_string(),
             "FAIL 6. secrets volume encrypted and kept on termination: vol-secrets on /dev/sdf \
@@ -273,7 +287,7 @@ pub(crate) mod tests {
         };
         assert_eq!(failures(&host), [3]);
         assert_eq!(
-            audit(&host, 8080)[2].to_string(),
+            audit(&host, 8080, Role::Host)[2].to_string(),
             "FAIL 3. IMDSv2 required, hop limit 1: the PUT response hop limit is 2, so a \
              session token reaches containers and forwarders beyond the host"
         );
@@ -281,7 +295,7 @@ pub(crate) mod tests {
             tokens_required: false,
             hop_limit: Some(2),
         };
-        let both = audit(&host, 8080)[2].to_string();
+        let both = audit(&host, 8080, Role::Host)[2].to_string();
         assert!(
             both.contains("(IMDSv1); the PUT response hop limit is 2"),
             "{both}"
@@ -290,7 +304,7 @@ pub(crate) mod tests {
             tokens_required: true,
             hop_limit: None,
         };
-        assert!(audit(&host, 8080)[2]
+        assert!(audit(&host, 8080, Role::Host)[2]
             .to_string()
             .contains("did not report the PUT response hop limit"));
         host.metadata = Metadata::Disabled;
@@ -298,10 +312,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_pool_replica_needs_no_termination_protection_and_loses_its_volume() {
+        let mut host = sealed_host();
+        host.termination_protection = false;
+        host.secrets_volume.as_mut().unwrap().delete_on_termination = true;
+        assert_eq!(failures(&host), [5, 6]);
+        let checks = audit(&host, 8080, Role::PoolReplica);
+        assert!(checks.iter().all(Check::passed));
+        assert_eq!(
+            checks[5].to_string(),
+            "PASS 6. secrets volume encrypted: vol-secrets on /dev/sdf"
+        );
+        host.secrets_volume.as_mut().unwrap().encrypted = false;
+        assert!(!audit(&host, 8080, Role::PoolReplica)[5].passed());
+    }
+
+    #[test]
     fn a_closed_service_port_is_pointed_out_but_passes() {
         let mut host = sealed_host();
         host.security_groups[0].ingress.clear();
-        let check = &audit(&host, 8080)[0];
+        let check = &audit(&host, 8080, Role::Host)[0];
         assert!(check.passed());
         assert!(check
             .to_string()

@@ -3,17 +3,18 @@
 use std::error::Error;
 
 use anyhow::{anyhow, bail, Context};
+use aws_config::SdkConfig;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, EbsInstanceBlockDeviceSpecification, HttpTokensState,
+    AttributeBooleanValue, EbsInstanceBlockDeviceSpecification, HttpTokensState, Instance,
     InstanceAttributeName, InstanceBlockDeviceMappingSpecification, InstanceMetadataEndpointState,
-    IpPermission, IpRange, Ipv6Range, PrefixListId, Tag, UserIdGroupPair,
+    IpPermission, IpRange, Ipv6Range, PrefixListId, Tag, UserIdGroupPair, Volume,
 };
 use aws_sdk_ec2::Client;
 
 use crate::facts::{
     choose_secrets_volume, Attachment, HostFacts, KeyPair, Metadata, SecretsVolume, SecurityGroup,
-    VolumeChoice, SEALED_HOP_LIMIT, SEALED_TAG,
+    VolumeChoice, FINGERPRINT_TAG, SEALED_HOP_LIMIT, SEALED_TAG,
 };
 use crate::plan::Change;
 use crate::rules::{IngressRule, Source};
@@ -25,11 +26,15 @@ pub struct Ec2 {
 }
 
 impl Ec2 {
-    pub async fn host_facts(
-        &self,
-        instance_id: &str,
-        volume: &VolumeChoice,
-    ) -> anyhow::Result<HostFacts> {
+    /// A client for `config`'s region; `endpoint` is the URL it was pointed at, if any.
+    pub fn new(config: &SdkConfig, endpoint: Option<&str>) -> Ec2 {
+        Ec2 {
+            client: Client::new(config),
+            target: target("EC2", config, endpoint),
+        }
+    }
+
+    pub async fn describe_instance(&self, instance_id: &str) -> anyhow::Result<Instance> {
         let described = self
             .client
             .describe_instances()
@@ -43,13 +48,21 @@ impl Ec2 {
                 ),
                 _ => self.api_error("DescribeInstances", error),
             })?;
-        let instance = described
+        described
             .reservations()
             .iter()
             .flat_map(|reservation| reservation.instances())
             .find(|instance| instance.instance_id() == Some(instance_id))
-            .with_context(|| format!("instance {instance_id} does not exist in {}", self.target))?;
+            .cloned()
+            .with_context(|| format!("instance {instance_id} does not exist in {}", self.target))
+    }
 
+    pub async fn host_facts(
+        &self,
+        instance_id: &str,
+        volume: &VolumeChoice,
+    ) -> anyhow::Result<HostFacts> {
+        let instance = self.describe_instance(instance_id).await?;
         let mut group_ids: Vec<String> = instance
             .network_interfaces()
             .iter()
@@ -87,18 +100,7 @@ impl Ec2 {
             },
         };
 
-        let attachments: Vec<Attachment> = instance
-            .block_device_mappings()
-            .iter()
-            .filter_map(|mapping| {
-                let ebs = mapping.ebs()?;
-                Some(Attachment {
-                    device_name: mapping.device_name()?.to_owned(),
-                    volume_id: ebs.volume_id()?.to_owned(),
-                    delete_on_termination: ebs.delete_on_termination().unwrap_or(false),
-                })
-            })
-            .collect();
+        let attachments = attachments(&instance);
         let secrets_volume =
             match choose_secrets_volume(&attachments, instance.root_device_name(), volume) {
                 Ok(attachment) => Ok(self.secrets_volume(attachment).await?),
@@ -107,7 +109,7 @@ impl Ec2 {
 
         Ok(HostFacts {
             instance_id: instance_id.to_owned(),
-            security_groups: self.security_groups(group_ids).await?,
+            security_groups: self.security_groups(group_ids, Vec::new()).await?,
             key_pair: match instance.key_name() {
                 None => KeyPair::NoneAtLaunch,
                 Some(name) => self.key_pair(name).await?,
@@ -116,10 +118,8 @@ impl Ec2 {
             public_ips,
             termination_protection: self.termination_protection(instance_id).await?,
             secrets_volume,
-            sealed_tag: instance
-                .tags()
-                .iter()
-                .any(|tag| tag.key() == Some(SEALED_TAG)),
+            sealed_tag: tag(instance.tags(), SEALED_TAG).is_some(),
+            fingerprint_tag: tag(instance.tags(), FINGERPRINT_TAG).map(str::to_owned),
             instance_profile: instance
                 .iam_instance_profile()
                 .and_then(|profile| profile.arn())
@@ -127,14 +127,20 @@ impl Ec2 {
         })
     }
 
-    async fn security_groups(&self, group_ids: Vec<String>) -> anyhow::Result<Vec<SecurityGroup>> {
-        if group_ids.is_empty() {
+    /// The groups named by id or, in a default VPC, by name.
+    pub async fn security_groups(
+        &self,
+        group_ids: Vec<String>,
+        group_names: Vec<String>,
+    ) -> anyhow::Result<Vec<SecurityGroup>> {
+        if group_ids.is_empty() && group_names.is_empty() {
             return Ok(Vec::new());
         }
         let described = self
             .client
             .describe_security_groups()
-            .set_group_ids(Some(group_ids))
+            .set_group_ids(Some(group_ids).filter(|ids| !ids.is_empty()))
+            .set_group_names(Some(group_names).filter(|names| !names.is_empty()))
             .send()
             .await
             .map_err(|error| self.api_error("DescribeSecurityGroups", error))?;
@@ -185,18 +191,23 @@ impl Ec2 {
             .unwrap_or(false))
     }
 
-    async fn secrets_volume(&self, attachment: &Attachment) -> anyhow::Result<SecretsVolume> {
+    pub async fn describe_volume(&self, volume_id: &str) -> anyhow::Result<Volume> {
         let described = self
             .client
             .describe_volumes()
-            .volume_ids(&attachment.volume_id)
+            .volume_ids(volume_id)
             .send()
             .await
             .map_err(|error| self.api_error("DescribeVolumes", error))?;
-        let volume = described
+        described
             .volumes()
             .first()
-            .with_context(|| format!("EC2 did not describe volume {}", attachment.volume_id))?;
+            .cloned()
+            .with_context(|| format!("EC2 did not describe volume {volume_id}"))
+    }
+
+    async fn secrets_volume(&self, attachment: &Attachment) -> anyhow::Result<SecretsVolume> {
+        let volume = self.describe_volume(&attachment.volume_id).await?;
         Ok(SecretsVolume {
             volume_id: attachment.volume_id.clone(),
             device_name: attachment.device_name.clone(),
@@ -296,36 +307,75 @@ impl Ec2 {
         Ok(())
     }
 
-    /// Says what failed: EC2's own error code and message when it answered,
-    /// otherwise why it could not be asked.
-    fn api_error<E>(&self, call: &str, error: SdkError<E>) -> anyhow::Error
+    pub fn api_error<E>(&self, call: &str, error: SdkError<E>) -> anyhow::Error
     where
         E: ProvideErrorMetadata + Error + Send + Sync + 'static,
     {
-        let unreachable = match &error {
-            SdkError::ServiceError(service) => {
-                let service = service.err();
-                return anyhow!(
-                    "{call} was refused by {}: {}: {}",
-                    self.target,
-                    service.code().unwrap_or("unknown error"),
-                    service.message().unwrap_or("no message")
-                );
-            }
-            SdkError::DispatchFailure(failure) => failure.is_io() || failure.is_timeout(),
-            SdkError::TimeoutError(_) => true,
-            _ => false,
-        };
-        if unreachable {
-            anyhow!(
-                "cannot reach {} for {call}: {}; check the network, --endpoint-url and --region",
-                self.target,
-                causes(&error)
-            )
-        } else {
-            anyhow!("{call} failed: {}", causes(&error))
-        }
+        api_error(&self.target, call, error)
     }
+}
+
+/// Says what failed: the service's own error code and message when it answered,
+/// otherwise why it could not be asked. `target` names the endpoint or region.
+pub fn api_error<E>(target: &str, call: &str, error: SdkError<E>) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + Error + Send + Sync + 'static,
+{
+    let unreachable = match &error {
+        SdkError::ServiceError(service) => {
+            let service = service.err();
+            return anyhow!(
+                "{call} was refused by {target}: {}: {}",
+                service.code().unwrap_or("unknown error"),
+                service.message().unwrap_or("no message")
+            );
+        }
+        SdkError::DispatchFailure(failure) => failure.is_io() || failure.is_timeout(),
+        SdkError::TimeoutError(_) => true,
+        _ => false,
+    };
+    if unreachable {
+        anyhow!(
+            "cannot reach {target} for {call}: {}; check the network, --endpoint-url and --region",
+            causes(&error)
+        )
+    } else {
+        anyhow!("{call} failed: {}", causes(&error))
+    }
+}
+
+/// Where a service's requests go, for messages: `the EC2 endpoint http://…` or `EC2 in eu-west-1`.
+pub fn target(service: &str, config: &SdkConfig, endpoint: Option<&str>) -> String {
+    match endpoint {
+        Some(url) => format!("the {service} endpoint {url}"),
+        None => format!(
+            "{service} in {}",
+            config.region().map_or("the default region", |r| r.as_ref())
+        ),
+    }
+}
+
+/// The EBS volumes attached to an instance.
+pub fn attachments(instance: &Instance) -> Vec<Attachment> {
+    instance
+        .block_device_mappings()
+        .iter()
+        .filter_map(|mapping| {
+            let ebs = mapping.ebs()?;
+            Some(Attachment {
+                device_name: mapping.device_name()?.to_owned(),
+                volume_id: ebs.volume_id()?.to_owned(),
+                delete_on_termination: ebs.delete_on_termination().unwrap_or(false),
+            })
+        })
+        .collect()
+}
+
+/// The value of the tag `key`, if present.
+pub fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|tag| tag.key() == Some(key))
+        .map(|tag| tag.value().unwrap_or_default())
 }
 
 /// An error and its sources on one line, each message once.

@@ -4,6 +4,8 @@
 use crate::rules::IngressRule;
 
 pub const SEALED_TAG: &str = "cryptoserver:sealed";
+/// The secrets fingerprint, on the snapshot `snapshot` makes and on every pool instance.
+pub const FINGERPRINT_TAG: &str = "cryptoserver:fingerprint";
 
 #[derive(Clone, Debug)]
 pub struct HostFacts {
@@ -17,6 +19,8 @@ pub struct HostFacts {
     /// The volume holding the secrets, or why it could not be told apart.
     pub secrets_volume: Result<SecretsVolume, String>,
     pub sealed_tag: bool,
+    /// The value of its `cryptoserver:fingerprint` tag, if any.
+    pub fingerprint_tag: Option<String>,
     /// The IAM instance profile, if any: SSM Session Manager needs no port.
     pub instance_profile: Option<String>,
 }

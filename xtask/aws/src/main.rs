@@ -1,20 +1,28 @@
-//! `cargo xtask audit` and `cargo xtask seal`: prove an EC2 instance is sealed,
-//! or make it so, through the EC2 API. Exit status: 0 when every audit check
-//! passes, 1 when one fails, 2 when the audit or the seal could not run.
+//! `cargo xtask audit`, `seal` and `snapshot`: prove an EC2 instance or an Auto
+//! Scaling pool is sealed, seal an instance, snapshot a verified origin's secrets,
+//! through the EC2 and Auto Scaling APIs. Exit status: 0 when every audit check
+//! passes (or the snapshot is done), 1 when one fails (or the origin is refused),
+//! 2 when the task could not run.
 
 use std::process::ExitCode;
 
-use aws_config::{BehaviorVersion, Region};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::config::ProvideCredentials;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use clap::{Args, Parser, Subcommand};
 
+mod asg;
 mod audit;
 mod ec2;
 mod facts;
 mod plan;
+mod pool;
+mod ready;
 mod rules;
+mod snapshot;
 
+use asg::AutoScaling;
+use audit::{Check, Role};
 use ec2::Ec2;
 use facts::{HostFacts, VolumeChoice};
 
@@ -27,30 +35,71 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check, read-only, that an instance is sealed: one PASS or FAIL line per check
-    Audit(Target),
+    /// Check, read-only, that an instance (or every instance and the launch template and
+    /// secrets snapshot of an Auto Scaling group) is sealed: one PASS or FAIL line per check
+    Audit {
+        #[command(flatten)]
+        what: AuditTarget,
+        #[command(flatten)]
+        host: HostOptions,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Seal an instance (close TCP port 22, delete its key pair, require IMDSv2 with
     /// hop limit 1, protect it and its secrets volume, tag it), then audit it
     Seal {
+        /// The EC2 instance, e.g. i-0123456789abcdef0
+        #[arg(long)]
+        instance_id: String,
         #[command(flatten)]
-        target: Target,
+        host: HostOptions,
+        #[command(flatten)]
+        connection: Connection,
         /// Print the plan and change nothing
         #[arg(long)]
         dry_run: bool,
     },
+    /// Snapshot the secrets volume of an origin whose console reports its secrets
+    /// verified and mounted read-only; tag it, wait for it, optionally copy it to a
+    /// second region. Prints `snapshot <region> <snap-id>` lines; a re-run reuses them
+    Snapshot {
+        /// The origin instance, e.g. i-0123456789abcdef0
+        #[arg(long)]
+        instance_id: String,
+        #[command(flatten)]
+        connection: Connection,
+        /// Also keep a copy in this region (disaster recovery)
+        #[arg(long, requires = "copy_kms_key", value_name = "REGION")]
+        copy_to_region: Option<String>,
+        /// The KMS key (id, ARN or alias/...) of that region the copy is encrypted with
+        #[arg(long, requires = "copy_to_region", value_name = "KEY")]
+        copy_kms_key: Option<String>,
+    },
 }
 
 #[derive(Args)]
-struct Target {
+#[group(required = true, multiple = false)]
+struct AuditTarget {
     /// The EC2 instance, e.g. i-0123456789abcdef0
     #[arg(long)]
-    instance_id: String,
+    instance_id: Option<String>,
+    /// An Auto Scaling group of replicas: audits each instance, its launch template and its snapshot
+    #[arg(long, value_name = "NAME", conflicts_with = "secrets_volume")]
+    asg: Option<String>,
+}
+
+#[derive(Args)]
+struct Connection {
     /// AWS region (default: AWS_REGION or the profile's region)
     #[arg(long)]
     region: Option<String>,
-    /// EC2 API endpoint, for LocalStack or moto (default: AWS's own)
+    /// AWS API endpoint, for LocalStack or moto (default: AWS's own)
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     endpoint_url: Option<String>,
+}
+
+#[derive(Args)]
+struct HostOptions {
     /// The EBS volume holding the secrets (default: the only non-root volume)
     #[arg(long, conflicts_with = "secrets_device")]
     secrets_volume: Option<String>,
@@ -72,7 +121,7 @@ fn service_port(text: &str) -> Result<u16, String> {
     }
 }
 
-impl Target {
+impl HostOptions {
     fn volume_choice(&self) -> VolumeChoice {
         match (&self.secrets_volume, &self.secrets_device) {
             (Some(id), _) => VolumeChoice::VolumeId(id.clone()),
@@ -80,8 +129,12 @@ impl Target {
             (None, None) => VolumeChoice::OnlyDataVolume,
         }
     }
+}
 
-    async fn connect(&self) -> anyhow::Result<Ec2> {
+impl Connection {
+    /// The SDK's configuration: region, endpoint and credentials, each checked here
+    /// so that a missing one reads as such, not as a failed API call.
+    async fn config(&self) -> anyhow::Result<SdkConfig> {
         // The SDK's default HTTPS client would build aws-lc (a long C build); ring does the job.
         let https = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
@@ -100,10 +153,9 @@ impl Target {
             loader = loader.endpoint_url(url);
         }
         let config = loader.load().await;
-        let Some(region) = config.region() else {
+        if config.region().is_none() {
             anyhow::bail!("no AWS region: pass --region or set AWS_REGION");
-        };
-        // Asked here so that missing credentials read as such, not as a failed API call.
+        }
         if let Some(credentials) = config.credentials_provider() {
             credentials.provide_credentials().await.map_err(|error| {
                 anyhow::anyhow!(
@@ -113,14 +165,14 @@ impl Target {
                 )
             })?;
         }
-        let target = match &self.endpoint_url {
-            Some(url) => format!("the EC2 endpoint {url}"),
-            None => format!("EC2 in {region}"),
-        };
-        Ok(Ec2 {
-            client: aws_sdk_ec2::Client::new(&config),
-            target,
-        })
+        Ok(config)
+    }
+
+    async fn ec2(&self) -> anyhow::Result<Ec2> {
+        Ok(Ec2::new(
+            &self.config().await?,
+            self.endpoint_url.as_deref(),
+        ))
     }
 }
 
@@ -132,8 +184,27 @@ fn main() -> ExitCode {
         .expect("a single-threaded tokio runtime starts");
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Audit(target) => run_audit(&target).await,
-            Command::Seal { target, dry_run } => run_seal(&target, dry_run).await,
+            Command::Audit {
+                what,
+                host,
+                connection,
+            } => match (what.instance_id, what.asg) {
+                (Some(instance_id), _) => run_audit(&connection, &instance_id, &host).await,
+                (None, Some(group)) => run_pool_audit(&connection, &group, &host).await,
+                (None, None) => unreachable!("clap requires --instance-id or --asg"),
+            },
+            Command::Seal {
+                instance_id,
+                host,
+                connection,
+                dry_run,
+            } => run_seal(&connection, &instance_id, &host, dry_run).await,
+            Command::Snapshot {
+                instance_id,
+                connection,
+                copy_to_region,
+                copy_kms_key,
+            } => run_snapshot(&connection, &instance_id, copy_to_region.zip(copy_kms_key)).await,
         }
     });
     outcome.unwrap_or_else(|error| {
@@ -142,49 +213,134 @@ fn main() -> ExitCode {
     })
 }
 
-async fn run_audit(target: &Target) -> anyhow::Result<ExitCode> {
-    let ec2 = target.connect().await?;
-    let facts = ec2
-        .host_facts(&target.instance_id, &target.volume_choice())
-        .await?;
-    Ok(report_audit(&facts, target.port))
+async fn run_audit(
+    connection: &Connection,
+    instance_id: &str,
+    host: &HostOptions,
+) -> anyhow::Result<ExitCode> {
+    let ec2 = connection.ec2().await?;
+    let facts = ec2.host_facts(instance_id, &host.volume_choice()).await?;
+    Ok(report_audit(&facts, host.port))
 }
 
 /// Prints the checks; the exit status says whether all passed.
 fn report_audit(facts: &HostFacts, service_port: u16) -> ExitCode {
-    println!("Audit of {}:", facts.instance_id);
-    let checks = audit::audit(facts, service_port);
-    for check in &checks {
-        println!("{check}");
+    let (failed, total) = print_host_checks(facts, service_port, Role::Host);
+    if failed == 0 {
+        println!("{} is sealed: all {total} checks pass", facts.instance_id);
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "{} is NOT sealed: {failed} of {total} checks fail",
+            facts.instance_id
+        );
+        ExitCode::from(1)
     }
+}
+
+/// Prints an instance's checks and notes; returns how many failed, of how many.
+fn print_host_checks(facts: &HostFacts, service_port: u16, role: Role) -> (usize, usize) {
+    println!("Audit of {}:", facts.instance_id);
+    let checks = audit::audit(facts, service_port, role);
+    let failed = print_checks(&checks);
     if let Some(profile) = &facts.instance_profile {
         println!(
             "note: instance profile {profile} is attached: if its role allows SSM Session Manager \
              and the SSM agent runs, that is a way in that no port rule closes"
         );
     }
-    let failed = checks.iter().filter(|check| !check.passed()).count();
-    if failed == 0 {
+    (failed, checks.len())
+}
+
+fn print_checks(checks: &[Check]) -> usize {
+    for check in checks {
+        println!("{check}");
+    }
+    checks.iter().filter(|check| !check.passed()).count()
+}
+
+async fn run_pool_audit(
+    connection: &Connection,
+    group: &str,
+    host: &HostOptions,
+) -> anyhow::Result<ExitCode> {
+    let config = connection.config().await?;
+    let endpoint = connection.endpoint_url.as_deref();
+    let ec2 = Ec2::new(&config, endpoint);
+    let autoscaling = AutoScaling::new(&config, endpoint);
+    let pool = asg::pool_facts(&ec2, &autoscaling, group, &host.volume_choice()).await?;
+    let mut failing = Vec::new();
+    for instance in &pool.instances {
+        let (failed, _) = print_host_checks(instance, host.port, Role::PoolReplica);
+        if failed > 0 {
+            failing.push(format!("{failed} on {}", instance.instance_id));
+        }
+    }
+    println!("Audit of group {}:", pool.group);
+    if pool.instances.is_empty() {
         println!(
-            "{} is sealed: all {} checks pass",
-            facts.instance_id,
-            checks.len()
+            "note: the group has no instances: only its launch template and snapshot are audited"
         );
-        ExitCode::SUCCESS
+    }
+    let failed = print_checks(&pool::pool_checks(&pool, host.port));
+    if failed > 0 {
+        failing.push(format!("{failed} on the group"));
+    }
+    if failing.is_empty() {
+        println!(
+            "group {} is sealed: all checks pass on its {} instances and on the group",
+            pool.group,
+            pool.instances.len()
+        );
+        Ok(ExitCode::SUCCESS)
     } else {
         println!(
-            "{} is NOT sealed: {failed} of {} checks fail",
-            facts.instance_id,
-            checks.len()
+            "group {} is NOT sealed: checks fail ({})",
+            pool.group,
+            failing.join(", ")
         );
-        ExitCode::from(1)
+        Ok(ExitCode::from(1))
     }
 }
 
-async fn run_seal(target: &Target, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let ec2 = target.connect().await?;
-    let instance_id = &target.instance_id;
-    let facts = ec2.host_facts(instance_id, &target.volume_choice()).await?;
+async fn run_snapshot(
+    connection: &Connection,
+    instance_id: &str,
+    copy: Option<(String, String)>,
+) -> anyhow::Result<ExitCode> {
+    let config = connection.config().await?;
+    let endpoint = connection.endpoint_url.as_deref();
+    let region = config.region().map(ToString::to_string).unwrap_or_default();
+    let copy = match copy {
+        None => None,
+        Some((copy_region, _)) if copy_region == region => anyhow::bail!(
+            "--copy-to-region {copy_region} is the origin's own region: name another region \
+             for the disaster-recovery copy"
+        ),
+        Some((copy_region, kms_key)) => {
+            let there = config
+                .to_builder()
+                .region(Region::new(copy_region.clone()))
+                .build();
+            Some(snapshot::CopyTo {
+                ec2: Ec2::new(&there, endpoint),
+                region: copy_region,
+                kms_key,
+            })
+        }
+    };
+    let ec2 = Ec2::new(&config, endpoint);
+    snapshot::run(&ec2, &region, instance_id, copy.as_ref()).await
+}
+
+async fn run_seal(
+    connection: &Connection,
+    instance_id: &str,
+    host: &HostOptions,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let ec2 = connection.ec2().await?;
+    let facts = ec2.host_facts(instance_id, &host.volume_choice()).await?;
     let plan = plan::plan_seal(&facts);
     for note in &plan.left_alone {
         println!("note: {note}");
@@ -220,6 +376,6 @@ async fn run_seal(target: &Target, dry_run: bool) -> anyhow::Result<ExitCode> {
         }
     }
     println!();
-    let facts = ec2.host_facts(instance_id, &target.volume_choice()).await?;
-    Ok(report_audit(&facts, target.port))
+    let facts = ec2.host_facts(instance_id, &host.volume_choice()).await?;
+    Ok(report_audit(&facts, host.port))
 }

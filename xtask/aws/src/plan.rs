@@ -156,7 +156,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::audit::{audit, tests::sealed_host};
+    use crate::audit::{audit, tests::sealed_host, Role};
     use crate::facts::{Metadata, SecretsVolume, SecurityGroup};
     use crate::rules::tests::{ipv4, rule};
     use crate::rules::Source;
@@ -266,7 +266,7 @@ mod tests {
         let before = loose_host();
         let plan = plan_seal(&before);
         let after = apply(&before, &plan);
-        let failing: Vec<String> = audit(&after, 8080)
+        let failing: Vec<String> = audit(&after, 8080, Role::Host)
             .iter()
             .filter(|c| !c.passed())
             .map(ToString::to_string)
