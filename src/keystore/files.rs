@@ -476,6 +476,7 @@ mod tests {
             ring: Some(KeyReadRing::new().unwrap()),
             failing: Mutex::new(BTreeSet::new()),
             failing_count: AtomicUsize::new(0),
+            last_probe: tokio::sync::Mutex::new(None),
             stats: KeyReadStats::default(),
         };
         (Arc::new(files), peer)
