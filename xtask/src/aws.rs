@@ -2,7 +2,7 @@
 //! SDK (minutes to compile) is built only by the commands that need it.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::Context;
 
@@ -17,20 +17,24 @@ pub struct AwsArgs {
 }
 
 /// Runs `xtask-aws <subcommand> <args>` and exits with its status (0, 1 or 2).
+///
+/// It is built as `cargo xtask ci` builds it, with the whole workspace: built
+/// alone, its dependencies resolve to other features and the AWS SDK would be
+/// compiled a second time.
 pub fn forward(subcommand: &str, args: &AwsArgs) -> anyhow::Result<()> {
-    if !built_binary().exists() {
-        // `cargo run --quiet` shows no progress: say why nothing happens for minutes.
+    let binary = target_dir().join("debug/xtask-aws");
+    if !binary.exists() {
         eprintln!("Building xtask-aws first: the AWS SDK takes several minutes to compile, once.");
     }
-    let status = cargo()
-        .args(["run", "--quiet", "--package", "xtask-aws", "--", subcommand])
+    let built = cargo()
+        .args(["build", "--quiet", "--workspace", "--bins"])
+        .status()
+        .context("cannot start cargo to build xtask-aws")?;
+    anyhow::ensure!(built.success(), "cannot build xtask-aws: see cargo's messages above");
+    let status = Command::new(&binary)
+        .arg(subcommand)
         .args(&args.args)
         .status()
-        .context("cannot start cargo to run xtask-aws")?;
+        .with_context(|| format!("cannot start {}", binary.display()))?;
     std::process::exit(status.code().unwrap_or(2))
-}
-
-/// Where `cargo run` puts the binary.
-fn built_binary() -> PathBuf {
-    target_dir().join("debug/xtask-aws")
 }
