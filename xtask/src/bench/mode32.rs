@@ -130,9 +130,14 @@ impl Mode32Dir {
         Ok(())
     }
 
-    /// fio reading every cold message's block once, 4 KiB direct reads with
-    /// `concurrency` in flight (libaio), in the order of `cold`.
-    pub fn fio_random_reads(&self, concurrency: usize, work: &Path) -> anyhow::Result<IoRate> {
+    /// fio reading the MODE32 key block of each of `messages` once, 4 KiB direct
+    /// reads with `concurrency` in flight (libaio), in their order.
+    pub fn fio_random_reads(
+        &self,
+        messages: &[Message],
+        concurrency: usize,
+        work: &Path,
+    ) -> anyhow::Result<IoRate> {
         ensure_installed("fio", "fio")?;
         // One job per range of files, run one after another, so no job opens
         // more files than RLIMIT_NOFILE allows.
@@ -142,8 +147,7 @@ impl Mode32Dir {
         while first_file < MODE32_FILE_COUNT {
             let files = first_file..(first_file + FILES_PER_FIO_JOB).min(MODE32_FILE_COUNT);
             first_file = files.end;
-            let reads: Vec<String> = self
-                .cold
+            let reads: Vec<String> = messages
                 .iter()
                 .flat_map(|m| blocks_of(Mode::Mode32, m))
                 .filter(|block| files.contains(&block.file))
@@ -191,11 +195,11 @@ impl Mode32Dir {
         let (rate, jobs) = parse_fio_terse(&stdout)?;
         // fio's replay leaves the last reads in flight of each job uncounted.
         let uncounted = jobs * (concurrency as u64 - 1);
-        if rate.reads + uncounted < self.cold.len() as u64 {
+        if rate.reads + uncounted < messages.len() as u64 {
             bail!(
-                "fio read {} blocks, but {} were planted",
+                "fio read {} blocks, but was given {}",
                 rate.reads,
-                self.cold.len()
+                messages.len()
             );
         }
         Ok(rate)
