@@ -27,7 +27,7 @@ use cryptoserver::secrets::generate::fill_secret;
 use cryptoserver::sys::{self, Access};
 
 use super::scratch::reuse_or_empty;
-use super::tools::ensure_installed;
+use super::tools::{busy_cpu_seconds, ensure_installed};
 use crate::process::output;
 
 /// The unit the disk reads: the page a 32-byte key read pulls in.
@@ -210,18 +210,21 @@ impl Mode32Dir {
     /// Key reads through the server's own key store in this process, without
     /// HTTP: `concurrency` MACs at a time on a runtime like the server's, over
     /// `messages` (each read once), until they run out or `duration` passes.
+    /// Also returns the CPU seconds all processes spent while the reads ran
+    /// (loading the store not included).
     pub fn key_store_reads(
         &self,
         messages: &[Message],
         concurrency: usize,
         duration: Duration,
-    ) -> anyhow::Result<IoRate> {
+    ) -> anyhow::Result<(IoRate, f64)> {
         let store = KeyStore::load(Mode::Mode32, &self.path, KeyReads::Auto)
             .map_err(|error| anyhow::anyhow!("cannot load the MODE32 secrets: {error}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .build()
             .context("cannot start a tokio runtime")?;
         let messages = Arc::new(messages.to_vec());
+        let cpu_before = busy_cpu_seconds()?;
         let started = Instant::now();
         let deadline = started + duration;
         let reads = runtime.block_on(async {
@@ -253,10 +256,11 @@ impl Mode32Dir {
             }
             anyhow::Ok(reads)
         })?;
-        Ok(IoRate {
+        let rate = IoRate {
             reads,
             elapsed: started.elapsed(),
-        })
+        };
+        Ok((rate, busy_cpu_seconds()? - cpu_before))
     }
 }
 

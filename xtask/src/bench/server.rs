@@ -322,8 +322,7 @@ impl Bench {
         eprintln!("  HTTP floor: {:.0} requests/s", floor.per_second());
 
         dir.evict()?;
-        let (store, store_cpu) =
-            with_cpu_seconds(|| dir.key_store_reads(store_keys, CONCURRENCY, duration))?;
+        let (store, store_cpu) = dir.key_store_reads(store_keys, CONCURRENCY, duration)?;
         eprintln!(
             "  key store in this process, no HTTP: {:.0} reads/s",
             store.per_second()
