@@ -61,10 +61,13 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         Some(Benchmark::Http(args)) => server::run_parts(&[server::Part::Http], args),
         Some(Benchmark::Batch(args)) => server::run_parts(&[server::Part::Batch], args),
         Some(Benchmark::Mode32(args)) => {
-            let part = args
-                .ebs
-                .shape()
-                .map_or(server::Part::Mode32, server::Part::Ebs);
+            let part = match args.ebs.shape() {
+                Some(shape) => {
+                    ebs::require_root()?;
+                    server::Part::Ebs(shape)
+                }
+                None => server::Part::Mode32,
+            };
             server::run_parts(&[part], &args.server)
         }
         None => run_all(),

@@ -92,8 +92,8 @@ impl EbsArgs {
 }
 
 impl Bench {
+    /// Needs root: see [`require_root`].
     pub(super) fn ebs(&self, report: &mut Report, shape: EbsShape) -> anyhow::Result<()> {
-        require_root()?;
         for (program, package) in [("losetup", "mount"), ("mkfs.ext4", "e2fsprogs")] {
             ensure_installed(program, package)?;
         }
@@ -293,8 +293,9 @@ impl Bench {
 
 const MIB: f64 = (1 << 20) as f64;
 
-/// Fails unless this process runs as root, saying what for.
-fn require_root() -> anyhow::Result<()> {
+/// Fails unless this process runs as root with cgroup v1's blkio controller,
+/// saying what for; checked before anything is built or made.
+pub fn require_root() -> anyhow::Result<()> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
     let effective_uid = status
