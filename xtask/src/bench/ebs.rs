@@ -38,11 +38,12 @@ use cryptoserver::secrets::jobs;
 use cryptoserver::sys;
 use sha2::{Digest, Sha256};
 
-use super::mode32::{IoRate, Mode32Dir};
+use super::mode32::{IoRate, Message, Mode32Dir};
 use super::report::{thousands, Goal, Report, Row};
 use super::scratch;
 use super::server::{Bench, CONCURRENCY, WARM_UP};
 use super::tools::ensure_installed;
+use super::wrk::LoadResult;
 use crate::process::output;
 
 /// Apparent size of the volume image. Its MODE32 files are sparse, so it needs
@@ -212,6 +213,9 @@ impl Bench {
         let from_ebs = boot.copy_and_check(&hot.mount.join("boot-copy"))?;
         let unthrottled = hot_boot.copy_and_check(&hot.mount.join("boot-copy"))?;
         let gib128 = (128u64 << 30) as f64;
+        let volume_limit = shape.mibps.map_or(String::new(), |mibps| {
+            format!("the volume's limit: {mibps} MiB/s")
+        });
         for (what, rate) in [
             ("from the throttled volume", from_ebs),
             (
@@ -224,15 +228,18 @@ impl Bench {
                     "hot copy at boot, {} x 2 MiB files copied + SHA-256 checked, {what}",
                     shape.boot_files
                 ),
-                value: format!("{} MiB/s", thousands(rate / MIB)),
-                baseline: format!("128 GiB: {:.1} min", gib128 / rate / 60.0),
+                value: format!(
+                    "{} MiB/s (128 GiB in {:.1} min)",
+                    thousands(rate / MIB),
+                    gib128 / rate / 60.0
+                ),
+                baseline: volume_limit.clone(),
                 goal: match shape.mibps {
                     Some(mibps) => Goal::Ratio(rate / MIB / f64::from(mibps)),
                     None => Goal::None,
                 },
             });
         }
-        drop(cgroup);
         Ok(())
     }
 
@@ -246,12 +253,7 @@ impl Bench {
         )
     }
 
-    fn cold_fio(
-        &self,
-        dir: &Mode32Dir,
-        messages: &[super::mode32::Message],
-        on: &str,
-    ) -> anyhow::Result<IoRate> {
+    fn cold_fio(&self, dir: &Mode32Dir, messages: &[Message], on: &str) -> anyhow::Result<IoRate> {
         dir.evict()?;
         let fio = dir.fio_random_reads(messages, CONCURRENCY, self.work.path())?;
         eprintln!("  fio, {on}: {:.0} reads/s", fio.per_second());
@@ -263,10 +265,10 @@ impl Bench {
     fn cold_mode32(
         &self,
         dir: &Mode32Dir,
-        messages: &[super::mode32::Message],
+        messages: &[Message],
         on: &str,
         rate: f64,
-    ) -> anyhow::Result<super::wrk::LoadResult> {
+    ) -> anyhow::Result<LoadResult> {
         let cold_file = self.work.write_file("ebs-cold.bin", &messages.concat())?;
         let warm_up_file = self
             .work
