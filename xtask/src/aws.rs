@@ -30,7 +30,10 @@ pub fn forward(subcommand: &str, args: &AwsArgs) -> anyhow::Result<()> {
         .args(["build", "--quiet", "--workspace", "--bins"])
         .status()
         .context("cannot start cargo to build xtask-aws")?;
-    anyhow::ensure!(built.success(), "cannot build xtask-aws: see cargo's messages above");
+    anyhow::ensure!(
+        built.success(),
+        "cannot build xtask-aws: see cargo's messages above"
+    );
     let status = Command::new(&binary)
         .arg(subcommand)
         .args(&args.args)

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 
 use crate::process::cargo;
 
+mod ebs;
 mod gen;
 mod mode32;
 mod report;
@@ -34,7 +35,16 @@ enum Benchmark {
     /// POST /hmac/batch against the same MACs computed in this process on one core
     Batch(server::ServerBenchArgs),
     /// MODE32: startup, idle memory, and key reads from a cold page cache against fio on the same blocks
-    Mode32(server::ServerBenchArgs),
+    /// and the CPU-cost ceiling; with --ebs-iops, on an EBS-shaped volume and a hot copy instead
+    Mode32(Mode32Args),
+}
+
+#[derive(clap::Args)]
+struct Mode32Args {
+    #[command(flatten)]
+    server: server::ServerBenchArgs,
+    #[command(flatten)]
+    ebs: ebs::EbsArgs,
 }
 
 pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
@@ -50,7 +60,16 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         Some(Benchmark::Gen(args)) => gen::run(args),
         Some(Benchmark::Http(args)) => server::run_parts(&[server::Part::Http], args),
         Some(Benchmark::Batch(args)) => server::run_parts(&[server::Part::Batch], args),
-        Some(Benchmark::Mode32(args)) => server::run_parts(&[server::Part::Mode32], args),
+        Some(Benchmark::Mode32(args)) => {
+            let part = match args.ebs.shape() {
+                Some(shape) => {
+                    ebs::require_root()?;
+                    server::Part::Ebs(shape)
+                }
+                None => server::Part::Mode32,
+            };
+            server::run_parts(&[part], &args.server)
+        }
         None => run_all(),
     }
 }

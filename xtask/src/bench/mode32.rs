@@ -27,6 +27,7 @@ use cryptoserver::secrets::generate::fill_secret;
 use cryptoserver::sys::{self, Access};
 
 use super::scratch::reuse_or_empty;
+use super::tools::busy_cpu_seconds;
 use crate::process::{ensure_installed, output};
 
 /// The unit the disk reads: the page a 32-byte key read pulls in.
@@ -129,9 +130,14 @@ impl Mode32Dir {
         Ok(())
     }
 
-    /// fio reading every cold message's block once, 4 KiB direct reads with
-    /// `concurrency` in flight (libaio), in the order of `cold`.
-    pub fn fio_random_reads(&self, concurrency: usize, work: &Path) -> anyhow::Result<IoRate> {
+    /// fio reading the MODE32 key block of each of `messages` once, 4 KiB direct
+    /// reads with `concurrency` in flight (libaio), in their order.
+    pub fn fio_random_reads(
+        &self,
+        messages: &[Message],
+        concurrency: usize,
+        work: &Path,
+    ) -> anyhow::Result<IoRate> {
         ensure_installed("fio", "fio")?;
         // One job per range of files, run one after another, so no job opens
         // more files than RLIMIT_NOFILE allows.
@@ -141,8 +147,7 @@ impl Mode32Dir {
         while first_file < MODE32_FILE_COUNT {
             let files = first_file..(first_file + FILES_PER_FIO_JOB).min(MODE32_FILE_COUNT);
             first_file = files.end;
-            let reads: Vec<String> = self
-                .cold
+            let reads: Vec<String> = messages
                 .iter()
                 .flat_map(|m| blocks_of(Mode::Mode32, m))
                 .filter(|block| files.contains(&block.file))
@@ -190,11 +195,11 @@ impl Mode32Dir {
         let (rate, jobs) = parse_fio_terse(&stdout)?;
         // fio's replay leaves the last reads in flight of each job uncounted.
         let uncounted = jobs * (concurrency as u64 - 1);
-        if rate.reads + uncounted < self.cold.len() as u64 {
+        if rate.reads + uncounted < messages.len() as u64 {
             bail!(
-                "fio read {} blocks, but {} were planted",
+                "fio read {} blocks, but was given {}",
                 rate.reads,
-                self.cold.len()
+                messages.len()
             );
         }
         Ok(rate)
@@ -205,18 +210,21 @@ impl Mode32Dir {
     /// Key reads through the server's own key store in this process, without
     /// HTTP: `concurrency` MACs at a time on a runtime like the server's, over
     /// `messages` (each read once), until they run out or `duration` passes.
+    /// Also returns the CPU seconds all processes spent while the reads ran
+    /// (loading the store not included).
     pub fn key_store_reads(
         &self,
         messages: &[Message],
         concurrency: usize,
         duration: Duration,
-    ) -> anyhow::Result<IoRate> {
+    ) -> anyhow::Result<(IoRate, f64)> {
         let store = KeyStore::load(Mode::Mode32, &self.path, KeyReads::Auto)
             .map_err(|error| anyhow::anyhow!("cannot load the MODE32 secrets: {error}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .build()
             .context("cannot start a tokio runtime")?;
         let messages = Arc::new(messages.to_vec());
+        let cpu_before = busy_cpu_seconds()?;
         let started = Instant::now();
         let deadline = started + duration;
         let reads = runtime.block_on(async {
@@ -242,10 +250,11 @@ impl Mode32Dir {
             }
             anyhow::Ok(reads)
         })?;
-        Ok(IoRate {
+        let rate = IoRate {
             reads,
             elapsed: started.elapsed(),
-        })
+        };
+        Ok((rate, busy_cpu_seconds()? - cpu_before))
     }
 }
 

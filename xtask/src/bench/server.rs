@@ -28,16 +28,17 @@ use cryptoserver::keystore::{mode32_files_kept_open, KeyReads, KeyStore};
 use cryptoserver::layout::{Mode, MODE32_FILE_COUNT};
 use cryptoserver::secrets::generate::fill_secret;
 
+use super::ebs::EbsShape;
 use super::mode32::{Mode32Dir, MESSAGE_LEN};
 use super::report::{thousands, Ceiling, Goal, Report, Row};
 use super::scratch::{self, Scratch};
-use super::tools::{free_address, Server};
+use super::tools::{free_address, with_cpu_seconds, Server};
 use super::wrk::{Load, LoadResult, Wrk};
 use crate::process::{cargo, run, target_dir};
 use crate::secrets;
 
 /// Concurrent requests of the per-request measurements.
-const CONCURRENCY: usize = 64;
+pub(super) const CONCURRENCY: usize = 64;
 /// One wrk thread keeps the connections busy while taking as little CPU from the
 /// server as the load generator can; more threads add load only where cores are
 /// to spare.
@@ -46,7 +47,7 @@ const PER_REQUEST_LOAD: Load = Load {
     threads: 1,
 };
 /// Distinct messages cycled through by the in-memory measurements.
-const MESSAGES: usize = 4096;
+pub(super) const MESSAGES: usize = 4096;
 /// Messages per `/hmac/batch` request.
 const BATCH_LEN: usize = 4096;
 /// Batches in flight: enough to keep every core busy while bodies travel.
@@ -54,7 +55,7 @@ const BATCH_LOAD: Load = Load {
     connections: 4,
     threads: 1,
 };
-const WARM_UP: Duration = Duration::from_secs(1);
+pub(super) const WARM_UP: Duration = Duration::from_secs(1);
 /// Starts of the MODE32 server timed; the median is reported.
 const STARTS: usize = 3;
 /// Messages per cold MODE32X `/hmac/batch` request: few, so the cold keys last.
@@ -74,7 +75,7 @@ pub struct ServerBenchArgs {
     /// for the default, kept in bench-mode32 in cargo's target directory for the
     /// next run); each cold run stops before it could run out of them.
     #[arg(long, default_value_t = 262_144)]
-    cold_keys: usize,
+    pub(super) cold_keys: usize,
 }
 
 /// Which of the server benchmarks to run.
@@ -83,6 +84,8 @@ pub enum Part {
     Http,
     Batch,
     Mode32,
+    /// MODE32 on an EBS-shaped volume and a hot copy (`mode32 --ebs-iops`).
+    Ebs(EbsShape),
 }
 
 impl Part {
@@ -112,19 +115,20 @@ pub fn run_parts(parts: &[Part], args: &ServerBenchArgs) -> anyhow::Result<()> {
             Part::Http => bench.http(&mut report)?,
             Part::Batch => bench.batch(&mut report)?,
             Part::Mode32 => bench.mode32(&mut report)?,
+            Part::Ebs(shape) => bench.ebs(&mut report, *shape)?,
         }
     }
     report.finish()
 }
 
-struct Bench {
-    work: Scratch,
+pub(super) struct Bench {
+    pub(super) work: Scratch,
     wrk: Wrk,
-    args: ServerBenchArgs,
+    pub(super) args: ServerBenchArgs,
 }
 
 impl Bench {
-    fn seconds(&self) -> Duration {
+    pub(super) fn seconds(&self) -> Duration {
         Duration::from_secs(self.args.seconds)
     }
 
@@ -304,7 +308,7 @@ impl Bench {
 
         eprintln!("  fio: the same blocks, 4 KiB direct reads, {CONCURRENCY} in flight");
         dir.evict()?;
-        let fio = dir.fio_random_reads(CONCURRENCY, self.work.path())?;
+        let fio = dir.fio_random_reads(&dir.cold, CONCURRENCY, self.work.path())?;
         eprintln!("  fio: {:.0} reads/s", fio.per_second());
         // Stop well before a run could use up its cold keys, even at 1.5x fio's rate.
         let duration = self.seconds().min(Duration::from_secs_f64(
@@ -313,15 +317,20 @@ impl Bench {
 
         // What any HTTP server can do here at this load: the ceiling over HTTP.
         let floor = self.start_floor()?;
-        let floor = self.post_hmac(&floor, &warm_up_file, duration)?;
+        let (floor, floor_cpu) =
+            with_cpu_seconds(|| self.post_hmac(&floor, &warm_up_file, duration))?;
         eprintln!("  HTTP floor: {:.0} requests/s", floor.per_second());
 
         dir.evict()?;
-        let store = dir.key_store_reads(store_keys, CONCURRENCY, duration)?;
+        let (store, store_cpu) = dir.key_store_reads(store_keys, CONCURRENCY, duration)?;
         eprintln!(
             "  key store in this process, no HTTP: {:.0} reads/s",
             store.per_second()
         );
+        let cpu = CpuCost {
+            per_request: floor_cpu / floor.requests as f64,
+            per_read: store_cpu / store.reads as f64,
+        };
 
         self.post_hmac(&server, &warm_up_file, WARM_UP)?;
         dir.evict()?;
@@ -373,6 +382,7 @@ impl Bench {
             baseline: fio_baseline,
             goal: Goal::Ratio(floor.per_second() / fio_rate),
         });
+        cpu.rows(report, cold.per_second(), floor.per_second(), fio_rate);
         report.row(Row {
             what: "MODE32 cold p50 / p99 latency".to_owned(),
             value: format!("{:.2} / {:.2} ms", millis(cold.p50), millis(cold.p99)),
@@ -540,7 +550,7 @@ impl Bench {
 
     /// `POST /hmac` with the 64-byte messages of `messages` in turn, at the
     /// per-request load.
-    fn post_hmac(
+    pub(super) fn post_hmac(
         &self,
         server: &Server,
         messages: &Path,
@@ -577,7 +587,11 @@ impl Bench {
     }
 
     /// Starts the release server; returns it with the time until it accepted a connection.
-    fn start_server(&self, mode: Mode, dir: &Path) -> anyhow::Result<(Server, Duration)> {
+    pub(super) fn start_server(
+        &self,
+        mode: Mode,
+        dir: &Path,
+    ) -> anyhow::Result<(Server, Duration)> {
         let address = free_address()?;
         let mut command = Command::new(target_dir().join("release/cryptoserver"));
         command
@@ -590,6 +604,58 @@ impl Bench {
             .path()
             .join(format!("{}.log", mode.name().to_ascii_lowercase()));
         Server::start(mode.name(), &mut command, address, &log)
+    }
+}
+
+/// CPU seconds, of all processes and the kernel together, that the two halves
+/// of a cold MODE32 request cost when measured apart in the same run.
+struct CpuCost {
+    /// Per request of the HTTP floor at the cold run's load, wrk's included.
+    per_request: f64,
+    /// Per read of the key store alone, from a cold page cache.
+    per_read: f64,
+}
+
+impl CpuCost {
+    /// The rate a server doing both for every request can reach at most on
+    /// this machine's cores, and never more than the disk (fio).
+    fn ceiling(&self, cores: usize, fio_rate: f64) -> f64 {
+        (cores as f64 / (self.per_request + self.per_read)).min(fio_rate)
+    }
+
+    /// The CPU-cost ceiling, and cold MODE32 against it and against the lower
+    /// of the HTTP floor and fio.
+    fn rows(&self, report: &mut Report, cold: f64, floor: f64, fio_rate: f64) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ceiling = self.ceiling(cores, fio_rate);
+        let micros = |seconds: f64| seconds * 1e6;
+        report.row(Row {
+            what: format!(
+                "CPU-cost ceiling: {cores} cores / ({:.1} µs CPU per floor request + {:.1} µs per key-store read), at most fio",
+                micros(self.per_request),
+                micros(self.per_read)
+            ),
+            value: thousands(ceiling),
+            baseline: format!("fio {}", thousands(fio_rate)),
+            goal: Goal::Ratio(ceiling / fio_rate),
+        });
+        report.row(Row {
+            what: "MODE32 cold against the CPU-cost ceiling, requests/s".to_owned(),
+            value: thousands(cold),
+            baseline: format!("ceiling {}", thousands(ceiling)),
+            goal: Goal::AtLeast {
+                ratio: cold / ceiling,
+                minimum: 0.9,
+                ceiling: None,
+            },
+        });
+        let lower = floor.min(fio_rate);
+        report.row(Row {
+            what: "MODE32 cold against min(HTTP floor, fio), requests/s".to_owned(),
+            value: thousands(cold),
+            baseline: format!("min {}", thousands(lower)),
+            goal: Goal::Ratio(cold / lower),
+        });
     }
 }
 
@@ -663,6 +729,16 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_cost_ceiling_adds_both_halves_and_stops_at_fio() {
+        let cost = CpuCost {
+            per_request: 30e-6,
+            per_read: 20e-6,
+        };
+        assert!((cost.ceiling(2, 1e6) - 40_000.0).abs() < 1e-6);
+        assert_eq!(cost.ceiling(2, 25_000.0), 25_000.0);
+    }
 
     #[test]
     fn medians() {

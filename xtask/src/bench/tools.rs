@@ -112,6 +112,41 @@ impl Drop for Server {
     }
 }
 
+/// The kernel's clock ticks per second in `/proc/stat` (USER_HZ), 100 on every
+/// architecture Linux runs on since 2.6.
+const USER_HZ: f64 = 100.0;
+
+/// CPU time spent by every process and the kernel since boot, all cores
+/// together: `/proc/stat`'s busy columns (user, nice, system, irq, softirq,
+/// steal; idle and I/O wait are not busy).
+pub fn busy_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    parse_busy_ticks(&stat)
+        .map(|ticks| ticks as f64 / USER_HZ)
+        .context("/proc/stat has no 'cpu' line with 8 numbers")
+}
+
+/// The busy ticks of `/proc/stat`'s first line.
+fn parse_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = ticks[..] else {
+        return None;
+    };
+    Some(user + nice + system + irq + softirq + steal)
+}
+
+/// What `work` returned, with the CPU seconds all processes spent meanwhile.
+pub fn with_cpu_seconds<T>(work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
+    let before = busy_cpu_seconds()?;
+    let result = work()?;
+    Ok((result, busy_cpu_seconds()? - before))
+}
+
 /// `VmRSS:   12345 kB` in bytes.
 fn parse_vm_rss(status: &str) -> Option<u64> {
     let kib: u64 = status
@@ -128,6 +163,15 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_busy_cpu_ticks() {
+        let stat = "cpu  100 2 30 5000 40 5 6 7 0 0\ncpu0 50 1 15 2500 20 2 3 3 0 0\n";
+        assert_eq!(parse_busy_ticks(stat), Some(100 + 2 + 30 + 5 + 6 + 7));
+        assert_eq!(parse_busy_ticks("cpu  1 2 3\n"), None);
+        assert_eq!(parse_busy_ticks("intr 1 2 3 4 5 6 7 8\n"), None);
+        assert!(busy_cpu_seconds().unwrap() > 0.0);
+    }
 
     #[test]
     fn reads_vm_rss() {
