@@ -43,8 +43,7 @@ use super::report::{thousands, Goal, Report, Row};
 use super::scratch;
 use super::server::{Bench, CONCURRENCY, WARM_UP};
 use super::wrk::LoadResult;
-use crate::process::ensure_installed;
-use crate::process::output;
+use crate::process::{ensure_installed, output};
 
 /// Apparent size of the volume image. Its MODE32 files are sparse, so it needs
 /// room only for the planted blocks (1 GiB by default) and the boot-copy files;
