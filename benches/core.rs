@@ -66,6 +66,7 @@ fn mac_computation(c: &mut Criterion) {
 fn key_store(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("a tokio runtime");
     let mut group = c.benchmark_group("KeyStore::mac (64 B message)");

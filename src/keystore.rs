@@ -96,7 +96,8 @@ impl KeyStore {
 
     /// The MAC of `message` under the key the layout rule picks for it. A key
     /// read on disk that this future leaves behind (dropped, or timed out)
-    /// holds a place under the concurrency limit until it has stopped.
+    /// holds a place under the concurrency limit until it has stopped. Key
+    /// reads are timed: run it on a tokio runtime with timers enabled.
     pub async fn mac(&self, message: &[u8]) -> Result<Mac, KeyError> {
         match &self.keys {
             Keys::InMemory(keys) => Ok(mac_in_memory(keys, self.mode, message)),
@@ -111,8 +112,9 @@ impl KeyStore {
     }
 
     /// The MACs of the messages at `frames` in `body`, concatenated in order.
-    /// Keys on disk: the batch takes its share of the batches' key reads, or is
-    /// refused with [`KeyError::BatchReadsBusy`] when none is free. Work this
+    /// Keys on disk: the batch takes its share of the batches' key reads,
+    /// waiting for them up to the key-read timeout in a bounded queue, or is
+    /// refused with [`KeyError::BatchReadsBusy`]. Work this
     /// future leaves behind (dropped, failed or timed out) starts nothing new,
     /// and holds its reads and a place under the concurrency limit until it
     /// has stopped.
@@ -139,7 +141,8 @@ impl KeyStore {
                 let reads = self
                     .limits
                     .batches
-                    .try_take(frames.len() * per_message, per_message)
+                    .take(frames.len() * per_message, per_message, self.limits.timeout)
+                    .await
                     .ok_or(KeyError::BatchReadsBusy)?;
                 let guard = WorkGuard::new(&self.limits.concurrency, Some(reads));
                 let macs = batch::macs_as_keys_arrive(

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, InsufficientCapacity, Quota};
+use tokio::sync::Notify;
 
 use crate::access::TokenDigest;
 
@@ -203,6 +204,15 @@ impl BatchReads {
         }
     }
 
+    /// Batches that may wait for reads under `max_concurrent`: as many as may
+    /// read, and never more than half the slots that reading batches leave, so
+    /// batches reading and waiting together never hold most of the slots.
+    pub fn waiting_under(self, max_concurrent: usize) -> usize {
+        self.total
+            .min(max_concurrent.saturating_sub(self.total) / 2)
+            .max(1)
+    }
+
     /// Why these reads cannot serve: fewer per batch than one message needs,
     /// or so many that batches alone could fill the concurrency limit.
     pub fn check(
@@ -293,26 +303,37 @@ impl Default for ReadLimits {
     fn default() -> Self {
         ReadLimits {
             timeout: ReadLimits::DEFAULT_TIMEOUT,
-            batches: Arc::new(ReadBudget::new(BatchReads::DEFAULT)),
+            batches: Arc::new(ReadBudget::new(
+                BatchReads::DEFAULT,
+                BatchReads::DEFAULT.total,
+            )),
             concurrency: Arc::new(ConcurrencyLimit::new(usize::MAX)),
         }
     }
 }
 
 /// The key reads batches have in flight under [`BatchReads`]. A batch takes
-/// its share when it starts, or is refused at once: a queue would hold its
-/// request, and a concurrency slot, for nothing.
+/// its share when it starts or waits for reads to be given back, in a
+/// bounded queue for a bounded time: batches that arrive together while the
+/// volume is busy are served in turn instead of refused, and batches waiting
+/// hold at most `max_waiting` concurrency slots, so single requests keep theirs.
 pub struct ReadBudget {
     limits: BatchReads,
+    max_waiting: usize,
     in_flight: AtomicUsize,
+    waiting: AtomicUsize,
+    freed: Notify,
     refused: AtomicU64,
 }
 
 impl ReadBudget {
-    pub fn new(limits: BatchReads) -> Self {
+    pub fn new(limits: BatchReads, max_waiting: usize) -> Self {
         ReadBudget {
             limits,
+            max_waiting,
             in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            freed: Notify::new(),
             refused: AtomicU64::new(0),
         }
     }
@@ -322,14 +343,44 @@ impl ReadBudget {
     }
 
     /// Takes as many reads as are free, up to `wanted` and the per-batch
-    /// limit, or none (counting a refusal) when fewer than `at_least` are free.
-    pub fn try_take(self: &Arc<Self>, wanted: usize, at_least: usize) -> Option<ReadPermits> {
+    /// limit, once at least `at_least` are. Waits up to `wait` for them, unless
+    /// `max_waiting` batches wait already; `None` (counted as a refusal) when
+    /// the queue is full or the wait runs out.
+    pub async fn take(
+        self: &Arc<Self>,
+        wanted: usize,
+        at_least: usize,
+        wait: Duration,
+    ) -> Option<ReadPermits> {
+        if let Some(permits) = self.take_free(wanted, at_least) {
+            return Some(permits);
+        }
+        let queued = Waiting::enter(&self.waiting, self.max_waiting);
+        if queued.is_some() {
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let freed = self.freed.notified();
+                tokio::pin!(freed);
+                // Registered before looking, so reads given back in between wake it.
+                freed.as_mut().enable();
+                if let Some(permits) = self.take_free(wanted, at_least) {
+                    return Some(permits);
+                }
+                if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                    break;
+                }
+            }
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    fn take_free(self: &Arc<Self>, wanted: usize, at_least: usize) -> Option<ReadPermits> {
         let wanted = wanted.min(self.limits.per_batch);
         let mut in_flight = self.in_flight.load(Ordering::Relaxed);
         loop {
             let count = wanted.min(self.limits.total.saturating_sub(in_flight));
             if count < at_least.max(1) {
-                self.refused.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
             match self.in_flight.compare_exchange_weak(
@@ -354,10 +405,50 @@ impl ReadBudget {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Batches refused so far for want of free reads.
+    /// Batches waiting for reads now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Batches refused so far: the queue was full, or reads did not come in time.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
+}
+
+/// A batch's place in the [`ReadBudget`]'s queue, given up when dropped
+/// (served, timed out, or its request gone).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(waiting: &'a AtomicUsize, max: usize) -> Option<Waiting<'a>> {
+        waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                (now < max).then_some(now + 1)
+            })
+            .ok()
+            .map(|_| Waiting(waiting))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// [`ReadBudget::take`] without waiting, for tests outside an async runtime.
+#[cfg(test)]
+pub(crate) fn take_now(
+    budget: &Arc<ReadBudget>,
+    wanted: usize,
+    at_least: usize,
+) -> Option<ReadPermits> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(budget.take(wanted, at_least, Duration::ZERO))
 }
 
 /// Reads taken from a [`ReadBudget`], given back when dropped.
@@ -377,6 +468,7 @@ impl Drop for ReadPermits {
         self.budget
             .in_flight
             .fetch_sub(self.count, Ordering::Relaxed);
+        self.budget.freed.notify_waiters();
     }
 }
 
@@ -581,7 +673,7 @@ mod tests {
     }
 
     fn budget(total: usize, per_batch: usize) -> Arc<ReadBudget> {
-        Arc::new(ReadBudget::new(BatchReads { total, per_batch }))
+        Arc::new(ReadBudget::new(BatchReads { total, per_batch }, total))
     }
 
     fn address(n: u32) -> ClientId {
@@ -643,28 +735,106 @@ mod tests {
     #[test]
     fn batches_share_the_read_budget_and_are_refused_when_it_is_spent() {
         let budget = budget(64, 32);
-        let first = budget.try_take(65_536, 1).unwrap();
+        let first = take_now(&budget, 65_536, 1).unwrap();
         assert_eq!(first.count(), 32, "a batch takes at most its own share");
-        let small = budget.try_take(5, 1).unwrap();
+        let small = take_now(&budget, 5, 1).unwrap();
         assert_eq!(small.count(), 5, "a small batch takes only what it reads");
-        let rest = budget.try_take(65_536, 8).unwrap();
+        let rest = take_now(&budget, 65_536, 8).unwrap();
         assert_eq!(
             rest.count(),
             27,
             "what is free, when it is enough for a message"
         );
         assert_eq!(budget.in_flight(), 64);
-        assert!(budget.try_take(1, 1).is_none());
+        assert!(take_now(&budget, 1, 1).is_none());
         drop(small);
         assert!(
-            budget.try_take(800, 8).is_none(),
+            take_now(&budget, 800, 8).is_none(),
             "fewer reads free than a MODE32X message needs"
         );
         assert_eq!(budget.refused(), 2);
-        let after = budget.try_take(800, 1).unwrap();
+        let after = take_now(&budget, 800, 1).unwrap();
         assert_eq!(after.count(), 5);
         drop((first, rest, after));
         assert_eq!(budget.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_for_reads_given_back_then_takes_them() {
+        let budget = budget(8, 8);
+        let first = budget.take(100, 1, Duration::ZERO).await.unwrap();
+        let waiter = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { budget.take(4, 1, Duration::from_secs(10)).await }
+        });
+        while budget.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when reads were given back")
+            .unwrap()
+            .expect("served, not refused");
+        assert_eq!(
+            (second.count(), budget.waiting(), budget.refused()),
+            (4, 0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_a_wait_ends_at_its_time() {
+        let budget = Arc::new(ReadBudget::new(
+            BatchReads {
+                total: 2,
+                per_batch: 2,
+            },
+            1,
+        ));
+        let _all = budget.take(2, 1, Duration::ZERO).await.unwrap();
+        let started = std::time::Instant::now();
+        let queued = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { budget.take(1, 1, Duration::from_millis(300)).await }
+        });
+        while budget.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            budget.take(1, 1, Duration::from_secs(60)).await.is_none(),
+            "the queue holds one batch"
+        );
+        assert!(started.elapsed() < Duration::from_millis(300));
+        assert!(queued.await.unwrap().is_none(), "no read came back in time");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!((budget.waiting(), budget.refused()), (0, 2));
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_request_is_dropped_leaves_the_queue() {
+        let budget = budget(1, 1);
+        let _all = budget.take(1, 1, Duration::ZERO).await.unwrap();
+        let queued = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { budget.take(1, 1, Duration::from_secs(60)).await }
+        });
+        while budget.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        queued.abort();
+        let _ = queued.await;
+        assert_eq!(budget.waiting(), 0);
+    }
+
+    #[test]
+    fn waiting_batches_leave_single_requests_most_slots() {
+        assert_eq!(BatchReads::DEFAULT.waiting_under(1024), 64);
+        let reads = BatchReads {
+            total: 60,
+            per_batch: 32,
+        };
+        assert_eq!(reads.waiting_under(100), 20);
+        assert_eq!(reads.waiting_under(61), 1);
     }
 
     #[test]
@@ -675,7 +845,7 @@ mod tests {
             for _ in 0..8 {
                 scope.spawn(|| {
                     for wanted in 1..2000 {
-                        if let Some(permits) = budget.try_take(wanted, 1) {
+                        if let Some(permits) = take_now(&budget, wanted, 1) {
                             assert!(permits.count() <= 7);
                             most.fetch_max(budget.in_flight(), Ordering::Relaxed);
                         }
@@ -690,14 +860,14 @@ mod tests {
     #[test]
     fn work_that_outlives_its_request_keeps_its_slot_and_reads_until_it_stops() {
         let limit = Arc::new(ConcurrencyLimit::new(4));
-        let budget = Arc::new(ReadBudget::new(BatchReads::DEFAULT));
+        let budget = budget(64, 32);
         // Finished: every piece stopped while the request's own slot counted it.
-        let guard = WorkGuard::new(&limit, budget.try_take(3, 1));
+        let guard = WorkGuard::new(&limit, take_now(&budget, 3, 1));
         assert_eq!(guard.work().reads(), Some(3));
         guard.finish();
         assert_eq!((limit.in_flight(), budget.in_flight()), (0, 0));
         // Ended early with a read still in flight: it holds a slot and its reads.
-        let guard = WorkGuard::new(&limit, budget.try_take(3, 1));
+        let guard = WorkGuard::new(&limit, take_now(&budget, 3, 1));
         let read_in_flight = Arc::clone(guard.work());
         drop(guard);
         assert!(read_in_flight.stopping());

@@ -248,9 +248,15 @@ impl Metrics {
                     batch_reads.in_flight() as u64,
                 ),
                 (
+                    "cryptoserver_batches_waiting_for_key_reads",
+                    "gauge",
+                    "Batches waiting now for key reads other batches hold.",
+                    batch_reads.waiting() as u64,
+                ),
+                (
                     "cryptoserver_batches_refused_total",
                     "counter",
-                    "Batches refused with 503 at once: batches held every key read CRYPTOSERVER_BATCH_READS allows.",
+                    "Batches refused with 503: the queue for key reads was full, or none came within CRYPTOSERVER_KEY_READ_TIMEOUT.",
                     batch_reads.refused(),
                 ),
             ];
@@ -312,16 +318,19 @@ mod tests {
     fn renders_key_reads_and_the_batch_budget() {
         use std::sync::Arc;
 
-        use crate::limits::{BatchReads, ReadBudget};
+        use crate::limits::{take_now, BatchReads, ReadBudget};
 
         let stats = KeyReadStats::default();
         stats.timeouts.fetch_add(2, Ordering::Relaxed);
-        let budget = Arc::new(ReadBudget::new(BatchReads {
-            total: 8,
-            per_batch: 8,
-        }));
-        let _reads = budget.try_take(5, 1).unwrap();
-        assert!(budget.try_take(8, 8).is_none());
+        let budget = Arc::new(ReadBudget::new(
+            BatchReads {
+                total: 8,
+                per_batch: 8,
+            },
+            8,
+        ));
+        let _reads = take_now(&budget, 5, 1).unwrap();
+        assert!(take_now(&budget, 8, 8).is_none());
         let text = Metrics::default().render("MODE32", None, 0, 0, Some((&stats, &budget)));
         assert!(text.contains("cryptoserver_key_read_timeouts_total 2"));
         assert!(text.contains("cryptoserver_batch_key_reads_in_flight 5"));

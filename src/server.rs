@@ -128,7 +128,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let keys = KeyStore::load(config.mode, &config.secret_dir, config.key_reads)?.with_limits(
         ReadLimits {
             timeout: Duration::from_secs(config.key_read_timeout),
-            batches: Arc::new(ReadBudget::new(batch_reads)),
+            batches: Arc::new(ReadBudget::new(
+                batch_reads,
+                batch_reads.waiting_under(config.max_concurrent.max(1)),
+            )),
             concurrency: Arc::clone(&concurrency),
         },
     );

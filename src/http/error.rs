@@ -40,8 +40,8 @@ pub enum ApiError {
     KeyUnavailable,
     /// A key read took longer than this (CRYPTOSERVER_KEY_READ_TIMEOUT).
     KeyReadTimedOut(Duration),
-    /// Batches held every key read they may have (CRYPTOSERVER_BATCH_READS):
-    /// refused at once rather than queued.
+    /// Batches held every key read they may have (CRYPTOSERVER_BATCH_READS),
+    /// and the queue for them was full or none came in time.
     BatchReadsBusy,
     Unauthorized,
     RateLimited(Refusal),
@@ -100,8 +100,8 @@ impl ApiError {
                 timeout.as_secs_f64()
             ),
             ApiError::BatchReadsBusy => {
-                "batches are using every key read the server gives them (CRYPTOSERVER_BATCH_READS); \
-                 retry after the Retry-After seconds"
+                "batches are using every key read the server gives them (CRYPTOSERVER_BATCH_READS) \
+                 and none came free in time; retry after the Retry-After seconds"
                     .into()
             }
             ApiError::Unauthorized => {

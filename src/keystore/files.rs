@@ -116,7 +116,8 @@ pub enum KeyError {
     Unavailable(KeyUnavailable),
     /// A key read had not finished after this long (CRYPTOSERVER_KEY_READ_TIMEOUT).
     TimedOut(Duration),
-    /// Batches had every key read they may have in flight (CRYPTOSERVER_BATCH_READS).
+    /// Batches had every key read they may have in flight (CRYPTOSERVER_BATCH_READS),
+    /// and the queue for them was full or none came in time.
     BatchReadsBusy,
 }
 
@@ -136,7 +137,8 @@ impl fmt::Display for KeyError {
                 timeout.as_secs_f64()
             ),
             KeyError::BatchReadsBusy => f.write_str(
-                "batches have every key read they may have in flight (CRYPTOSERVER_BATCH_READS)",
+                "batches have every key read they may have in flight (CRYPTOSERVER_BATCH_READS) \
+                 and none came free in time",
             ),
         }
     }

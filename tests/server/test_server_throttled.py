@@ -228,7 +228,9 @@ def test_a_flood_of_batches_leaves_single_requests_their_share(tmp_path, volume,
         assert max(latencies) < FLOOD_BOUND, f"a single request waited {max(latencies):.2f}s behind the batches"
         assert len(latencies) >= 5
         assert statuses.count(200) >= 2, "the flood was not served at all"
-        assert metric(server, "cryptoserver_batches_refused_total") == statuses.count(503) > 0
+        # Batches wait for reads in turn; those that waited past the key-read
+        # timeout (or found the queue full) were refused, and only those.
+        assert metric(server, "cryptoserver_batches_refused_total") == statuses.count(503)
         assert metric(server, "cryptoserver_batch_key_reads_in_flight") == 0
 
 

@@ -221,6 +221,7 @@ impl Mode32Dir {
         let store = KeyStore::load(Mode::Mode32, &self.path, KeyReads::Auto)
             .map_err(|error| anyhow::anyhow!("cannot load the MODE32 secrets: {error}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_time()
             .build()
             .context("cannot start a tokio runtime")?;
         let messages = Arc::new(messages.to_vec());
