@@ -206,11 +206,11 @@ impl BatchReads {
 
     /// Batches that may wait for reads under `max_concurrent`: as many as may
     /// read, and never more than half the slots that reading batches leave, so
-    /// batches reading and waiting together never hold most of the slots.
+    /// batches reading and waiting together never hold most of the slots (none
+    /// wait, and a batch finding no read free is refused, when too few are left).
     pub fn waiting_under(self, max_concurrent: usize) -> usize {
         self.total
             .min(max_concurrent.saturating_sub(self.total) / 2)
-            .max(1)
     }
 
     /// Why these reads cannot serve: fewer per batch than one message needs,
@@ -834,7 +834,7 @@ mod tests {
             per_batch: 32,
         };
         assert_eq!(reads.waiting_under(100), 20);
-        assert_eq!(reads.waiting_under(61), 1);
+        assert_eq!(reads.waiting_under(61), 0, "one slot left: no queue");
     }
 
     #[test]
