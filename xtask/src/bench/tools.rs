@@ -140,11 +140,41 @@ fn parse_busy_ticks(stat: &str) -> Option<u64> {
     Some(user + nice + system + irq + softirq + steal)
 }
 
-/// What `work` returned, with the CPU seconds all processes spent meanwhile.
-pub fn with_cpu_seconds<T>(work: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
-    let before = busy_cpu_seconds()?;
+/// CPU seconds spent during a measured run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpuSpent {
+    /// By every process and the kernel (`/proc/stat`).
+    pub all: f64,
+    /// By the children of this process that ended during the run: the load
+    /// generator the run waited for.
+    pub ended_children: f64,
+}
+
+/// What `work` returned, with the CPU seconds spent meanwhile.
+pub fn with_cpu_seconds<T>(
+    work: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, CpuSpent)> {
+    let (all, children) = (busy_cpu_seconds()?, ended_children_cpu_seconds()?);
     let result = work()?;
-    Ok((result, busy_cpu_seconds()? - before))
+    let spent = CpuSpent {
+        all: busy_cpu_seconds()? - all,
+        ended_children: ended_children_cpu_seconds()? - children,
+    };
+    Ok((result, spent))
+}
+
+/// User and system CPU seconds of this process's children that have ended
+/// and been waited for (`getrusage(RUSAGE_CHILDREN)`).
+fn ended_children_cpu_seconds() -> anyhow::Result<f64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the live buffer it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrusage(RUSAGE_CHILDREN) failed");
+    }
+    // SAFETY: getrusage succeeded, so it filled the struct.
+    let usage = unsafe { usage.assume_init() };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
 /// `VmRSS:   12345 kB` in bytes.
@@ -171,6 +201,15 @@ mod tests {
         assert_eq!(parse_busy_ticks("cpu  1 2 3\n"), None);
         assert_eq!(parse_busy_ticks("intr 1 2 3 4 5 6 7 8\n"), None);
         assert!(busy_cpu_seconds().unwrap() > 0.0);
+        let (_, spent) = with_cpu_seconds(|| {
+            std::process::Command::new("sh")
+                .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+                .status()?;
+            Ok(())
+        })
+        .unwrap();
+        assert!(spent.ended_children > 0.05, "{spent:?}");
+        assert!(spent.all >= spent.ended_children * 0.5, "{spent:?}");
     }
 
     #[test]
