@@ -135,21 +135,34 @@ def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_
     url = f"https://localhost:{port}" if https_ca else f"http://127.0.0.1:{port}"
     server = Server(process, url, log_path)
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"cryptoserver exited with {process.returncode} at startup:\n{server.log()}")
-            try:
-                if requests.get(f"{url}/healthz", timeout=1, verify=https_ca or True, cert=client_cert).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"cryptoserver did not answer within {startup_timeout}s:\n{server.log()}")
-            time.sleep(0.05)
+        wait_until_ready(
+            process,
+            "cryptoserver",
+            lambda: requests.get(f"{url}/healthz", timeout=1, verify=https_ca or True, cert=client_cert).status_code
+            == 200,
+            startup_timeout,
+            server.log,
+        )
         yield server
     finally:
         stop(process, 15)
+
+
+def wait_until_ready(process, name, ready, seconds, log, interval=0.05):
+    """Returns once `ready()` is true (a refused connection counts as not yet); fails
+    the test, with `log()`, when `process` exits first or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{name} exited with {process.returncode} at startup:\n{log()}")
+        try:
+            if ready():
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name} was not ready within {seconds} s:\n{log()}")
+        time.sleep(interval)
 
 
 def stop(process, seconds):

@@ -22,7 +22,7 @@ import boto3
 import pytest
 import requests
 
-from conftest import REPO, binary, free_port
+from conftest import REPO, binary, free_port, stop, wait_until_ready
 
 REGION = "us-east-1"
 SERVICE_PORT = 8080
@@ -61,26 +61,17 @@ def running(name, command, env, ready_url, log_path, ready=lambda answer: True):
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"{name} exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
-            try:
-                if ready(requests.get(ready_url, timeout=1)):
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{name} was not ready within 120 s:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.1)
+        wait_until_ready(
+            process,
+            name,
+            lambda: ready(requests.get(ready_url, timeout=1)),
+            120,
+            lambda: log_path.read_text(errors="replace"),
+            interval=0.1,
+        )
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 30)
 
 
 @pytest.fixture(scope="session")

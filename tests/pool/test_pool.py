@@ -32,7 +32,7 @@ import pytest
 import requests
 
 import reference
-from conftest import free_port, running_server, stop, write_tokens
+from conftest import free_port, running_server, stop, wait_until_ready, write_tokens
 
 REPLICAS = ["a", "b", "c"]
 MESSAGES = [f"pool message {number}".encode() for number in range(64)]
@@ -130,9 +130,7 @@ def running_haproxy(directory, servers):
         return {row["svname"]: row for row in rows if row["pxname"] == "replicas" and row["svname"] in servers}
 
     try:
-        wait_for(lambda: process.poll() is not None or stats_socket.exists(), "HAProxy to start")
-        if process.poll() is not None:
-            pytest.fail(f"HAProxy exited with {process.returncode}:\n{log_path.read_text()}")
+        wait_until_ready(process, "HAProxy", stats_socket.exists, WAIT, log_path.read_text)
         yield f"http://127.0.0.1:{port}", stats
     finally:
         stop(process, 10)
