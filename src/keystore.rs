@@ -169,12 +169,13 @@ impl KeyStore {
     }
 
     /// True while every key can be read: MODE32 files that failed are probed
-    /// again (at most once a second, however often this is asked), so readiness
-    /// comes back by itself once they can be read.
+    /// again (at most once a second and one probe at a time, however often this
+    /// is asked), so readiness comes back by itself once they can be read. A
+    /// probe slower than the key-read timeout answers false.
     pub async fn is_ready(&self) -> bool {
         match &self.keys {
             Keys::InMemory(_) => true,
-            Keys::OnDisk(files) => KeyFiles::is_ready(files).await,
+            Keys::OnDisk(files) => KeyFiles::is_ready(files, self.limits.timeout).await,
         }
     }
 }

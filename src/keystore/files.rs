@@ -169,8 +169,9 @@ pub(super) struct KeyFiles {
     /// Files whose last read failed; `/readyz` reports 503 while any is listed.
     failing: Mutex<BTreeSet<usize>>,
     failing_count: AtomicUsize,
-    /// When `/readyz` last probed the failing files; held while a probe runs.
-    last_probe: tokio::sync::Mutex<Option<Instant>>,
+    /// When `/readyz` last probed the failing files, and whether that probe
+    /// still runs: at most one does, however long a stalled volume holds it.
+    probe: Mutex<Probe>,
     stats: KeyReadStats,
 }
 
@@ -229,7 +230,7 @@ impl KeyFiles {
             ring,
             failing: Mutex::new(BTreeSet::new()),
             failing_count: AtomicUsize::new(0),
-            last_probe: tokio::sync::Mutex::new(None),
+            probe: Mutex::default(),
             stats: KeyReadStats::default(),
         })
     }
@@ -397,25 +398,35 @@ impl KeyFiles {
     /// True while no file is failing. While some are, one caller at a time
     /// reads them again, at most once per [`PROBE_INTERVAL`]; every other caller
     /// answers not ready, as the last read of some file failed.
-    pub(super) async fn is_ready(files: &Arc<KeyFiles>) -> bool {
+    pub(super) async fn is_ready(files: &Arc<KeyFiles>, timeout: Duration) -> bool {
         if !files.any_failing() {
             return true;
         }
-        let Ok(mut last_probe) = files.last_probe.try_lock() else {
-            return false;
-        };
-        // A probe that ended since the check above may have cleared them.
-        if !files.any_failing() {
-            return true;
+        {
+            let mut probe = files
+                .probe
+                .lock()
+                .expect("no panics while holding the lock");
+            // A probe that ended since the check above may have cleared them.
+            if !files.any_failing() {
+                return true;
+            }
+            if probe.running || probe.last.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
+                return false;
+            }
+            *probe = Probe {
+                last: Some(Instant::now()),
+                running: true,
+            };
         }
-        if last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
-            return false;
-        }
-        *last_probe = Some(Instant::now());
         let probing = Arc::clone(files);
-        tokio::task::spawn_blocking(move || probing.probe_failing())
-            .await
-            .expect("probes do not panic")
+        let probe = tokio::task::spawn_blocking(move || {
+            let _ended = ProbeEnded(&probing.probe);
+            probing.probe_failing()
+        });
+        // A probe stuck on a stalled volume answers "not ready" in time and
+        // goes on alone; no other starts until it has ended.
+        matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(true)))
     }
 
     /// Reads every failing file again; true when all of them read now.
@@ -430,6 +441,25 @@ impl KeyFiles {
         failing
             .into_iter()
             .all(|file| self.read_key(KeyLocation { file, offset: 0 }).is_ok())
+    }
+}
+
+/// The state of `/readyz`'s probes of failing files.
+#[derive(Default)]
+struct Probe {
+    last: Option<Instant>,
+    running: bool,
+}
+
+/// Marks the probe ended when dropped, also if it panicked.
+struct ProbeEnded<'a>(&'a Mutex<Probe>);
+
+impl Drop for ProbeEnded<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .running = false;
     }
 }
 
@@ -478,7 +508,7 @@ mod tests {
             ring: Some(KeyReadRing::new().unwrap()),
             failing: Mutex::new(BTreeSet::new()),
             failing_count: AtomicUsize::new(0),
-            last_probe: tokio::sync::Mutex::new(None),
+            probe: Mutex::default(),
             stats: KeyReadStats::default(),
         };
         (Arc::new(files), peer)

@@ -10,6 +10,7 @@ keys' pages dropped from the page cache so every key read reaches the device.
   thousands of reads, tens of seconds, in front of it.
 - A key read slower than CRYPTOSERVER_KEY_READ_TIMEOUT fails its request with
   503, and its place under the limits is kept until the read has really stopped.
+- /readyz's probe of a failing file is bounded by the same timeout.
 """
 
 import contextlib
@@ -25,9 +26,10 @@ import threading
 import time
 
 import pytest
+import requests
 
 import reference
-from conftest import free_port, running_server
+from conftest import free_port, ready_within, running_server
 
 BLKIO = pathlib.Path("/sys/fs/cgroup/blkio")
 # Reads per second the volume serves the server: a slow, busy disk.
@@ -54,6 +56,8 @@ FLOOD = messages("flood", FLOOD_MESSAGES)
 SINGLES = messages("single", SINGLE_MESSAGES)
 TIMEOUT_BATCH = messages("slow-batch", TIMEOUT_FRAMES)
 TIMEOUT_SINGLE = messages("slow-single", 1)[0]
+# The readiness test: keys in 12 files, which fail and are probed again.
+PROBE_MESSAGES = messages("probe", 12)
 
 
 def frames(batch):
@@ -83,8 +87,11 @@ def volume(tmp_path_factory):
         try:
             secret_dir = mount / "secrets"
             secret_dir.mkdir(mode=0o700)
-            all_messages = [*FLOOD, *SINGLES, *TIMEOUT_BATCH, TIMEOUT_SINGLE]
-            reference.write_sparse_mode32(secret_dir, reference.random_keys_for(all_messages, ["MODE32"]))
+            all_messages = [*FLOOD, *SINGLES, *TIMEOUT_BATCH, TIMEOUT_SINGLE, *PROBE_MESSAGES]
+            keys = reference.random_keys_for(all_messages, ["MODE32"])
+            # A probe reads a file's first key: on disk, not in a hole.
+            keys.update({reference.key_index("MODE32", m) >> 16 << 16: os.urandom(32) for m in PROBE_MESSAGES})
+            reference.write_sparse_mode32(secret_dir, keys)
             os.sync()
             yield secret_dir, device
         finally:
@@ -265,3 +272,38 @@ def test_a_read_slower_than_the_timeout_fails_its_request_and_keeps_its_place(tm
         assert metric(server, "cryptoserver_key_read_timeouts_total") >= 2
         status, _, mac, _ = post(server.address, "/hmac", TIMEOUT_SINGLE, 10)
         assert (status, mac) == (200, reference.mac("MODE32", secret_dir, TIMEOUT_SINGLE))
+
+
+@pytest.mark.parametrize("key_reads", ["io-uring", "threads"])
+def test_readyz_answers_in_time_while_its_probe_waits_on_a_stalled_volume(tmp_path, volume, key_reads):
+    """/readyz probes the failing files again, one read each: with 12 of them
+    restored but their pages evicted and the volume at 4 reads/s, the probe
+    takes about 3 s. /readyz answers 503 within the key-read timeout instead of
+    waiting for it, asking again meanwhile starts no second probe, and once it
+    has read them all the server is ready again."""
+    secret_dir, _ = volume
+    files = [secret_dir / f"{reference.key_index('MODE32', m) >> 16:04x}" for m in PROBE_MESSAGES]
+    assert len(set(files)) == len(files), "the probe messages' keys share a file"
+    env = {"CRYPTOSERVER_KEY_READ_TIMEOUT": "1", "CRYPTOSERVER_KEY_READS": key_reads}
+    with throttled_server(tmp_path, volume, env) as (server, throttle):
+        for file, message in zip(files, PROBE_MESSAGES):
+            file.chmod(0)
+            try:
+                assert post(server.address, "/hmac", message, 10)[0] == 503
+            finally:
+                file.chmod(0o400)
+        evict(secret_dir, PROBE_MESSAGES)
+        throttle.limit(TIMEOUT_IOPS)
+        answers = []
+        started = time.monotonic()
+        while time.monotonic() - started < 2:
+            asked = time.monotonic()
+            status = requests.get(f"{server.url}/readyz", timeout=10).status_code
+            answers.append((status, round(time.monotonic() - asked, 2)))
+            time.sleep(0.3)
+        assert all(status == 503 for status, _ in answers), answers
+        assert all(seconds < 1.8 for _, seconds in answers), answers
+        assert ready_within(server.url, 10), "readiness did not come back once the probe had read every file"
+        for message in PROBE_MESSAGES[:2]:
+            status, _, mac, _ = post(server.address, "/hmac", message, 10)
+            assert (status, mac) == (200, reference.mac("MODE32", secret_dir, message))
