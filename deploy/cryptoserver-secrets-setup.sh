@@ -385,22 +385,13 @@ check_restored_ownership() {
     fi
 }
 
-# Bytes of the secrets of $mode (files of 32 bytes, or of 2 MiB).
-secrets_bytes() {
-    case $mode in
-        MODE0) echo 32 ;;
-        MODE16) echo $((2 << 20)) ;;
-        *) echo $((65536 * (2 << 20))) ;;
-    esac
-}
-
 # The hot copy: a fresh filesystem on the instance-store device, which gets every
 # secret and the manifest while they are hashed against the manifest. The device is
 # chosen by what its NVMe controller says it is, and refused if it is, or holds, anything
 # this host uses.
 make_hot_copy() {
     local needed names name hot_device='' size sizes=()
-    needed=$(secrets_bytes)
+    needed=$(cryptoserver-secrets size --mode "$mode") || die "cannot tell the size of the $mode secrets"
     names=$(devices_by_model "$INSTANCE_STORE_MODEL")
     [[ -n $names ]] ||
         die "CRYPTOSERVER_SECRETS_HOT_COPY=instance-store, but no block device reports the model" \

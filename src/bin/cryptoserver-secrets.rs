@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cryptoserver::secrets::cli::{FingerprintArgs, GenerateArgs, VerifyArgs};
+use cryptoserver::secrets::cli::{FingerprintArgs, GenerateArgs, SizeArgs, VerifyArgs};
 use cryptoserver::secrets::generate::generate;
 use cryptoserver::secrets::progress::ProgressOutput;
 use cryptoserver::secrets::verify::{fingerprint, verify};
@@ -28,10 +28,12 @@ enum Command {
     Verify(VerifyArgs),
     /// Print the secrets fingerprint (32 hex digits) from the cryptoserver.manifest alone, on stdout
     Fingerprint(FingerprintArgs),
+    /// Print the bytes a mode's secret files hold together, on stdout (a hot copy needs at least this much)
+    Size(SizeArgs),
 }
 
 fn main() -> ExitCode {
-    // Summaries are for people (stderr); the fingerprint is for scripts (stdout).
+    // Summaries are for people (stderr); the fingerprint and the size are for scripts (stdout).
     let result = match Cli::parse().command {
         Command::Generate(args) => {
             generate(&args.into(), ProgressOutput::Stderr).map(|done| eprintln!("{done}"))
@@ -41,6 +43,10 @@ fn main() -> ExitCode {
         }
         Command::Fingerprint(args) => {
             fingerprint(&args.dir, args.mode).map(|fingerprint| println!("{fingerprint}"))
+        }
+        Command::Size(args) => {
+            println!("{}", args.mode.total_len());
+            Ok(())
         }
     };
     match result {

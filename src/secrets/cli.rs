@@ -91,3 +91,11 @@ pub struct FingerprintArgs {
     #[arg(long)]
     pub mode: Option<Mode>,
 }
+
+/// `size`'s command line.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SizeArgs {
+    /// The mode (case-insensitive, as CRYPTOSERVER_MODE).
+    #[arg(long)]
+    pub mode: Mode,
+}

@@ -7,6 +7,7 @@ import os
 import pwd
 import signal
 import stat
+import subprocess
 
 import pytest
 
@@ -19,6 +20,7 @@ from secret_tools import (
     generate,
     needs_root,
     read_manifest,
+    secrets_command,
     snapshot,
     start_generate,
     temp_files,
@@ -256,3 +258,24 @@ def test_a_disk_that_fills_up_mid_run_fails_cleanly_and_the_run_resumes(tmp_path
         assert temp_files(secret_dir) == []
         assert_manifest_matches(secret_dir, "MODE16", ["0000"])
         assert read_manifest(secret_dir)["mode"] == "MODE16"
+
+
+def size(mode):
+    return subprocess.run(secrets_command("size", "--mode", mode), capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("mode", ["MODE0", "mode16"])
+def test_size_prints_the_bytes_generate_writes(tmp_path, mode):
+    """The first-boot script sizes the hot copy with it."""
+    secret_dir = tmp_path / "secrets"
+    assert generate(secret_dir, mode).returncode == 0
+    written = sum(path.stat().st_size for path in secret_dir.iterdir() if path.name != MANIFEST)
+    answer = size(mode)
+    assert (answer.returncode, answer.stdout) == (0, f"{written}\n"), answer.stderr
+
+
+def test_size_of_the_128_gib_modes_and_of_no_mode():
+    for mode in ["MODE32", "MODE32X"]:
+        assert size(mode).stdout == f"{65536 * FILE_LEN}\n"
+    unknown = size("MODE8")
+    assert unknown.returncode == 2 and "unknown mode 'MODE8'" in unknown.stderr, unknown.stderr
