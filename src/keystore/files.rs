@@ -395,9 +395,10 @@ impl KeyFiles {
         self.failing_count.store(set.len(), Ordering::Relaxed);
     }
 
-    /// True while no file is failing. While some are, one caller at a time
+    /// True while no file is failing. While some are, one probe at a time
     /// reads them again, at most once per [`PROBE_INTERVAL`]; every other caller
-    /// answers not ready, as the last read of some file failed.
+    /// answers not ready, as the last read of some file failed, and so does the
+    /// caller whose probe takes longer than `timeout` (the probe goes on).
     pub(super) async fn is_ready(files: &Arc<KeyFiles>, timeout: Duration) -> bool {
         if !files.any_failing() {
             return true;

@@ -294,6 +294,7 @@ def test_readyz_answers_in_time_while_its_probe_waits_on_a_stalled_volume(tmp_pa
                 file.chmod(0o400)
         evict(secret_dir, PROBE_MESSAGES)
         throttle.limit(TIMEOUT_IOPS)
+        reads_before = metric(server, "cryptoserver_key_read_duration_seconds_count")
         answers = []
         started = time.monotonic()
         while time.monotonic() - started < 2:
@@ -304,6 +305,8 @@ def test_readyz_answers_in_time_while_its_probe_waits_on_a_stalled_volume(tmp_pa
         assert all(status == 503 for status, _ in answers), answers
         assert all(seconds < 1.8 for _, seconds in answers), answers
         assert ready_within(server.url, 10), "readiness did not come back once the probe had read every file"
+        probe_reads = metric(server, "cryptoserver_key_read_duration_seconds_count") - reads_before
+        assert probe_reads == len(PROBE_MESSAGES), f"{probe_reads} probe reads: more than one probe ran"
         for message in PROBE_MESSAGES[:2]:
             status, _, mac, _ = post(server.address, "/hmac", message, 10)
             assert (status, mac) == (200, reference.mac("MODE32", secret_dir, message))
