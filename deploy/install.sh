@@ -59,7 +59,8 @@ install -m 0644 "$release/env.example" "$root/etc/cryptoserver/env.example"
 # The mount point; it stays empty in the image: the secrets are made on the instance.
 install -d -m 0755 "$root/secrets"
 
-if [[ $root == / ]]; then
+# Only a running systemd has units to reload: a chroot or a container being built has none.
+if [[ $root == / && -d /run/systemd/system ]]; then
     systemctl daemon-reload
 fi
 systemctl "${on_root[@]}" enable cryptoserver-secrets.service cryptoserver.service
