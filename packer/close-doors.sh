@@ -64,16 +64,27 @@ for module in "$modules_dir"/cc_*.py; do
     dpkg-divert --quiet --local --rename --divert "$module.cryptoserver-removed" --add "$module"
 done
 
-# The boot loader shows no menu and waits for no key: nobody on the serial console can
-# edit the kernel command line (init=/bin/sh), pick a recovery entry or open GRUB's shell.
+# The boot loader shows no menu and reads no key from the serial console: nobody there
+# can edit the kernel command line (init=/bin/sh), pick a recovery entry, open GRUB's
+# shell, or stop the boot at the menu. A hidden zero timeout alone is not enough: GRUB
+# still polls its input terminals for Escape, which opens the menu and waits forever.
+# So its input is the PC console only (an instance has no keyboard) and its output
+# stays on the serial port, where EC2's console output reads it.
 cat >/etc/default/grub.d/99-cryptoserver.cfg <<'EOF'
-# cryptoserver: no boot menu, no recovery entry.
+# cryptoserver: no boot menu, no recovery entry, no input from the serial console.
 GRUB_TIMEOUT=0
 GRUB_TIMEOUT_STYLE=hidden
 GRUB_RECORDFAIL_TIMEOUT=0
 GRUB_DISABLE_RECOVERY=true
+GRUB_TERMINAL=
+GRUB_TERMINAL_INPUT=console
+GRUB_TERMINAL_OUTPUT="console serial"
 EOF
 update-grub
+
+# The kernel takes no magic SysRq key from the serial console (a BREAK, then a letter
+# that reboots the host or kills every process).
+echo 'kernel.sysrq = 0' >/etc/sysctl.d/99-cryptoserver.conf
 
 # No account keeps a password (the build user is locked by remove-build-access.sh).
 passwd --lock root >/dev/null
@@ -102,9 +113,13 @@ for name in bootcmd runcmd scripts_user scripts_per_boot seed_random; do
     ! python3 -c "import cloudinit.config.cc_$name" 2>/dev/null || fail "cloud-init can still run its $name module"
 done
 python3 -c "import cloudinit.config.cc_write_files" || fail "cloud-init lost its write_files module"
-timeouts=$(grep -E '^\s*set timeout=' /boot/grub/grub.cfg | sort -u | tr -d ' ')
+# GRUB writes the timeout twice, indented differently (hidden style and its fallback).
+timeouts=$(grep -E '^\s*set timeout=' /boot/grub/grub.cfg | tr -d ' \t' | sort -u)
 [[ $timeouts == settimeout=0 ]] || fail "/boot/grub/grub.cfg still waits at the boot menu: $timeouts"
 ! grep -q 'recovery mode' /boot/grub/grub.cfg || fail "/boot/grub/grub.cfg still has a recovery entry"
+inputs=$(grep -E '^\s*terminal_input ' /boot/grub/grub.cfg | tr -s ' \t' ' ' | sed 's/^ //' | sort -u)
+[[ $inputs == "terminal_input console" ]] ||
+    fail "/boot/grub/grub.cfg reads keys from another terminal than the PC console: ${inputs:-none}"
 for unit in cryptoserver-secrets.service cryptoserver.service; do
     systemctl is-enabled --quiet "$unit" || fail "$unit is not enabled"
 done
