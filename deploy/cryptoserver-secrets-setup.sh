@@ -50,6 +50,9 @@
 #                                     block/NAME/device/{model,serial} naming devices /dev/NAME
 #   CRYPTOSERVER_SECRETS_RUNTIME_ENV  the file pointing the server at the hot copy
 #                                     (default /run/cryptoserver/secrets.env, which cryptoserver.service reads)
+# For the image built for virtual machines only (packer/qemu-devices.conf, docs/image.md):
+#   CRYPTOSERVER_SECRETS_EBS_MODEL, CRYPTOSERVER_SECRETS_INSTANCE_STORE_MODEL
+#                                     the controller models standing for EBS and instance storage
 set -euo pipefail
 
 readonly PROGRAM=cryptoserver-secrets-setup
@@ -68,8 +71,9 @@ readonly MOUNT_OPTIONS=nosuid,nodev,noexec
 readonly READ_JOBS=16
 readonly MANIFEST=cryptoserver.manifest
 # What the NVMe controller of each kind of AWS disk calls itself (sysfs .../device/model).
-readonly EBS_MODEL="Amazon Elastic Block Store"
-readonly INSTANCE_STORE_MODEL="Amazon EC2 NVMe Instance Storage"
+# Only the image built for virtual machines names QEMU's instead (packer/qemu-devices.conf).
+readonly EBS_MODEL=${CRYPTOSERVER_SECRETS_EBS_MODEL:-Amazon Elastic Block Store}
+readonly INSTANCE_STORE_MODEL=${CRYPTOSERVER_SECRETS_INSTANCE_STORE_MODEL:-Amazon EC2 NVMe Instance Storage}
 
 log() { echo "$PROGRAM: $*" >&2; }
 die() {
@@ -132,8 +136,8 @@ fi
 if [[ -n $volume_id ]]; then
     [[ $volume_id =~ ^vol-[0-9a-f]{8,17}$ ]] ||
         die "CRYPTOSERVER_SECRETS_VOLUME_ID=$volume_id is not an EBS volume id (vol- and 8 or 17 hex digits)"
-    # The NVMe serial of an EBS volume is its id without the dash.
-    device=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${volume_id/-/}
+    # udev names an NVMe disk by its model and serial; an EBS volume's serial is its id without the dash.
+    device=/dev/disk/by-id/nvme-${EBS_MODEL// /_}_${volume_id/-/}
 elif [[ -z $device && $role == origin ]]; then
     die "no secrets volume: set CRYPTOSERVER_SECRETS_VOLUME_ID (EBS) or CRYPTOSERVER_SECRETS_DEVICE" \
         "(a block device, or none for a plain directory) in /etc/cryptoserver/env"
