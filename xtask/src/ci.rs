@@ -1,8 +1,8 @@
 //! `cargo xtask ci`: everything CI runs, on a fresh machine too. It installs what
 //! the tests need (a Python virtual environment with tests/requirements.txt, which
 //! brings moto's server and shellcheck, LocalStack in one of its own, and HAProxy
-//! from Debian's packages), builds every binary, then runs the Rust tests and the
-//! end-to-end Python suites.
+//! and QEMU from Debian's packages), builds every binary, then runs the Rust tests and
+//! the end-to-end Python suites (the image's boots in QEMU among them).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +33,15 @@ pub fn run_ci() -> anyhow::Result<()> {
     )?;
     // tests/pool balances replicas with it, as a load balancer would.
     ensure_installed("haproxy", "haproxy")?;
+    // tests/infra/test_vm_boot.py boots the image (`cargo xtask image`, which installs
+    // its own build tools) in QEMU, with the user data on a NoCloud seed image.
+    for (program, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("genisoimage", "genisoimage"),
+    ] {
+        ensure_installed(program, package)?;
+    }
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     if has_nextest() {
         run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;

@@ -10,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use anyhow::{bail, ensure, Context};
 use flate2::write::GzEncoder;
@@ -45,7 +45,20 @@ pub struct DistArgs {
     pub max_glibc: GlibcVersion,
 }
 
+impl Default for DistArgs {
+    fn default() -> Self {
+        Self {
+            max_glibc: BASE_GLIBC.parse().expect("BASE_GLIBC is a glibc version"),
+        }
+    }
+}
+
 pub fn run_dist(args: &DistArgs) -> anyhow::Result<()> {
+    build_dist(args).map(|_| ())
+}
+
+/// Builds the release tarball and returns its path (`cargo xtask image` installs it).
+pub fn build_dist(args: &DistArgs) -> anyhow::Result<PathBuf> {
     // Only the root package: the AWS tooling is never shipped, so never built here.
     run(cargo().args(["build", "--release", "--package", "cryptoserver", "--bins"]))?;
     let release = target_dir().join("release");
@@ -78,7 +91,7 @@ pub fn run_dist(args: &DistArgs) -> anyhow::Result<()> {
     eprintln!(
         "next: packer init packer && packer build -var cryptoserver_version={version} packer"
     );
-    Ok(())
+    Ok(tarball)
 }
 
 /// The version both binaries report; they come from one package, so they must agree.
@@ -201,9 +214,23 @@ fn pack(tarball: &Path, top: &str, binaries: &[PathBuf]) -> anyhow::Result<()> {
     let file =
         File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
     let mut archive = tar::Builder::new(GzEncoder::new(file, Compression::best()));
-    let mtime = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
+    // The newest input's time, not the clock's: the same inputs make the same bytes,
+    // so `cargo xtask image` can tell an unchanged release by its digest.
+    let mut mtime = 0;
+    for source in binaries.iter().cloned().chain(
+        DEPLOY_FILES
+            .iter()
+            .map(|(path, _)| repo_root().join("deploy").join(path)),
+    ) {
+        let modified = fs::metadata(&source)
+            .and_then(|metadata| metadata.modified())
+            .with_context(|| format!("cannot read the time of {}", source.display()))?;
+        mtime = mtime.max(
+            modified
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+        );
+    }
     for dir in ["", "bin/", "systemd/"] {
         let mut header = header(tar::EntryType::Directory, 0, 0o755, mtime);
         archive.append_data(&mut header, format!("{top}/{dir}"), io::empty())?;

@@ -7,6 +7,7 @@ mod bench;
 mod ci;
 mod dev;
 mod dist;
+mod image;
 mod process;
 mod secrets;
 
@@ -33,6 +34,8 @@ enum Task {
     GenToken,
     /// Build the release tarball the Packer image installs (binaries, systemd units, first-boot script)
     Dist(dist::DistArgs),
+    /// Build the sealed image as a bootable disk in target/image, as Packer builds the AMI (root; docs/image.md)
+    Image(image::ImageArgs),
     /// Check, read-only, that an EC2 instance or an Auto Scaling pool is sealed (runs xtask-aws; see `cargo xtask audit --help`)
     Audit(aws::AwsArgs),
     /// Seal an EC2 instance, then audit it (runs xtask-aws; see `cargo xtask seal --help`)
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Task::VerifySecrets(args) => secrets::verify_secrets(args),
         Task::Bench(args) => bench::run_bench(&args),
         Task::Dist(args) => dist::run_dist(&args),
+        Task::Image(args) => image::run_image(&args),
         Task::Audit(args) => aws::forward("audit", &args),
         Task::Seal(args) => aws::forward("seal", &args),
         Task::Snapshot(args) => aws::forward("snapshot", &args),
