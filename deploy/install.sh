@@ -51,9 +51,9 @@ fi
 
 install -d -m 0755 "$root/usr/local/bin" "$root/usr/local/sbin" "$root/etc/systemd/system"
 install -m 0755 "$release/bin/cryptoserver" "$release/bin/cryptoserver-secrets" "$root/usr/local/bin/"
-install -m 0755 "$release/cryptoserver-secrets-setup.sh" "$root/usr/local/sbin/"
-install -m 0644 "$release/systemd/cryptoserver-secrets.service" "$release/systemd/cryptoserver.service" \
-    "$root/etc/systemd/system/"
+install -m 0755 "$release/cryptoserver-secrets-setup.sh" "$release/cryptoserver-user-data.py" "$root/usr/local/sbin/"
+install -m 0644 "$release/systemd/cryptoserver-user-data.service" "$release/systemd/cryptoserver-secrets.service" \
+    "$release/systemd/cryptoserver.service" "$root/etc/systemd/system/"
 install -d -m 0755 "$root/etc/cryptoserver"
 install -m 0644 "$release/env.example" "$root/etc/cryptoserver/env.example"
 # The mount point; it stays empty in the image: the secrets are made on the instance.
@@ -63,6 +63,6 @@ install -d -m 0755 "$root/secrets"
 if [[ $root == / && -d /run/systemd/system ]]; then
     systemctl daemon-reload
 fi
-systemctl "${on_root[@]}" enable cryptoserver-secrets.service cryptoserver.service
+systemctl "${on_root[@]}" enable cryptoserver-user-data.service cryptoserver-secrets.service cryptoserver.service
 echo "installed $("$root/usr/local/bin/cryptoserver" --version) into $root;" \
     "write /etc/cryptoserver/env (see env.example) before the next boot" >&2

@@ -43,20 +43,25 @@ ssh_deletekeys: true
 ssh_genkeytypes: []
 EOF
 
-# cloud-init runs no code from user data: only write_files (the module's settings),
-# and the modules that size the root filesystem and name the host. bootcmd, runcmd,
-# the scripts-* family, package installs, seed_random's command, disk_setup... are
-# off: changing a stopped instance's user data must not run anything as root.
-readonly CLOUD_INIT_MODULES=(write_files growpart resizefs set_hostname update_hostname update_etc_hosts)
+# cloud-init consumes no user data: no part of it runs (a #cloud-boothook, a script, a
+# #part-handler's Python are handled before any module, at every boot) and it writes no
+# file. cryptoserver-user-data.service takes the module's two settings files from the
+# user data cloud-init stores. cloud-init keeps only the modules that size the root
+# filesystem and name the host: bootcmd, runcmd, the scripts-* family, package
+# installs, seed_random's command, disk_setup... are off, so changing a stopped
+# instance's user data runs nothing as root.
+readonly CLOUD_INIT_MODULES=(growpart resizefs set_hostname update_hostname update_etc_hosts)
 cat >/etc/cloud/cloud.cfg.d/99-cryptoserver-modules.cfg <<EOF
-# cryptoserver: no cloud-init module that can run code.
+# cryptoserver: no user data consumed, no cloud-init module that can run code.
+allow_userdata: false
 cloud_init_modules: [$(IFS=,; echo "${CLOUD_INIT_MODULES[*]}")]
 cloud_config_modules: []
 cloud_final_modules: []
 EOF
-# User data can name modules itself (cloud_final_modules: [scripts_user]), and it
-# outranks that file: every other module leaves the image, so cloud-init skips the
-# name as a module it cannot find. dpkg-divert keeps them out across package updates.
+# Consumed user data could name modules itself (cloud_final_modules: [scripts_user]),
+# outranking that file: so, should any configuration turn it on again, every other
+# module leaves the image and cloud-init skips such a name as a module it cannot find.
+# dpkg-divert keeps them out across package updates.
 modules_dir=$(python3 -c 'import cloudinit.config, os; print(os.path.dirname(cloudinit.config.__file__))')
 for module in "$modules_dir"/cc_*.py; do
     name=$(basename "$module" .py)
@@ -112,7 +117,8 @@ command -v openssl >/dev/null || fail "openssl is missing: the first-boot script
 for name in bootcmd runcmd scripts_user scripts_per_boot seed_random; do
     ! python3 -c "import cloudinit.config.cc_$name" 2>/dev/null || fail "cloud-init can still run its $name module"
 done
-python3 -c "import cloudinit.config.cc_write_files" || fail "cloud-init lost its write_files module"
+python3 -c "import cloudinit.config.cc_growpart" || fail "cloud-init lost its growpart module"
+python3 -c 'import yaml' || fail "python3-yaml is missing: cryptoserver-user-data.py reads the user data with it"
 # GRUB writes the timeout twice, indented differently (hidden style and its fallback).
 timeouts=$(grep -E '^\s*set timeout=' /boot/grub/grub.cfg | tr -d ' \t' | sort -u)
 [[ $timeouts == settimeout=0 ]] || fail "/boot/grub/grub.cfg still waits at the boot menu: $timeouts"
@@ -120,7 +126,7 @@ timeouts=$(grep -E '^\s*set timeout=' /boot/grub/grub.cfg | tr -d ' \t' | sort -
 inputs=$(grep -E '^\s*terminal_input ' /boot/grub/grub.cfg | tr -s ' \t' ' ' | sed 's/^ //' | sort -u)
 [[ $inputs == "terminal_input console" ]] ||
     fail "/boot/grub/grub.cfg reads keys from another terminal than the PC console: ${inputs:-none}"
-for unit in cryptoserver-secrets.service cryptoserver.service; do
+for unit in cryptoserver-user-data.service cryptoserver-secrets.service cryptoserver.service; do
     systemctl is-enabled --quiet "$unit" || fail "$unit is not enabled"
 done
 log "every door is closed but Packer's own session"

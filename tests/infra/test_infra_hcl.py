@@ -266,6 +266,10 @@ def test_units_run_what_the_installer_installs():
     secrets = (DEPLOY / "systemd/cryptoserver-secrets.service").read_text()
     assert "ExecStart=/usr/local/bin/cryptoserver\n" in server
     assert "ExecStart=/usr/local/sbin/cryptoserver-secrets-setup.sh\n" in secrets
+    # The settings come from the user data before the secrets unit reads them.
+    user_data = (DEPLOY / "systemd/cryptoserver-user-data.service").read_text()
+    assert "ExecStart=/usr/local/sbin/cryptoserver-user-data.py\n" in user_data
+    assert "Requires=cryptoserver-user-data.service" in secrets and "cryptoserver-user-data.service" in secrets.split("After=", 1)[1].split("\n", 1)[0]
     assert '"$root/usr/local/bin/"' in installer and '"$root/usr/local/sbin/"' in installer
     for needed in ("User=cryptoserver", "Requires=cryptoserver-secrets.service", "After=cryptoserver-secrets.service",
                    "EnvironmentFile=/etc/cryptoserver/env", "Restart=on-failure", "LimitCORE=0",
@@ -289,22 +293,22 @@ def written_by(script, target):
     return result.stdout
 
 
-# The cloud-init modules that run nothing taken from user data: write_files (the
-# module's settings) and those that size the root filesystem and name the host.
-CODE_FREE_CLOUD_INIT_MODULES = {"write_files", "growpart", "resizefs", "set_hostname", "update_hostname", "update_etc_hosts"}
+# The cloud-init modules that run nothing: those that size the root filesystem and name the host.
+CODE_FREE_CLOUD_INIT_MODULES = {"growpart", "resizefs", "set_hostname", "update_hostname", "update_etc_hosts"}
 
 
 def test_the_image_runs_no_user_data_code_and_its_boot_loader_opens_no_shell():
     doors = (PACKER / "close-doors.sh").read_text()
     stages = yaml.safe_load(written_by(doors, "/etc/cloud/cloud.cfg.d/99-cryptoserver-modules.cfg"))
     # Each stage's list replaces the image's own (cloud.cfg.d is read after cloud.cfg).
+    # No part of the user data is consumed (boothooks and part handlers run before any module).
+    assert stages.pop("allow_userdata") is False
     assert set(stages) == {"cloud_init_modules", "cloud_config_modules", "cloud_final_modules"}
     enabled = {(entry if isinstance(entry, str) else entry[0]).replace("-", "_") for stage in stages.values() for entry in stage}
-    assert "write_files" in enabled, "the module's settings arrive through write_files"
     assert enabled <= CODE_FREE_CLOUD_INIT_MODULES, f"modules that can run code: {enabled - CODE_FREE_CLOUD_INIT_MODULES}"
 
-    # User data outranks that file and can list modules itself: every other module
-    # leaves the image, and the build fails if one that runs code is still importable.
+    # Should user data be consumed again, it could list modules itself: every other
+    # module leaves the image, and the build fails if one that runs code is still importable.
     assert 'for module in "$modules_dir"/cc_*.py; do' in doors
     assert 'dpkg-divert --quiet --local --rename --divert "$module.cryptoserver-removed" --add "$module"' in doors
     assert 'fail "cloud-init can still run its $name module"' in doors

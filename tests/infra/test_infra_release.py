@@ -17,7 +17,7 @@ from infra_tools import DEPLOY, REPO
 
 VERSION = tomllib.loads((REPO / "Cargo.toml").read_text())["package"]["version"]
 TOP = f"cryptoserver-{VERSION}-x86_64-linux"
-UNITS = ("cryptoserver.service", "cryptoserver-secrets.service")
+UNITS = ("cryptoserver.service", "cryptoserver-secrets.service", "cryptoserver-user-data.service")
 
 
 def xtask_dist(*args):
@@ -55,6 +55,8 @@ def test_tarball_holds_the_binaries_units_and_scripts_as_root(release):
         "env.example": 0o644,
         "systemd/cryptoserver.service": 0o644,
         "systemd/cryptoserver-secrets.service": 0o644,
+        "cryptoserver-user-data.py": 0o755,
+        "systemd/cryptoserver-user-data.service": 0o644,
     }
     with tarfile.open(tarball) as archive:
         members = {member.name: member for member in archive.getmembers()}
@@ -138,6 +140,7 @@ def test_installer_creates_a_login_less_user_and_enables_the_units(installed_roo
     assert '[[ $(id -u cryptoserver):$(id -g cryptoserver) == 800:800 ]]' in (REPO / "packer/close-doors.sh").read_text()
     for path, mode in {"usr/local/bin/cryptoserver": 0o755, "usr/local/bin/cryptoserver-secrets": 0o755,
                        "usr/local/sbin/cryptoserver-secrets-setup.sh": 0o755,
+                       "usr/local/sbin/cryptoserver-user-data.py": 0o755,
                        "etc/systemd/system/cryptoserver.service": 0o644}.items():
         assert (installed_root / path).stat().st_mode & 0o7777 == mode, path
     assert list((installed_root / "secrets").iterdir()) == [], "the image holds no secret"

@@ -29,10 +29,12 @@ const BASE_GLIBC: &str = "2.36";
 const BINARIES: [&str; 2] = ["cryptoserver", "cryptoserver-secrets"];
 
 /// Files of `deploy/` the tarball holds besides the binaries, with their modes.
-const DEPLOY_FILES: [(&str, u32); 5] = [
+const DEPLOY_FILES: [(&str, u32); 7] = [
     ("install.sh", 0o755),
     ("cryptoserver-secrets-setup.sh", 0o755),
+    ("cryptoserver-user-data.py", 0o755),
     ("env.example", 0o644),
+    ("systemd/cryptoserver-user-data.service", 0o644),
     ("systemd/cryptoserver-secrets.service", 0o644),
     ("systemd/cryptoserver.service", 0o644),
 ];

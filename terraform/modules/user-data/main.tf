@@ -1,7 +1,8 @@
 # The user data of a cryptoserver host, shared by the sealed host module and the pool:
-# a cloud-config that only writes files (the image runs no other cloud-init module),
-# /etc/cryptoserver/env with the settings and, with tokens, their digests. Nothing in
-# it is secret: anyone allowed to describe the instance reads it.
+# a cloud-config that only writes files, /etc/cryptoserver/env with the settings and,
+# with tokens, their digests (the image's cryptoserver-user-data.py writes these two
+# and ignores anything else). Nothing in it is secret: anyone allowed to describe the
+# instance reads it.
 
 locals {
   mode        = upper(var.mode)
