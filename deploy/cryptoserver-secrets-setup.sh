@@ -20,7 +20,11 @@
 #                                   never generates, formats or writes; mounts the volume read-only
 #   CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT
 #                                   the manifest's fingerprint (32 hex digits) the secrets must have:
-#                                   required in the replica role, checked in the origin role when set
+#                                   required in the replica role. In the origin role it means the
+#                                   secrets exist already: the origin then never generates or writes
+#   CRYPTOSERVER_SECRETS_RESTORED   `yes`: the volume was restored from a snapshot (the module sets it
+#                                   with data_volume_snapshot_id); the origin never generates or writes,
+#                                   and serves it only with a manifest (default no)
 #   CRYPTOSERVER_SECRETS_VOLUME_ID  EBS volume holding the secrets (vol-...), found as its NVMe device
 #   CRYPTOSERVER_SECRETS_DEVICE     or the block device itself; `none` keeps the secrets in a plain
 #                                   directory on whatever filesystem holds it (no mount, no format).
@@ -87,6 +91,7 @@ dir=${CRYPTOSERVER_SECRETDIR:-/secrets}
 role=${CRYPTOSERVER_SECRETS_ROLE:-origin}
 expected=${CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT:-}
 expected=${expected,,}
+restored=${CRYPTOSERVER_SECRETS_RESTORED:-no}
 volume_id=${CRYPTOSERVER_SECRETS_VOLUME_ID:-}
 device=${CRYPTOSERVER_SECRETS_DEVICE:-}
 owner=${CRYPTOSERVER_SECRETS_OWNER:-cryptoserver}
@@ -106,6 +111,10 @@ esac
 case $role in
     origin | replica) ;;
     *) die "CRYPTOSERVER_SECRETS_ROLE=$role: use origin (generates the secrets) or replica (serves a restored copy)" ;;
+esac
+case $restored in
+    yes | no) ;;
+    *) die "CRYPTOSERVER_SECRETS_RESTORED=$restored: use yes (a volume restored from a snapshot) or no" ;;
 esac
 case $verify_policy in
     always | after-generate) ;;
@@ -132,6 +141,17 @@ if [[ $role == replica && -z $expected ]]; then
 fi
 if [[ -n $volume_id && -n $device ]]; then
     die "set CRYPTOSERVER_SECRETS_VOLUME_ID or CRYPTOSERVER_SECRETS_DEVICE, not both"
+fi
+# Only an origin given neither a restored volume nor an expected fingerprint makes
+# secrets. Any other host serves a set that existed before, which new keys would
+# silently change (every MAC issued under them would then fail): it mounts the volume
+# read-only, writes nothing, and refuses a set without its manifest.
+generates=false
+kept_because=
+[[ -z $expected ]] || kept_because="CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT is set"
+[[ $restored == no ]] || kept_because+="${kept_because:+, }CRYPTOSERVER_SECRETS_RESTORED=yes"
+if [[ $role == origin && -z $kept_because ]]; then
+    generates=true
 fi
 if [[ -n $volume_id ]]; then
     [[ $volume_id =~ ^vol-[0-9a-f]{8,17}$ ]] ||
@@ -467,7 +487,7 @@ if [[ $device != none ]]; then
     real_device=$(readlink -f "$device")
     volume=${volume_id:-$(volume_of "$real_device")}
     mount=ro
-    if [[ $role == origin ]]; then
+    if [[ $generates == true ]]; then
         mount_read_write
         trap remount_read_only EXIT
     else
@@ -476,7 +496,7 @@ if [[ $device != none ]]; then
 fi
 
 verified=yes
-if [[ $role == origin ]]; then
+if [[ $generates == true ]]; then
     # The generator writes its manifest last: present before the run means nothing was missing.
     already_complete=false
     [[ -f $dir/$MANIFEST ]] && already_complete=true
@@ -503,9 +523,16 @@ if [[ $role == origin ]]; then
         remount_read_only
     fi
 else
-    [[ -f $dir/$MANIFEST ]] ||
+    if [[ ! -f $dir/$MANIFEST ]]; then
+        if [[ $role == origin ]]; then
+            die "$dir/$MANIFEST is missing: ${real_device:-$dir} is not a complete set of secrets (the origin" \
+                "writes its manifest last), and this origin never completes one that existed before" \
+                "($kept_because):" \
+                "new keys would change MACs already issued. Restore a snapshot taken after the origin's ready line"
+        fi
         die "$dir/$MANIFEST is missing: ${real_device:-$dir} is not a complete secrets volume (the origin" \
             "writes its manifest last); make the snapshot from an origin whose console printed its ready line"
+    fi
     fingerprint=$(checked_fingerprint)
     check_restored_ownership
     if [[ -n $tls_name ]]; then
@@ -515,7 +542,7 @@ else
         # Reading every file also loads every block of a volume restored lazily from its snapshot.
         log "verifying every secret in $dir against its manifest (read-only)"
         cryptoserver-secrets verify --jobs "$READ_JOBS" --dir "$dir" ||
-            die "the secrets in $dir do not match their manifest (see above); this replica does not serve them"
+            die "the secrets in $dir do not match their manifest (see above); this host does not serve them"
     fi
 fi
 

@@ -31,6 +31,9 @@ locals {
       CRYPTOSERVER_SECRETS_VERIFY    = var.verify_secrets_on_boot
     },
     var.metrics_port == null ? {} : { CRYPTOSERVER_METRICS_BIND = "${local.bind_host}:${var.metrics_port}" },
+    # A volume restored from a snapshot holds secrets already issued: the host never
+    # generates on it, and serves it only complete (its manifest written).
+    var.data_volume_snapshot_id == null ? {} : { CRYPTOSERVER_SECRETS_RESTORED = "yes" },
   )
 }
 

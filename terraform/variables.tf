@@ -215,7 +215,7 @@ variable "data_volume_throughput" {
 variable "data_volume_snapshot_id" {
   type        = string
   default     = null
-  description = "Snapshot to create the secrets volume from, to restore a backup (see README, Backups). null: a blank volume, on which the instance generates new secrets."
+  description = "Snapshot to create the secrets volume from, to restore a backup (see README, Backups): the host then never generates, and serves the volume only if its manifest is there and matches. null: a blank volume, on which the instance generates new secrets."
 
   validation {
     condition     = var.data_volume_snapshot_id == null || can(regex("^snap-[0-9a-f]{8}([0-9a-f]{9})?$", var.data_volume_snapshot_id))

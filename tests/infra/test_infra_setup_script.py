@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from conftest import running_server
-from first_boot import OWNER, loop_device, mount_options, mounted_cleanup, needs_loop_devices, probe, ready_line, run_setup, unmount
+from first_boot import OWNER, device_digest, loop_device, mount_options, mounted_cleanup, needs_loop_devices, probe, ready_line, run_setup, unmount
 
 
 def snapshot(secret_dir):
@@ -75,6 +75,54 @@ def test_origin_checks_the_expected_fingerprint_when_set(tmp_path):
     for expected in (fingerprint, fingerprint.upper()):
         accepted = run_setup(secret_dir, mode="MODE0", CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT=expected)
         assert ready_line(accepted)["fingerprint"] == fingerprint
+
+
+@pytest.mark.parametrize("told", [
+    {"CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT": "0123456789abcdef0123456789abcdef"},
+    {"CRYPTOSERVER_SECRETS_RESTORED": "yes"},
+], ids=["expected-fingerprint", "restored-volume"])
+def test_an_origin_never_completes_a_set_that_existed_before(tmp_path, told):
+    """A snapshot taken while the first boot generated, restored: a directory with only
+    a file being written. The origin told that its secrets exist must not make the
+    missing ones (new keys would break every MAC issued with the lost ones)."""
+    secret_dir = tmp_path / "secrets"
+    secret_dir.mkdir()
+    (secret_dir / ".0000.tmp").write_bytes(os.urandom(4096))
+    before = snapshot(secret_dir)
+    refused = run_setup(secret_dir, mode="MODE16", **told)
+    assert refused.returncode != 0
+    assert "this origin never completes one that existed before" in refused.stderr, refused.stderr
+    assert "generating" not in refused.stderr and "ready role=" not in refused.stderr
+    assert snapshot(secret_dir) == before
+    assert sorted(path.name for path in secret_dir.iterdir()) == [".0000.tmp"]
+
+
+def test_an_origin_serves_a_restored_complete_set_without_writing(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    fingerprint = ready_line(run_setup(secret_dir, mode="MODE16", CRYPTOSERVER_SECRETS_VERIFY="after-generate"))["fingerprint"]
+    before = snapshot(secret_dir)
+    restored = run_setup(secret_dir, mode="MODE16", CRYPTOSERVER_SECRETS_RESTORED="yes",
+                         CRYPTOSERVER_SECRETS_VERIFY="after-generate")
+    ready = ready_line(restored)
+    assert ready["role"] == "origin" and ready["fingerprint"] == fingerprint
+    # A restored volume is always verified, whatever the policy for an origin's own.
+    assert ready["verified"] == "yes"
+    assert "generating" not in restored.stderr
+    assert snapshot(secret_dir) == before
+
+
+@needs_loop_devices
+def test_a_restored_origin_volume_is_only_ever_mounted_read_only(tmp_path):
+    secret_dir = tmp_path / "secrets"
+    with loop_device(tmp_path) as device, mounted_cleanup(secret_dir):
+        assert_ready(run_setup(secret_dir, device=device), secret_dir, "MODE16")
+        unmount(secret_dir)
+        before = device_digest(device)
+        restored = run_setup(secret_dir, device=device, CRYPTOSERVER_SECRETS_RESTORED="yes")
+        assert ready_line(restored)["mount"] == "ro"
+        assert "ro" in mount_options(secret_dir)
+        unmount(secret_dir)
+        assert device_digest(device) == before
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another user needs root (CI runs as root)")
@@ -177,6 +225,7 @@ def test_refuses_a_directory_holding_secrets_of_another_mode(tmp_path):
         ({"CRYPTOSERVER_SECRETS_ROLE": "leader"}, "CRYPTOSERVER_SECRETS_ROLE=leader: use origin"),
         ({"CRYPTOSERVER_SECRETS_ROLE": "replica"}, "CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT is not set"),
         ({"CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT": "abc"}, "is not a secrets fingerprint (32 hex digits"),
+        ({"CRYPTOSERVER_SECRETS_RESTORED": "maybe"}, "CRYPTOSERVER_SECRETS_RESTORED=maybe: use yes"),
         ({"CRYPTOSERVER_SECRETS_HOT_COPY": "tmpfs"}, "CRYPTOSERVER_SECRETS_HOT_COPY=tmpfs: use off or instance-store"),
         ({"CRYPTOSERVER_SECRETS_HOT_DIR": "hot"}, "CRYPTOSERVER_SECRETS_HOT_DIR=hot must be an absolute path"),
     ],
