@@ -83,7 +83,8 @@ pub struct Config {
 
     /// Connections open at once from one client address (an IPv6 /64 counts as one);
     /// more are closed as soon as they are accepted. Default: a quarter of the
-    /// connection limit, at most 256.
+    /// connection limit and a sixteenth of CRYPTOSERVER_MAX_CONCURRENT, at most 256
+    /// and at least 8.
     #[arg(long, env = "CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT", value_parser = parse_count)]
     pub max_connections_per_client: Option<usize>,
 

@@ -87,6 +87,11 @@ impl Route {
     pub fn label(self) -> &'static str {
         ROUTES[self.0]
     }
+
+    /// `/healthz` and `/readyz`, which load balancers and health checkers ask.
+    pub fn is_health(self) -> bool {
+        matches!(self.label(), "/healthz" | "/readyz")
+    }
 }
 
 /// Requests by route and status, one counter each.

@@ -1,6 +1,8 @@
 //! Every request observed: a span with its id, the latency histogram and the
 //! per-route status counts, an `x-request-id` header; and refused at once with
-//! 503 when the concurrency limit is reached.
+//! 503 when the concurrency limit is reached. `/healthz` and `/readyz` take no
+//! place under the limit: requests filling it must not make a load balancer
+//! take a busy server out of service, and an Auto Scaling group replace it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,6 +28,8 @@ static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 enum Stage {
     /// Counted in by the concurrency limit until the response is out.
     Serving(RouteFuture<Infallible>),
+    /// A health check: served without a place under the concurrency limit.
+    Health(RouteFuture<Infallible>),
     Shed(Response),
 }
 
@@ -48,7 +52,9 @@ impl Observed {
         let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
         let span =
             tracing::info_span!("request", id, method = %request.method(), route = route.label());
-        let stage = if state.concurrency.try_enter() {
+        let stage = if route.is_health() {
+            Stage::Health(span.in_scope(|| router.call(request)))
+        } else if state.concurrency.try_enter() {
             Stage::Serving(span.in_scope(|| router.call(request)))
         } else {
             state.metrics.shed.fetch_add(1, Ordering::Relaxed);
@@ -75,6 +81,11 @@ impl Future for Observed {
                 let _entered = this.span.enter();
                 let Ok(response) = ready!(Pin::new(response).poll(cx));
                 this.state.concurrency.leave();
+                response
+            }
+            Stage::Health(response) => {
+                let _entered = this.span.enter();
+                let Ok(response) = ready!(Pin::new(response).poll(cx));
                 response
             }
             Stage::Shed(response) => std::mem::take(response),
