@@ -90,8 +90,12 @@ pub struct Config {
 
     /// MODE32/MODE32X key reads that batches may have in flight, as ALL[:PER_BATCH]: ALL for
     /// every batch together (below --max-concurrent), PER_BATCH for one (default: half of ALL;
-    /// at least 8 in MODE32X). A batch finding none free gets 503 at once. Single requests never
-    /// take from it. Default: 64:32, at most half of --max-concurrent.
+    /// at least 8 in MODE32X). Each message of a batch takes its reads in its client's turn (a
+    /// client is its token, else its address), so a client's batch waits for a few reads, not
+    /// for another client's batches; a batch gets 503 when too many are admitted (one client
+    /// holds at most half the places) or a message's reads do not come within
+    /// --key-read-timeout. Single requests never take from it. Default: 64:32, at most half of
+    /// --max-concurrent.
     #[arg(long, env = "CRYPTOSERVER_BATCH_READS", value_parser = parse_batch_reads)]
     pub batch_reads: Option<BatchReads>,
 

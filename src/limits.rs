@@ -6,7 +6,7 @@
 //!
 //! - [`rate`]: the per-client token buckets.
 //! - [`concurrency`]: the requests served at once.
-//! - [`reads`]: the key reads batches may have in flight, and their queue.
+//! - [`reads`]: the key reads batches may have in flight, shared between clients.
 //! - [`work`]: what work that outlives its request keeps taken.
 //! - [`connections`]: the connections open at once.
 
@@ -21,5 +21,5 @@ pub use connections::{client_address, ConnectionLimit, ConnectionPermit, Connect
 pub use rate::{ClientId, RateLimit, RateLimiter, Refusal};
 #[cfg(test)]
 pub(crate) use reads::take_now;
-pub use reads::{BatchReads, BatchReadsError, ReadBudget, ReadLimits, ReadPermits};
-pub use work::{Work, WorkGuard};
+pub use reads::{BatchReads, BatchReadsError, BatchShare, ReadBudget, ReadLimits, ReadPermits};
+pub use work::{MessageReads, Work, WorkGuard};

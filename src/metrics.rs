@@ -323,7 +323,7 @@ mod tests {
     fn renders_key_reads_and_the_batch_budget() {
         use std::sync::Arc;
 
-        use crate::limits::{take_now, BatchReads, ReadBudget};
+        use crate::limits::{take_now, BatchReads, ClientId, ReadBudget};
 
         let stats = KeyReadStats::default();
         stats.timeouts.fetch_add(2, Ordering::Relaxed);
@@ -334,8 +334,9 @@ mod tests {
             },
             8,
         ));
-        let _reads = take_now(&budget, 5, 1).unwrap();
-        assert!(take_now(&budget, 8, 8).is_none());
+        let client = ClientId::Address(std::net::Ipv4Addr::LOCALHOST.into());
+        let _reads = take_now(&budget, client, 5).unwrap();
+        assert!(take_now(&budget, client, 8).is_none());
         let text = Metrics::default().render("MODE32", None, 0, 0, Some((&stats, &budget)));
         assert!(text.contains("cryptoserver_key_read_timeouts_total 2"));
         assert!(text.contains("cryptoserver_batch_key_reads_in_flight 5"));

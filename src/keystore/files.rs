@@ -137,8 +137,8 @@ impl fmt::Display for KeyError {
                 timeout.as_secs_f64()
             ),
             KeyError::BatchReadsBusy => f.write_str(
-                "batches have every key read they may have in flight (CRYPTOSERVER_BATCH_READS) \
-                 and none came free in time",
+                "batches have every key read they may have in flight (CRYPTOSERVER_BATCH_READS): \
+                 too many batches are waiting, or none came free in this batch's turn in time",
             ),
         }
     }

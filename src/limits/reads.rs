@@ -1,14 +1,16 @@
-//! The key reads batches may have in flight, the queue of batches waiting
-//! for them, and how long a key read may take.
+//! The key reads batches may have in flight, shared between clients in turn,
+//! and how long a key read may take.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 
 use super::concurrency::ConcurrencyLimit;
+use super::rate::ClientId;
 
 /// Key reads batches may have in flight: `total` for all batches together,
 /// `per_batch` for one. Single requests never take from it, so however many
@@ -43,10 +45,10 @@ impl BatchReads {
         }
     }
 
-    /// Batches that may wait for reads under `max_concurrent`: as many as may
+    /// Batches admitted beyond `total` under `max_concurrent`: as many as may
     /// read, and never more than half the slots that reading batches leave, so
-    /// batches reading and waiting together never hold most of the slots (none
-    /// wait, and a batch finding no read free is refused, when too few are left).
+    /// batches admitted never hold most of the slots (none beyond `total`
+    /// when too few are left).
     pub fn waiting_under(self, max_concurrent: usize) -> usize {
         self.total
             .min(max_concurrent.saturating_sub(self.total) / 2)
@@ -151,28 +153,52 @@ impl Default for ReadLimits {
     }
 }
 
-/// The key reads batches have in flight under [`BatchReads`]. A batch takes
-/// its share when it starts or waits for reads to be given back, in a
-/// bounded queue for a bounded time: batches that arrive together while the
-/// volume is busy are served in turn instead of refused, and batches waiting
-/// hold at most `max_waiting` concurrency slots, so single requests keep theirs.
+/// The key reads batches have in flight under [`BatchReads`], shared fairly
+/// between clients. A batch is admitted, or refused at once when
+/// `total + max_waiting` batches are admitted already or its client holds half
+/// of those places; then each of its messages takes its reads when it starts
+/// and gives them back when its MAC is done. While reads are short, waiting
+/// messages are served one per client in turn, so a client's small batch waits
+/// for a few reads, never for another client's whole batch, however large or
+/// many its batches are. A message that gets no reads within its wait fails its
+/// batch. Batches admitted hold at most `total + max_waiting` concurrency slots,
+/// so single requests keep theirs.
 pub struct ReadBudget {
     limits: BatchReads,
-    max_waiting: usize,
-    in_flight: AtomicUsize,
+    max_batches: usize,
+    shared: Mutex<Shared>,
     waiting: AtomicUsize,
-    freed: Notify,
     refused: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shared {
+    in_flight: usize,
+    batches: usize,
+    clients: HashMap<ClientId, ClientShare>,
+    /// Clients with a message waiting, in the order they are served.
+    turns: VecDeque<ClientId>,
+}
+
+#[derive(Default)]
+struct ClientShare {
+    batches: usize,
+    waiting: VecDeque<Waiter>,
+}
+
+/// A message waiting for `count` reads, which are sent to it.
+struct Waiter {
+    count: usize,
+    grant: oneshot::Sender<ReadPermits>,
 }
 
 impl ReadBudget {
     pub fn new(limits: BatchReads, max_waiting: usize) -> Self {
         ReadBudget {
             limits,
-            max_waiting,
-            in_flight: AtomicUsize::new(0),
+            max_batches: limits.total + max_waiting,
+            shared: Mutex::new(Shared::default()),
             waiting: AtomicUsize::new(0),
-            freed: Notify::new(),
             refused: AtomicU64::new(0),
         }
     }
@@ -181,113 +207,195 @@ impl ReadBudget {
         self.limits
     }
 
-    /// Takes as many reads as are free, up to `wanted` and the per-batch
-    /// limit, once at least `at_least` are. Waits up to `wait` for them, unless
-    /// `max_waiting` batches wait already; `None` (counted as a refusal) when
-    /// the queue is full or the wait runs out.
-    pub async fn take(
-        self: &Arc<Self>,
-        wanted: usize,
-        at_least: usize,
-        wait: Duration,
-    ) -> Option<ReadPermits> {
-        if let Some(permits) = self.take_free(wanted, at_least) {
-            return Some(permits);
+    /// Admits a batch of `client`, or refuses it (counted) when the batches
+    /// admitted, or that client's, are at their limit.
+    pub fn admit(self: &Arc<Self>, client: ClientId) -> Option<BatchShare> {
+        let per_client = (self.max_batches / 2).max(1);
+        let mut shared = self.lock();
+        let admitted = shared.clients.get(&client).map_or(0, |share| share.batches);
+        if shared.batches >= self.max_batches || admitted >= per_client {
+            drop(shared);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
-        let queued = Waiting::enter(&self.waiting, self.max_waiting);
-        if queued.is_some() {
-            let deadline = tokio::time::Instant::now() + wait;
-            loop {
-                let freed = self.freed.notified();
-                tokio::pin!(freed);
-                // Registered before looking, so reads given back in between wake it.
-                freed.as_mut().enable();
-                if let Some(permits) = self.take_free(wanted, at_least) {
-                    return Some(permits);
-                }
-                if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                    break;
-                }
-            }
-        }
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-
-    fn take_free(self: &Arc<Self>, wanted: usize, at_least: usize) -> Option<ReadPermits> {
-        let wanted = wanted.min(self.limits.per_batch);
-        let mut in_flight = self.in_flight.load(Ordering::Relaxed);
-        loop {
-            let count = wanted.min(self.limits.total.saturating_sub(in_flight));
-            if count < at_least.max(1) {
-                return None;
-            }
-            match self.in_flight.compare_exchange_weak(
-                in_flight,
-                in_flight + count,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    return Some(ReadPermits {
-                        budget: Arc::clone(self),
-                        count,
-                    })
-                }
-                Err(now) => in_flight = now,
-            }
-        }
+        shared.batches += 1;
+        shared.clients.entry(client).or_default().batches += 1;
+        Some(BatchShare {
+            budget: Arc::clone(self),
+            client,
+            waiting: AtomicUsize::new(0),
+            refused: AtomicBool::new(false),
+        })
     }
 
     /// Reads taken now (by batches running, or by their reads still in flight).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.lock().in_flight
     }
 
-    /// Batches waiting for reads now.
+    /// Batches with a message waiting for reads now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Batches refused so far: the queue was full, or reads did not come in time.
+    /// Batches refused so far: too many admitted, or reads did not come in time.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
-}
 
-/// A batch's place in the [`ReadBudget`]'s queue, given up when dropped
-/// (served, timed out, or its request gone).
-struct Waiting<'a>(&'a AtomicUsize);
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 
-impl<'a> Waiting<'a> {
-    fn enter(waiting: &'a AtomicUsize, max: usize) -> Option<Waiting<'a>> {
-        waiting
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
-                (now < max).then_some(now + 1)
-            })
-            .ok()
-            .map(|_| Waiting(waiting))
+    /// Gives the free reads to the waiting messages, one client's at a time in
+    /// turn, for as long as the next one's fit.
+    fn dispatch(self: &Arc<Self>, shared: &mut Shared) {
+        while let Some(&client) = shared.turns.front() {
+            let share = shared
+                .clients
+                .get_mut(&client)
+                .expect("a client in turn is admitted");
+            while share
+                .waiting
+                .front()
+                .is_some_and(|waiter| waiter.grant.is_closed())
+            {
+                share.waiting.pop_front();
+            }
+            let Some(next) = share.waiting.front() else {
+                shared.turns.pop_front();
+                continue;
+            };
+            if next.count > self.limits.total - shared.in_flight {
+                return;
+            }
+            let waiter = share.waiting.pop_front().expect("looked at above");
+            shared.turns.pop_front();
+            if !share.waiting.is_empty() {
+                shared.turns.push_back(client);
+            }
+            shared.in_flight += waiter.count;
+            let permits = ReadPermits {
+                budget: Arc::clone(self),
+                count: waiter.count,
+            };
+            // Its wait ended in between: the reads stay free.
+            if let Err(mut permits) = waiter.grant.send(permits) {
+                shared.in_flight -= permits.count;
+                permits.count = 0;
+            }
+        }
     }
 }
 
-impl Drop for Waiting<'_> {
+/// A batch admitted to the [`ReadBudget`], whose messages take their reads
+/// from it; its place is given back when dropped.
+pub struct BatchShare {
+    budget: Arc<ReadBudget>,
+    client: ClientId,
+    /// Messages of this batch waiting now.
+    waiting: AtomicUsize,
+    /// A message of this batch got no reads in time: the batch fails, counted once.
+    refused: AtomicBool,
+}
+
+impl BatchShare {
+    /// Messages of `reads_per_message` reads each that may read at once.
+    pub fn messages_at_once(&self, reads_per_message: usize) -> usize {
+        (self.budget.limits.per_batch / reads_per_message).max(1)
+    }
+
+    /// Takes `count` reads for one message, waiting up to `wait` for them in
+    /// the client's turn; `None` (the batch counted as refused, once) when they
+    /// do not come.
+    pub async fn take(&self, count: usize, wait: Duration) -> Option<ReadPermits> {
+        let granted = {
+            let mut shared = self.budget.lock();
+            if shared.turns.is_empty() && count <= self.budget.limits.total - shared.in_flight {
+                shared.in_flight += count;
+                return Some(ReadPermits {
+                    budget: Arc::clone(&self.budget),
+                    count,
+                });
+            }
+            let (grant, granted) = oneshot::channel();
+            let share = shared
+                .clients
+                .get_mut(&self.client)
+                .expect("a batch's client is admitted while it is");
+            share.waiting.push_back(Waiter { count, grant });
+            if share.waiting.len() == 1 {
+                shared.turns.push_back(self.client);
+            }
+            self.budget.dispatch(&mut shared);
+            granted
+        };
+        let _waiting = WaitingMark::enter(self);
+        match tokio::time::timeout(wait, granted).await {
+            Ok(Ok(permits)) => Some(permits),
+            _ => {
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    self.budget.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for BatchShare {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let mut shared = self.budget.lock();
+        shared.batches -= 1;
+        let share = shared
+            .clients
+            .get_mut(&self.client)
+            .expect("a batch's client is admitted while it is");
+        share.batches -= 1;
+        if share.batches == 0 {
+            // Its messages have all gone: none of its waiters can be served.
+            shared.clients.remove(&self.client);
+            shared.turns.retain(|client| *client != self.client);
+            self.budget.dispatch(&mut shared);
+        }
     }
 }
 
-/// [`ReadBudget::take`] without waiting, for tests outside an async runtime.
+/// A batch counted among those waiting while one of its messages is.
+struct WaitingMark<'a>(&'a BatchShare);
+
+impl<'a> WaitingMark<'a> {
+    fn enter(batch: &'a BatchShare) -> Self {
+        if batch.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            batch.budget.waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        WaitingMark(batch)
+    }
+}
+
+impl Drop for WaitingMark<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.budget.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A batch of `client` admitted, and its first message's reads taken without
+/// waiting, for tests outside an async runtime.
 #[cfg(test)]
 pub(crate) fn take_now(
     budget: &Arc<ReadBudget>,
-    wanted: usize,
-    at_least: usize,
-) -> Option<ReadPermits> {
-    tokio::runtime::Builder::new_current_thread()
+    client: ClientId,
+    count: usize,
+) -> Option<(BatchShare, ReadPermits)> {
+    let batch = budget.admit(client)?;
+    let permits = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .expect("a tokio runtime")
-        .block_on(budget.take(wanted, at_least, Duration::ZERO))
+        .block_on(batch.take(count, Duration::ZERO))?;
+    Some((batch, permits))
 }
 
 /// Reads taken from a [`ReadBudget`], given back when dropped.
@@ -304,10 +412,13 @@ impl ReadPermits {
 
 impl Drop for ReadPermits {
     fn drop(&mut self) {
-        self.budget
-            .in_flight
-            .fetch_sub(self.count, Ordering::Relaxed);
-        self.budget.freed.notify_waiters();
+        if self.count == 0 {
+            return;
+        }
+        let budget = Arc::clone(&self.budget);
+        let mut shared = budget.lock();
+        shared.in_flight -= self.count;
+        budget.dispatch(&mut shared);
     }
 }
 
@@ -315,95 +426,115 @@ impl Drop for ReadPermits {
 mod tests {
     use super::*;
 
-    fn budget(total: usize, per_batch: usize) -> Arc<ReadBudget> {
-        Arc::new(ReadBudget::new(BatchReads { total, per_batch }, total))
+    fn budget(total: usize, per_batch: usize, max_waiting: usize) -> Arc<ReadBudget> {
+        Arc::new(ReadBudget::new(
+            BatchReads { total, per_batch },
+            max_waiting,
+        ))
+    }
+
+    fn client(n: u32) -> ClientId {
+        ClientId::Address(std::net::IpAddr::V4(n.into()))
     }
 
     #[test]
-    fn batches_share_the_read_budget_and_are_refused_when_it_is_spent() {
-        let budget = budget(64, 32);
-        let first = take_now(&budget, 65_536, 1).unwrap();
-        assert_eq!(first.count(), 32, "a batch takes at most its own share");
-        let small = take_now(&budget, 5, 1).unwrap();
-        assert_eq!(small.count(), 5, "a small batch takes only what it reads");
-        let rest = take_now(&budget, 65_536, 8).unwrap();
+    fn messages_take_their_reads_from_the_budget_and_give_them_back() {
+        let budget = budget(16, 8, 0);
+        let (batch, first) = take_now(&budget, client(1), 8).unwrap();
+        assert_eq!(batch.messages_at_once(8), 1);
+        assert_eq!(batch.messages_at_once(1), 8);
+        let (_other, second) = take_now(&budget, client(2), 8).unwrap();
         assert_eq!(
-            rest.count(),
-            27,
-            "what is free, when it is enough for a message"
+            (first.count(), second.count(), budget.in_flight()),
+            (8, 8, 16)
         );
-        assert_eq!(budget.in_flight(), 64);
-        assert!(take_now(&budget, 1, 1).is_none());
-        drop(small);
         assert!(
-            take_now(&budget, 800, 8).is_none(),
-            "fewer reads free than a MODE32X message needs"
+            take_now(&budget, client(3), 1).is_none(),
+            "no read free, and no wait"
         );
-        assert_eq!(budget.refused(), 2);
-        let after = take_now(&budget, 800, 1).unwrap();
-        assert_eq!(after.count(), 5);
-        drop((first, rest, after));
+        drop((first, second));
         assert_eq!(budget.in_flight(), 0);
+        assert_eq!(budget.refused(), 1);
     }
 
-    #[tokio::test]
-    async fn a_batch_waits_for_reads_given_back_then_takes_them() {
-        let budget = budget(8, 8);
-        let first = budget.take(100, 1, Duration::ZERO).await.unwrap();
-        let waiter = tokio::spawn({
-            let budget = Arc::clone(&budget);
-            async move { budget.take(4, 1, Duration::from_secs(10)).await }
-        });
-        while budget.waiting() == 0 {
-            tokio::task::yield_now().await;
-        }
-        drop(first);
-        let second = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("woken when reads were given back")
-            .unwrap()
-            .expect("served, not refused");
-        assert_eq!(
-            (second.count(), budget.waiting(), budget.refused()),
-            (4, 0, 0)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_refuses_at_once_and_a_wait_ends_at_its_time() {
-        let budget = Arc::new(ReadBudget::new(
-            BatchReads {
-                total: 2,
-                per_batch: 2,
-            },
-            1,
-        ));
-        let _all = budget.take(2, 1, Duration::ZERO).await.unwrap();
-        let started = std::time::Instant::now();
-        let queued = tokio::spawn({
-            let budget = Arc::clone(&budget);
-            async move { budget.take(1, 1, Duration::from_millis(300)).await }
-        });
-        while budget.waiting() == 0 {
-            tokio::task::yield_now().await;
-        }
+    #[test]
+    fn batches_beyond_the_limit_or_their_clients_half_are_refused_at_once() {
+        let budget = budget(2, 2, 2);
+        let first = budget.admit(client(1)).unwrap();
+        let _second = budget.admit(client(1)).unwrap();
         assert!(
-            budget.take(1, 1, Duration::from_secs(60)).await.is_none(),
-            "the queue holds one batch"
+            budget.admit(client(1)).is_none(),
+            "one client holds at most half the places"
         );
-        assert!(started.elapsed() < Duration::from_millis(300));
-        assert!(queued.await.unwrap().is_none(), "no read came back in time");
-        assert!(started.elapsed() >= Duration::from_millis(300));
-        assert_eq!((budget.waiting(), budget.refused()), (0, 2));
+        let _third = budget.admit(client(2)).unwrap();
+        let _fourth = budget.admit(client(3)).unwrap();
+        assert!(
+            budget.admit(client(4)).is_none(),
+            "all four places are taken"
+        );
+        drop(first);
+        assert!(budget.admit(client(4)).is_some());
+        assert_eq!(budget.refused(), 2);
     }
 
     #[tokio::test]
-    async fn a_batch_whose_request_is_dropped_leaves_the_queue() {
-        let budget = budget(1, 1);
-        let _all = budget.take(1, 1, Duration::ZERO).await.unwrap();
+    async fn a_small_batch_waits_for_a_few_reads_not_for_another_clients_batch() {
+        let budget = budget(2, 2, 8);
+        let busy = Arc::new(budget.admit(client(1)).unwrap());
+        let held = busy.take(2, Duration::ZERO).await.unwrap();
+        // The busy client's next messages queue first.
+        let queued: Vec<_> = (0..3)
+            .map(|_| {
+                let busy = Arc::clone(&busy);
+                tokio::spawn(async move { busy.take(2, Duration::from_secs(10)).await })
+            })
+            .collect();
+        while budget.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let small = budget.admit(client(2)).unwrap();
+        let small = tokio::spawn(async move {
+            let reads = small.take(2, Duration::from_secs(10)).await;
+            (small, reads)
+        });
+        while budget.waiting() < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        // Reads come back once: one message of the busy client's, then the small
+        // batch's in its turn, before the busy client's other messages.
+        let mut queued = queued.into_iter();
+        let next = queued.next().unwrap().await.unwrap().expect("served");
+        drop(next);
+        let (_small, reads) = tokio::time::timeout(Duration::from_secs(5), small)
+            .await
+            .expect("served in its turn")
+            .unwrap();
+        let reads = reads.expect("served, not refused");
+        assert_eq!((reads.count(), budget.in_flight()), (2, 2));
+        let rest: Vec<_> = queued.collect();
+        assert!(rest.iter().all(|task| !task.is_finished()));
+        for task in rest {
+            task.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_at_its_time_and_a_dropped_one_leaves_the_queue() {
+        let budget = budget(1, 1, 1);
+        let batch = budget.admit(client(1)).unwrap();
+        let held = batch.take(1, Duration::ZERO).await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(batch.take(1, Duration::from_millis(300)).await.is_none());
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(
+            batch.take(1, Duration::ZERO).await.is_none(),
+            "a batch already refused is not counted again"
+        );
+        let other = Arc::new(budget.admit(client(2)).unwrap());
         let queued = tokio::spawn({
-            let budget = Arc::clone(&budget);
-            async move { budget.take(1, 1, Duration::from_secs(60)).await }
+            let other = Arc::clone(&other);
+            async move { other.take(1, Duration::from_secs(60)).await }
         });
         while budget.waiting() == 0 {
             tokio::task::yield_now().await;
@@ -411,6 +542,14 @@ mod tests {
         queued.abort();
         let _ = queued.await;
         assert_eq!(budget.waiting(), 0);
+        drop(held);
+        assert_eq!(
+            budget.in_flight(),
+            0,
+            "no read went to the wait that was dropped"
+        );
+        assert!(other.take(1, Duration::ZERO).await.is_some());
+        assert_eq!(budget.refused(), 1);
     }
 
     #[test]
@@ -426,18 +565,30 @@ mod tests {
 
     #[test]
     fn concurrent_batches_never_take_more_than_the_budget() {
-        let budget = budget(50, 7);
+        let budget = budget(50, 7, 50);
         let most = Arc::new(AtomicUsize::new(0));
-        std::thread::scope(|scope| {
-            for _ in 0..8 {
-                scope.spawn(|| {
-                    for wanted in 1..2000 {
-                        if let Some(permits) = take_now(&budget, wanted, 1) {
-                            assert!(permits.count() <= 7);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..8)
+                .map(|n| {
+                    let (budget, most) = (Arc::clone(&budget), Arc::clone(&most));
+                    tokio::spawn(async move {
+                        let batch = budget.admit(client(n % 3)).unwrap();
+                        for count in 1..200 {
+                            let reads = batch.take(count % 7 + 1, Duration::from_secs(10)).await;
+                            assert!(reads.is_some(), "served in turn");
                             most.fetch_max(budget.in_flight(), Ordering::Relaxed);
+                            tokio::task::yield_now().await;
                         }
-                    }
-                });
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
             }
         });
         assert!(most.load(Ordering::Relaxed) <= 50);
