@@ -132,13 +132,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     harden_process();
     // Everything that can be wrong with the inputs is found before the port is bound.
     let batch_reads = config.batch_reads().map_err(ServerError::BatchReads)?;
-    let concurrency = Arc::new(ConcurrencyLimit::new(config.max_concurrent.max(1)));
+    let concurrency = Arc::new(ConcurrencyLimit::new(config.max_concurrent));
     let keys = KeyStore::load(config.mode, &config.secret_dir, config.key_reads)?.with_limits(
         ReadLimits {
             timeout: Duration::from_secs(config.key_read_timeout),
             batches: Arc::new(ReadBudget::new(
                 batch_reads,
-                batch_reads.waiting_under(config.max_concurrent.max(1)),
+                batch_reads.waiting_under(config.max_concurrent),
             )),
             concurrency: Arc::clone(&concurrency),
         },
