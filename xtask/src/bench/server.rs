@@ -415,14 +415,17 @@ impl Bench {
         mode32: &Mode32Baselines,
     ) -> anyhow::Result<()> {
         eprintln!("  MODE32X: the same files, 8 key reads per MAC");
-        // Its probes land in any file: where some are opened per read, its
-        // figures are shown, but the goals apply only with every file kept open.
+        // Its probes land in any file: where most are opened per read (a
+        // RLIMIT_NOFILE below 65,536 + 4,096), the goals are out of reach, and
+        // the reads per MAC that open their file say why.
         let all_open = mode32.kept_open == MODE32_FILE_COUNT;
         let files = if all_open {
             "every file kept open".to_owned()
         } else {
-            format!("{} of 65,536 files kept open, no goal", mode32.kept_open)
+            format!("{} of 65,536 files kept open", mode32.kept_open)
         };
+        let opened_per_mac = Mode::Mode32x.keys_per_mac() as f64
+            * (1.0 - mode32.kept_open as f64 / MODE32_FILE_COUNT as f64);
         let goal = |ratio: f64, ceiling: Option<Ceiling>| {
             if all_open {
                 Goal::AtLeast {
@@ -431,7 +434,15 @@ impl Bench {
                     ceiling,
                 }
             } else {
-                Goal::Ratio(ratio)
+                Goal::OutOfReach {
+                    ratio,
+                    minimum: 0.8,
+                    because: format!(
+                        "RLIMIT_NOFILE keeps {} of 65,536 files open: {opened_per_mac:.1} of a \
+                         MAC's 8 reads open their file",
+                        mode32.kept_open
+                    ),
+                }
             }
         };
         let (server, _) = self.start_server(Mode::Mode32x, &dir.path)?;
