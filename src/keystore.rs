@@ -168,9 +168,10 @@ impl KeyStore {
         }
     }
 
-    /// True while every key can be read: MODE32 files that failed are probed
-    /// again (at most once a second and one probe at a time, however often this
-    /// is asked), so readiness comes back by itself once they can be read. A
+    /// False while a MODE32 file that a read failed in has not read whole
+    /// since: such files are read whole again (at most once a second and one
+    /// probe at a time, however often this is asked), so readiness comes back by
+    /// itself once they read. Files no read has touched are not looked at. A
     /// probe slower than the key-read timeout answers false.
     pub async fn is_ready(&self) -> bool {
         match &self.keys {

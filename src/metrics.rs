@@ -133,6 +133,8 @@ pub struct KeyReadStats {
     pub errors: AtomicU64,
     /// Reads that had not finished within CRYPTOSERVER_KEY_READ_TIMEOUT.
     pub timeouts: AtomicU64,
+    /// Failing files `/readyz`'s probes read whole again.
+    pub probe_reads: AtomicU64,
 }
 
 impl Metrics {
@@ -245,6 +247,11 @@ impl Metrics {
                     "cryptoserver_key_read_timeouts_total",
                     "MODE32/MODE32X key reads that took longer than CRYPTOSERVER_KEY_READ_TIMEOUT (their request got 503).",
                     &key_reads.timeouts,
+                ),
+                counter(
+                    "cryptoserver_readyz_file_reads_total",
+                    "Failing MODE32/MODE32X key files /readyz read whole again.",
+                    &key_reads.probe_reads,
                 ),
                 (
                     "cryptoserver_batch_key_reads_in_flight",

@@ -137,7 +137,7 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 while every key can be read, naming the mode and the secrets'
+/// 200 while no key file is known to fail, naming the mode and the secrets'
 /// fingerprint, so replicas can be checked to serve the same secrets.
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     if !state.keys.is_ready().await {
