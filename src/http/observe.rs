@@ -26,10 +26,12 @@ use crate::metrics::Route;
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
 enum Stage {
-    /// Counted in by the concurrency limit until the response is out.
-    Serving(RouteFuture<Infallible>),
-    /// A health check: served without a place under the concurrency limit.
-    Health(RouteFuture<Infallible>),
+    /// Being served; `counted` in by the concurrency limit until the response
+    /// is out, unless it is a health check.
+    Serving {
+        response: RouteFuture<Infallible>,
+        counted: bool,
+    },
     Shed(Response),
 }
 
@@ -52,10 +54,12 @@ impl Observed {
         let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
         let span =
             tracing::info_span!("request", id, method = %request.method(), route = route.label());
-        let stage = if route.is_health() {
-            Stage::Health(span.in_scope(|| router.call(request)))
-        } else if state.concurrency.try_enter() {
-            Stage::Serving(span.in_scope(|| router.call(request)))
+        let counted = !route.is_health();
+        let stage = if !counted || state.concurrency.try_enter() {
+            Stage::Serving {
+                response: span.in_scope(|| router.call(request)),
+                counted,
+            }
         } else {
             state.metrics.shed.fetch_add(1, Ordering::Relaxed);
             Stage::Shed(ApiError::Shed.into_response())
@@ -77,15 +81,12 @@ impl Future for Observed {
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let mut response = match this.stage.as_mut().expect("polled after completion") {
-            Stage::Serving(response) => {
+            Stage::Serving { response, counted } => {
                 let _entered = this.span.enter();
                 let Ok(response) = ready!(Pin::new(response).poll(cx));
-                this.state.concurrency.leave();
-                response
-            }
-            Stage::Health(response) => {
-                let _entered = this.span.enter();
-                let Ok(response) = ready!(Pin::new(response).poll(cx));
+                if *counted {
+                    this.state.concurrency.leave();
+                }
                 response
             }
             Stage::Shed(response) => std::mem::take(response),
@@ -111,7 +112,7 @@ impl Future for Observed {
 
 impl Drop for Observed {
     fn drop(&mut self) {
-        if let Some(Stage::Serving(_)) = self.stage {
+        if let Some(Stage::Serving { counted: true, .. }) = self.stage {
             self.state.concurrency.leave();
         }
     }
