@@ -611,7 +611,10 @@ impl Bench {
             .env_clear()
             .env("CRYPTOSERVER_MODE", mode.name())
             .env("CRYPTOSERVER_SECRETDIR", dir)
-            .env("CRYPTOSERVER_BIND", address.to_string());
+            .env("CRYPTOSERVER_BIND", address.to_string())
+            // Every wrk connection comes from one address: only the total
+            // connection limit may apply, as it would to many clients.
+            .env("CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT", "1048576");
         let log = self
             .work
             .path()
