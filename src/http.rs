@@ -33,8 +33,8 @@ pub use observe::Observed;
 pub use state::AppState;
 
 /// The application as a connection serves it. Every request is observed
-/// (span, metrics, `x-request-id`) and refused at once beyond the concurrency
-/// limit, then routed; on every route but `/healthz` and `/readyz` it is then
+/// (span, metrics, `x-request-id`) and, but for the health checks, refused at
+/// once beyond the concurrency limit, then routed; on every route but `/healthz` and `/readyz` it is then
 /// authorized and rate-limited. Those two are for health checkers, which send
 /// no token (an AWS Network Load Balancer cannot), and cost next to nothing:
 /// a 401 or 429 there would take a healthy server out of its load balancer.

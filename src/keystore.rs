@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 
 use crate::layout::{KeyLocation, Mode, KEY_LEN};
-use crate::limits::{ReadBudget, ReadLimits, WorkGuard};
+use crate::limits::{ClientId, ReadBudget, ReadLimits, WorkGuard};
 use crate::mac::Mac;
 use crate::manifest::{Fingerprint, Manifest};
 use crate::metrics::KeyReadStats;
@@ -112,14 +112,16 @@ impl KeyStore {
     }
 
     /// The MACs of the messages at `frames` in `body`, concatenated in order.
-    /// Keys on disk: the batch takes its share of the batches' key reads,
-    /// waiting for them up to the key-read timeout in a bounded queue, or is
-    /// refused with [`KeyError::BatchReadsBusy`]. Work this
+    /// Keys on disk: the batch of `client` is admitted to the batches' read
+    /// budget and its messages take their reads in that client's turn, each
+    /// waiting for them up to the key-read timeout; refused, or a message not
+    /// served in time, it fails with [`KeyError::BatchReadsBusy`]. Work this
     /// future leaves behind (dropped, failed or timed out) starts nothing new,
     /// and holds its reads and a place under the concurrency limit until it
     /// has stopped.
     pub async fn mac_batch(
         &self,
+        client: ClientId,
         body: Bytes,
         frames: Vec<Range<usize>>,
     ) -> Result<Vec<u8>, KeyError> {
@@ -137,14 +139,12 @@ impl KeyStore {
             }
             Keys::OnDisk(_) if frames.is_empty() => Ok(Vec::new()),
             Keys::OnDisk(files) => {
-                let per_message = self.mode.keys_per_mac();
-                let reads = self
+                let batch = self
                     .limits
                     .batches
-                    .take(frames.len() * per_message, per_message, self.limits.timeout)
-                    .await
+                    .admit(client)
                     .ok_or(KeyError::BatchReadsBusy)?;
-                let guard = WorkGuard::new(&self.limits.concurrency, Some(reads));
+                let guard = WorkGuard::new(&self.limits.concurrency, Some(batch));
                 let macs = batch::macs_as_keys_arrive(
                     files,
                     self.mode,
@@ -168,9 +168,10 @@ impl KeyStore {
         }
     }
 
-    /// True while every key can be read: MODE32 files that failed are probed
-    /// again (at most once a second and one probe at a time, however often this
-    /// is asked), so readiness comes back by itself once they can be read. A
+    /// False while a MODE32 file that a read failed in has not read whole
+    /// since: such files are read whole again (at most once a second and one
+    /// probe at a time, however often this is asked), so readiness comes back by
+    /// itself once they read. Files no read has touched are not looked at. A
     /// probe slower than the key-read timeout answers false.
     pub async fn is_ready(&self) -> bool {
         match &self.keys {

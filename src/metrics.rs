@@ -87,6 +87,11 @@ impl Route {
     pub fn label(self) -> &'static str {
         ROUTES[self.0]
     }
+
+    /// `/healthz` and `/readyz`, which load balancers and health checkers ask.
+    pub fn is_health(self) -> bool {
+        matches!(self.label(), "/healthz" | "/readyz")
+    }
 }
 
 /// Requests by route and status, one counter each.
@@ -128,6 +133,8 @@ pub struct KeyReadStats {
     pub errors: AtomicU64,
     /// Reads that had not finished within CRYPTOSERVER_KEY_READ_TIMEOUT.
     pub timeouts: AtomicU64,
+    /// Failing files `/readyz`'s probes read whole again.
+    pub probe_reads: AtomicU64,
 }
 
 impl Metrics {
@@ -241,6 +248,11 @@ impl Metrics {
                     "MODE32/MODE32X key reads that took longer than CRYPTOSERVER_KEY_READ_TIMEOUT (their request got 503).",
                     &key_reads.timeouts,
                 ),
+                counter(
+                    "cryptoserver_readyz_file_reads_total",
+                    "Failing MODE32/MODE32X key files /readyz read whole again.",
+                    &key_reads.probe_reads,
+                ),
                 (
                     "cryptoserver_batch_key_reads_in_flight",
                     "gauge",
@@ -318,7 +330,7 @@ mod tests {
     fn renders_key_reads_and_the_batch_budget() {
         use std::sync::Arc;
 
-        use crate::limits::{take_now, BatchReads, ReadBudget};
+        use crate::limits::{take_now, BatchReads, ClientId, ReadBudget};
 
         let stats = KeyReadStats::default();
         stats.timeouts.fetch_add(2, Ordering::Relaxed);
@@ -329,8 +341,9 @@ mod tests {
             },
             8,
         ));
-        let _reads = take_now(&budget, 5, 1).unwrap();
-        assert!(take_now(&budget, 8, 8).is_none());
+        let client = ClientId::Address(std::net::Ipv4Addr::LOCALHOST.into());
+        let _reads = take_now(&budget, client, 5).unwrap();
+        assert!(take_now(&budget, client, 8).is_none());
         let text = Metrics::default().render("MODE32", None, 0, 0, Some((&stats, &budget)));
         assert!(text.contains("cryptoserver_key_read_timeouts_total 2"));
         assert!(text.contains("cryptoserver_batch_key_reads_in_flight 5"));

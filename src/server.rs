@@ -54,6 +54,14 @@ const MIN_CONNECTIONS: usize = 16;
 const CONNECTIONS_UNCOUNTED: usize = 1024;
 /// The default per-client connection limit never goes above this.
 const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+/// Nor below this (unless the connection limit is lower): a client's connection
+/// pool, and its reconnections while the server has yet to see the old
+/// connections close, must fit even on a server of few places.
+const MIN_CONNECTIONS_PER_CLIENT: usize = 8;
+/// Client addresses that, each at its default connection limit, hold every
+/// concurrency slot: a connection serves one request at a time, so this many
+/// addresses at least are needed to refuse everyone else's requests.
+const CLIENTS_TO_FILL_THE_SLOTS: usize = 16;
 
 /// Why the server did not start; each names what to fix.
 #[derive(Debug)]
@@ -124,13 +132,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     harden_process();
     // Everything that can be wrong with the inputs is found before the port is bound.
     let batch_reads = config.batch_reads().map_err(ServerError::BatchReads)?;
-    let concurrency = Arc::new(ConcurrencyLimit::new(config.max_concurrent.max(1)));
+    let concurrency = Arc::new(ConcurrencyLimit::new(config.max_concurrent));
     let keys = KeyStore::load(config.mode, &config.secret_dir, config.key_reads)?.with_limits(
         ReadLimits {
             timeout: Duration::from_secs(config.key_read_timeout),
             batches: Arc::new(ReadBudget::new(
                 batch_reads,
-                batch_reads.waiting_under(config.max_concurrent.max(1)),
+                batch_reads.waiting_under(config.max_concurrent),
             )),
             concurrency: Arc::clone(&concurrency),
         },
@@ -222,7 +230,11 @@ fn connection_limit(config: &Config) -> ConnectionLimit {
     };
     let per_client = config
         .max_connections_per_client
-        .unwrap_or((max / 4).clamp(1, MAX_CONNECTIONS_PER_CLIENT))
+        .unwrap_or(
+            (max / 4)
+                .min(config.max_concurrent / CLIENTS_TO_FILL_THE_SLOTS)
+                .clamp(MIN_CONNECTIONS_PER_CLIENT, MAX_CONNECTIONS_PER_CLIENT),
+        )
         .min(max);
     ConnectionLimit::new(max, per_client)
 }

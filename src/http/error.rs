@@ -100,8 +100,9 @@ impl ApiError {
                 timeout.as_secs_f64()
             ),
             ApiError::BatchReadsBusy => {
-                "batches are using every key read the server gives them (CRYPTOSERVER_BATCH_READS) \
-                 and none came free in time; retry after the Retry-After seconds"
+                "batches are using every key read the server gives them (CRYPTOSERVER_BATCH_READS): \
+                 too many batches are waiting, or none came free in this batch's turn in time; \
+                 retry after the Retry-After seconds"
                     .into()
             }
             ApiError::Unauthorized => {

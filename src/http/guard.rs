@@ -34,18 +34,18 @@ pub(super) async fn authorize(
             };
             ClientId::Token(digest)
         }
-        None => ClientId::Address(
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or([0u8; 4].into(), |ConnectInfo(peer)| {
-                    client_address(peer.ip())
-                }),
-        ),
+        None => by_address(request.extensions().get::<ConnectInfo<SocketAddr>>()),
     };
     take_rate(&state, client, 1)?;
     request.extensions_mut().insert(client);
     Ok(next.run(request).await)
+}
+
+/// A client without a token: its address, when the connection passed it on.
+pub(super) fn by_address(peer: Option<&ConnectInfo<SocketAddr>>) -> ClientId {
+    ClientId::Address(peer.map_or([0u8; 4].into(), |ConnectInfo(peer)| {
+        client_address(peer.ip())
+    }))
 }
 
 /// Takes `cost` requests from the client's rate limit, if there is one.

@@ -1,11 +1,12 @@
 //! The routes: `POST /hmac`, `POST /hmac/batch`, `POST /verify`, `GET /healthz`,
 //! `GET /readyz`, `GET /metrics`.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
@@ -16,7 +17,7 @@ use serde::Deserialize;
 
 use super::body::read_message;
 use super::error::ApiError;
-use super::guard::take_rate;
+use super::guard::{by_address, take_rate};
 use super::state::AppState;
 use crate::batch::parse_frames;
 use crate::limits::ClientId;
@@ -69,20 +70,26 @@ pub(super) async fn hmac(
 }
 
 /// Nothing is computed unless the whole body frames correctly; each message
-/// counts against the rate limit (the request itself took one).
+/// counts against the rate limit (the request itself took one). The client
+/// (its token, else its address) is who the batch's key reads are shared by.
 pub(super) async fn hmac_batch(
     State(state): State<Arc<AppState>>,
     client: Option<Extension<ClientId>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_message(body, &state).await?;
     let frames = parse_frames(&body).map_err(ApiError::MalformedBatch)?;
-    if let Some(Extension(client)) = client {
-        take_rate(&state, client, frames.len().saturating_sub(1) as u32)?;
-    }
+    let client = match client {
+        Some(Extension(client)) => {
+            take_rate(&state, client, frames.len().saturating_sub(1) as u32)?;
+            client
+        }
+        None => by_address(peer.as_ref().map(|Extension(peer)| peer)),
+    };
     let hashed: usize = frames.iter().map(|frame| frame.len()).sum();
     let count = frames.len();
-    let macs = state.keys.mac_batch(body, frames).await?;
+    let macs = state.keys.mac_batch(client, body, frames).await?;
     record_macs(&state, count, hashed);
     Ok(macs.into_response())
 }
@@ -130,7 +137,7 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 while every key can be read, naming the mode and the secrets'
+/// 200 while no key file is known to fail, naming the mode and the secrets'
 /// fingerprint, so replicas can be checked to serve the same secrets.
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     if !state.keys.is_ready().await {

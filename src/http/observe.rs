@@ -1,6 +1,8 @@
 //! Every request observed: a span with its id, the latency histogram and the
 //! per-route status counts, an `x-request-id` header; and refused at once with
-//! 503 when the concurrency limit is reached.
+//! 503 when the concurrency limit is reached. `/healthz` and `/readyz` take no
+//! place under the limit: requests filling it must not make a load balancer
+//! take a busy server out of service, and an Auto Scaling group replace it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,8 +26,12 @@ use crate::metrics::Route;
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
 enum Stage {
-    /// Counted in by the concurrency limit until the response is out.
-    Serving(RouteFuture<Infallible>),
+    /// Being served; `counted` in by the concurrency limit until the response
+    /// is out, unless it is a health check.
+    Serving {
+        response: RouteFuture<Infallible>,
+        counted: bool,
+    },
     Shed(Response),
 }
 
@@ -48,8 +54,12 @@ impl Observed {
         let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
         let span =
             tracing::info_span!("request", id, method = %request.method(), route = route.label());
-        let stage = if state.concurrency.try_enter() {
-            Stage::Serving(span.in_scope(|| router.call(request)))
+        let counted = !route.is_health();
+        let stage = if !counted || state.concurrency.try_enter() {
+            Stage::Serving {
+                response: span.in_scope(|| router.call(request)),
+                counted,
+            }
         } else {
             state.metrics.shed.fetch_add(1, Ordering::Relaxed);
             Stage::Shed(ApiError::Shed.into_response())
@@ -71,10 +81,12 @@ impl Future for Observed {
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let mut response = match this.stage.as_mut().expect("polled after completion") {
-            Stage::Serving(response) => {
+            Stage::Serving { response, counted } => {
                 let _entered = this.span.enter();
                 let Ok(response) = ready!(Pin::new(response).poll(cx));
-                this.state.concurrency.leave();
+                if *counted {
+                    this.state.concurrency.leave();
+                }
                 response
             }
             Stage::Shed(response) => std::mem::take(response),
@@ -100,7 +112,7 @@ impl Future for Observed {
 
 impl Drop for Observed {
     fn drop(&mut self) {
-        if let Some(Stage::Serving(_)) = self.stage {
+        if let Some(Stage::Serving { counted: true, .. }) = self.stage {
             self.state.concurrency.leave();
         }
     }

@@ -23,8 +23,9 @@ pub struct AppState {
 
 impl AppState {
     /// Whether requests must carry their peer address (`ConnectInfo`): only
-    /// the rate limit of a server without tokens tells clients apart by it.
+    /// a server without tokens tells clients apart by it, for its rate limit
+    /// and for sharing the batches' key reads (keys on disk).
     pub fn limits_clients_by_address(&self) -> bool {
-        self.rate_limiter.is_some() && self.tokens.is_none()
+        self.tokens.is_none() && (self.rate_limiter.is_some() || self.keys.read_stats().is_some())
     }
 }

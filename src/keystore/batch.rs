@@ -1,5 +1,6 @@
 //! A batch's MACs: its key reads in flight together, within its share of the
-//! batches' read budget, and each MAC computed as its key arrives; or, for keys
+//! batches' read budget taken a message at a time, and each MAC computed as
+//! its key arrives; or, for keys
 //! in memory, the work spread over the blocking threads. The output always in
 //! the order of the frames.
 
@@ -20,12 +21,13 @@ const BATCH_TASKS: usize = 64;
 /// In-memory keys: smaller batches run as one task, as a hand-off costs more than a few MACs.
 pub(super) const CHUNK_IN_MEMORY: usize = 256;
 
-/// Keys on disk: as many messages in flight as `work`'s key reads allow (a
-/// MODE32X message reads 8 keys at once), each read through io_uring or on the
-/// blocking threads, so the reads are in flight together rather than one after
-/// another. When the batch fails or is dropped, no new read starts, and the
-/// reads in flight hold `work` (its reads, and a slot once the request has
-/// ended) until they have stopped.
+/// Keys on disk: as many messages in flight as the batch's share of the read
+/// budget allows (a MODE32X message reads 8 keys at once), each taking its
+/// reads in its client's turn and giving them back when its MAC is done, each
+/// read through io_uring or on the blocking threads, so the reads are in flight
+/// together rather than one after another. When the batch fails or is dropped,
+/// no new read starts, and the reads in flight hold `work` (their reads, and a
+/// slot once the request has ended) until they have stopped.
 pub(super) async fn macs_as_keys_arrive(
     files: &Arc<KeyFiles>,
     mode: Mode,
@@ -33,12 +35,22 @@ pub(super) async fn macs_as_keys_arrive(
     work: &Arc<Work>,
     timeout: Duration,
 ) -> Result<Vec<u8>, KeyError> {
-    let reads = work
-        .reads()
-        .expect("a batch reading keys has its share of the budget");
+    let batch = work
+        .batch()
+        .expect("a batch reading keys is admitted to the budget");
+    let per_message = mode.keys_per_mac();
     let macs: Vec<Mac> = stream::iter(frames)
-        .map(|range| KeyFiles::mac_async(files, &body[range], work, timeout))
-        .buffered((reads / mode.keys_per_mac()).max(1))
+        .map(|range| async move {
+            let reads = batch
+                .take(per_message, timeout)
+                .await
+                .ok_or(KeyError::BatchReadsBusy)?;
+            let reads = work.message_reads(reads);
+            let mac = KeyFiles::mac_async(files, &body[range], work, timeout).await?;
+            reads.done();
+            Ok::<_, KeyError>(mac)
+        })
+        .buffered(batch.messages_at_once(per_message))
         .try_collect()
         .await?;
     Ok(macs.concat())

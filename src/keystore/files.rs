@@ -1,7 +1,7 @@
 //! MODE32's 65,536 files (MODE32X's too): kept open where the descriptor limit
 //! allows, read one key at a time (through io_uring, else on the blocking
-//! threads), checked after every read, and tracked while they fail so `/readyz`
-//! can say so.
+//! threads), checked after every read, and tracked from a failed read until
+//! they read whole again, so `/readyz` can say so.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -32,6 +32,11 @@ type Key = Zeroizing<[u8; KEY_LEN]>;
 /// load balancer's health check sends none), so what it costs must not grow
 /// with how often it is asked.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Failed key reads are logged at most once per this interval, as one line
+/// counting them: whoever sends requests must not be able to fill the log.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// A failing file is read whole again in pieces of this size.
+const PROBE_CHUNK: usize = 64 << 10;
 
 /// How MODE32 reads its keys from disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,8 +121,8 @@ pub enum KeyError {
     Unavailable(KeyUnavailable),
     /// A key read had not finished after this long (CRYPTOSERVER_KEY_READ_TIMEOUT).
     TimedOut(Duration),
-    /// Batches had every key read they may have in flight (CRYPTOSERVER_BATCH_READS),
-    /// and the queue for them was full or none came in time.
+    /// Batches had every key read they may have in flight (CRYPTOSERVER_BATCH_READS):
+    /// too many batches were admitted, or a message's reads did not come in time.
     BatchReadsBusy,
 }
 
@@ -137,8 +142,8 @@ impl fmt::Display for KeyError {
                 timeout.as_secs_f64()
             ),
             KeyError::BatchReadsBusy => f.write_str(
-                "batches have every key read they may have in flight (CRYPTOSERVER_BATCH_READS) \
-                 and none came free in time",
+                "batches have every key read they may have in flight (CRYPTOSERVER_BATCH_READS): \
+                 too many batches are waiting, or none came free in this batch's turn in time",
             ),
         }
     }
@@ -166,12 +171,15 @@ pub(super) struct KeyFiles {
     open: Box<[RwLock<Arc<File>>]>,
     /// Reads of the files kept open, when io_uring is used.
     ring: Option<KeyReadRing>,
-    /// Files whose last read failed; `/readyz` reports 503 while any is listed.
+    /// Files a read failed in, until `/readyz`'s probe reads them whole again:
+    /// another key of the file reading well says nothing of the one that failed.
+    /// `/readyz` reports 503 while any is listed.
     failing: Mutex<BTreeSet<usize>>,
     failing_count: AtomicUsize,
     /// When `/readyz` last probed the failing files, and whether that probe
     /// still runs: at most one does, however long a stalled volume holds it.
     probe: Mutex<Probe>,
+    errors_logged: Mutex<ErrorLog>,
     stats: KeyReadStats,
 }
 
@@ -231,6 +239,7 @@ impl KeyFiles {
             failing: Mutex::new(BTreeSet::new()),
             failing_count: AtomicUsize::new(0),
             probe: Mutex::default(),
+            errors_logged: Mutex::default(),
             stats: KeyReadStats::default(),
         })
     }
@@ -306,7 +315,6 @@ impl KeyFiles {
                 .await;
             if let Ok(key) = read.and_then(|key| check_still_secret(&file).map(|()| key)) {
                 files.stats.latency.observe(started.elapsed());
-                files.note_success(location.file);
                 return Ok(key);
             }
         }
@@ -332,18 +340,44 @@ impl KeyFiles {
         };
         self.stats.latency.observe(started.elapsed());
         match result {
-            Ok(()) => {
-                self.note_success(location.file);
-                Ok(key)
-            }
+            Ok(()) => Ok(key),
             Err(source) => {
-                let path = self.path(location.file);
-                tracing::error!(path = %path.display(), error = %source, mode = %self.mode, "cannot read a key; answering 503");
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 self.mark(location.file, true);
-                Err(KeyUnavailable { path, source })
+                self.failed(&source);
+                Err(KeyUnavailable {
+                    path: self.path(location.file),
+                    source,
+                })
             }
         }
+    }
+
+    /// Counts a failed read, and logs the failures at most once per
+    /// [`ERROR_LOG_INTERVAL`]. No line names the file: in MODE32 its name is
+    /// 16 bits of the message's SHA-256, and `cryptoserver-secrets verify`
+    /// names the broken files.
+    fn failed(&self, error: &io::Error) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        let mut log = self
+            .errors_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.unlogged += 1;
+        if log.last.is_some_and(|at| at.elapsed() < ERROR_LOG_INTERVAL) {
+            return;
+        }
+        tracing::error!(
+            failed_reads = log.unlogged,
+            failing_files = self.failing_count.load(Ordering::Relaxed),
+            error = %error.kind(),
+            mode = %self.mode,
+            "key reads failing; keys in the failing files answer 503 until they read again \
+             (cryptoserver-secrets verify names them)"
+        );
+        *log = ErrorLog {
+            last: Some(Instant::now()),
+            unlogged: 0,
+        };
     }
 
     /// Reads from the file kept open; when that fails, the file may have been
@@ -376,12 +410,6 @@ impl KeyFiles {
             .map_err(io::Error::other)
     }
 
-    fn note_success(&self, file: usize) {
-        if self.any_failing() {
-            self.mark(file, false);
-        }
-    }
-
     fn mark(&self, file: usize, failing: bool) {
         let mut set = self
             .failing
@@ -396,7 +424,7 @@ impl KeyFiles {
     }
 
     /// True while no file is failing. While some are, one probe at a time
-    /// reads them again, at most once per [`PROBE_INTERVAL`]; every other caller
+    /// reads them whole again, at most once per [`PROBE_INTERVAL`]; every other caller
     /// answers not ready, as the last read of some file failed, and so does the
     /// caller whose probe takes longer than `timeout` (the probe goes on).
     pub(super) async fn is_ready(files: &Arc<KeyFiles>, timeout: Duration) -> bool {
@@ -430,7 +458,8 @@ impl KeyFiles {
         matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(true)))
     }
 
-    /// Reads every failing file again; true when all of them read now.
+    /// Reads the failing files whole again, freshly opened, and clears each
+    /// that reads; stops at the first that still fails. True when none fails.
     fn probe_failing(&self) -> bool {
         let failing: Vec<usize> = self
             .failing
@@ -439,10 +468,27 @@ impl KeyFiles {
             .iter()
             .copied()
             .collect();
-        failing
-            .into_iter()
-            .all(|file| self.read_key(KeyLocation { file, offset: 0 }).is_ok())
+        failing.into_iter().all(|file| {
+            self.stats.probe_reads.fetch_add(1, Ordering::Relaxed);
+            match self.reopen(file).and_then(|opened| read_whole(&opened)) {
+                Ok(()) => {
+                    self.mark(file, false);
+                    true
+                }
+                Err(error) => {
+                    self.failed(&error);
+                    false
+                }
+            }
+        })
     }
+}
+
+/// Failed key reads not yet logged, and when the last line was.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<Instant>,
+    unlogged: u64,
 }
 
 /// The state of `/readyz`'s probes of failing files.
@@ -462,6 +508,20 @@ impl Drop for ProbeEnded<'_> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .running = false;
     }
+}
+
+/// Every byte of a key file, then [`check_still_secret`]: a file with a bad
+/// region fails here even where its other keys read well.
+fn read_whole(file: &File) -> io::Result<()> {
+    let length = file.metadata()?.len();
+    let mut chunk = Zeroizing::new(vec![0u8; PROBE_CHUNK]);
+    let mut offset = 0;
+    while offset < length {
+        let size = (length - offset).min(PROBE_CHUNK as u64) as usize;
+        file.read_exact_at(&mut chunk[..size], offset)?;
+        offset += size as u64;
+    }
+    check_still_secret(file)
 }
 
 /// One positioned read, then [`check_still_secret`].
@@ -510,6 +570,7 @@ mod tests {
             failing: Mutex::new(BTreeSet::new()),
             failing_count: AtomicUsize::new(0),
             probe: Mutex::default(),
+            errors_logged: Mutex::default(),
             stats: KeyReadStats::default(),
         };
         (Arc::new(files), peer)

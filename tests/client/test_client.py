@@ -247,8 +247,9 @@ def test_a_tls_alert_outside_httpx_is_a_typed_error():
 
 
 def hold_the_only_place(server, release_after):
-    """Starts a request that holds the server's single place until `release_after` seconds."""
-    slow = socket.create_connection(server.address, timeout=10)
+    """Starts a request from another client address that holds the server's single
+    place until `release_after` seconds."""
+    slow = socket.create_connection(server.address, timeout=10, source_address=("127.0.0.2", 0))
     slow.sendall(b"POST /hmac HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na")
     time.sleep(0.2)
 

@@ -1,11 +1,13 @@
 """POST /hmac/batch agrees with /hmac for every message, in every mode, and
 refuses malformed framing before computing anything."""
 
+import http.client
 import os
 import random
 import re
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -47,6 +49,60 @@ def test_batch_agrees_with_single_requests(tmp_path, disk_dir, mode, key_reads):
         singles = [session.post(f"{server.url}/hmac", data=m).content for m in MESSAGES]
         assert batch == singles
         assert batch == [reference.mac(mode, secret_dir, m) for m in MESSAGES]
+
+
+def post_from(server, source, path, body):
+    """POST `body` from the loopback address `source`: (status, body)."""
+    host, port = server.address
+    connection = http.client.HTTPConnection(host, port, timeout=60, source_address=(source, 0))
+    try:
+        connection.request("POST", path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_one_clients_batches_do_not_make_anothers_wait(tmp_path, disk_dir):
+    """Two connections of one address loop 65,536-message MODE32X batches, which
+    between them could hold every batch read; another address's one-message
+    batches are served in their turn, after a few reads, not after a whole batch."""
+    env = {"CRYPTOSERVER_BATCH_READS": "16:8", "CRYPTOSERVER_KEY_READ_TIMEOUT": "2"}
+    big = frames([i.to_bytes(4, "big") for i in range(65536)])
+    message = MESSAGES[1]
+    with running_server(tmp_path, "MODE32X", disk_dir, env) as server:
+        started = time.monotonic()
+        assert post_from(server, "127.0.0.2", "/hmac/batch", big)[0] == 200
+        whole = time.monotonic() - started
+        assert whole > 1.0, f"a batch took {whole:.2f}s: too fast to wait behind"
+        stop = threading.Event()
+        flood_statuses = []
+
+        def flood():
+            for _ in range(20):
+                if stop.is_set():
+                    return
+                flood_statuses.append(post_from(server, "127.0.0.2", "/hmac/batch", big)[0])
+
+        flooders = [threading.Thread(target=flood) for _ in range(2)]
+        for flooder in flooders:
+            flooder.start()
+        try:
+            time.sleep(0.3)
+            waits = []
+            for _ in range(5):
+                started = time.monotonic()
+                status, body = post_from(server, "127.0.0.3", "/hmac/batch", frames([message]))
+                waits.append(time.monotonic() - started)
+                assert status == 200, body
+                assert body == reference.mac("MODE32X", disk_dir, message)
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            for flooder in flooders:
+                flooder.join()
+        assert max(waits) < min(0.5, whole / 4), f"one-message batches waited {max(waits):.2f}s; a big one takes {whole:.2f}s"
+        assert set(flood_statuses) == {200}
 
 
 @pytest.fixture(scope="module")

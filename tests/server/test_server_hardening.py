@@ -93,7 +93,7 @@ def test_batch_messages_count_against_the_rate_limit(tmp_path, mode0):
 def test_load_is_shed_at_the_concurrency_limit(tmp_path, mode0):
     secret_dir, key = mode0
     with running_server(tmp_path, "MODE0", secret_dir, {"CRYPTOSERVER_MAX_CONCURRENT": "1"}) as server:
-        with socket.create_connection(server.address, timeout=10) as slow:
+        with socket.create_connection(server.address, timeout=10, source_address=("127.0.0.2", 0)) as slow:
             slow.sendall(b"POST /hmac HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na")
             time.sleep(0.3)
             started = time.monotonic()
@@ -103,6 +103,55 @@ def test_load_is_shed_at_the_concurrency_limit(tmp_path, mode0):
             slow.sendall(b"b")
             assert expected_mac(key, b"ab") in slow.recv(4096)
         assert requests.post(f"{server.url}/hmac", data=b"x").status_code == 200
+
+
+def slow_bodies_from(server, source, count):
+    """`count` connections from `source`, each sending the head of a POST /hmac and
+    one byte of its two-byte body; those refused are closed without an answer."""
+    connections = connections_from(server, source, count)
+    for sock in connections:
+        try:
+            sock.sendall(b"POST /hmac HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na")
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    return connections
+
+
+def test_health_checks_take_no_place_under_the_concurrency_limit(tmp_path, mode0):
+    """Requests filling every place make /hmac 503, never the health checks: a load
+    balancer would take the busy server out of service and its Auto Scaling group replace it."""
+    secret_dir, _ = mode0
+    env = {"CRYPTOSERVER_MAX_CONCURRENT": "4", "CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT": "8"}
+    with running_server(tmp_path, "MODE0", secret_dir, env) as server:
+        hogs = slow_bodies_from(server, "127.0.0.2", 4)
+        try:
+            time.sleep(0.3)
+            assert requests.post(f"{server.url}/hmac", data=b"x").status_code == 503
+            for _ in range(20):
+                assert requests.get(f"{server.url}/healthz").status_code == 200
+                assert requests.get(f"{server.url}/readyz").status_code == 200
+        finally:
+            for hog in hogs:
+                hog.close()
+
+
+def test_a_few_client_addresses_cannot_hold_every_place(tmp_path, mode0):
+    """Four addresses, each opening a quarter as many slow-body connections as
+    there are places, hold a quarter of them with the default per-client limit."""
+    secret_dir, _ = mode0
+    with running_server(tmp_path, "MODE0", secret_dir, {"CRYPTOSERVER_MAX_CONCURRENT": "256"}) as server:
+        hogs = []
+        try:
+            for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"):
+                hogs += slow_bodies_from(server, source, 64)
+            time.sleep(0.3)
+            with socket.create_connection(server.address, timeout=5, source_address=("127.0.0.5", 0)) as other:
+                other.sendall(b"POST /hmac HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+                reply = other.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 200"), reply
+        finally:
+            for hog in hogs:
+                hog.close()
 
 
 def served_or_closed(sock):

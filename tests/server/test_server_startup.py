@@ -80,13 +80,30 @@ def test_unknown_key_reads(mode0_dir):
         ({"CRYPTOSERVER_BATCH_READS": "8:16"}, ["'8:16'", "PER_BATCH at most ALL"]),
         ({"CRYPTOSERVER_BATCH_READS": "64:4", "CRYPTOSERVER_MODE": "MODE32X"}, ["4 key reads per batch", "at least 8"]),
         ({"CRYPTOSERVER_BATCH_READS": "64", "CRYPTOSERVER_MAX_CONCURRENT": "64"}, ["CRYPTOSERVER_MAX_CONCURRENT (64)", "lower it"]),
-        ({"CRYPTOSERVER_KEY_READ_TIMEOUT": "0"}, ["'0'", "positive whole number of seconds"]),
+        ({"CRYPTOSERVER_KEY_READ_TIMEOUT": "0"}, ["'0'", "whole number of seconds from 1 to 3600"]),
     ],
     ids=["per-batch-above-all", "fewer-than-a-mode32x-message", "not-below-max-concurrent", "zero-timeout"],
 )
 def test_bad_key_read_limits(mode0_dir, env, fragments):
     # Refused before the secrets are looked at: a MODE0 directory serves for every mode.
     assert_refused(start(env.pop("CRYPTOSERVER_MODE", "MODE0"), mode0_dir, env), *fragments)
+
+
+@pytest.mark.parametrize(
+    "variable, value, flag, fragment",
+    [
+        ("CRYPTOSERVER_RATE_LIMIT", "1e-300:10", "--rate-limit", "RATE from 0.001 to 1000000000"),
+        ("CRYPTOSERVER_KEY_READ_TIMEOUT", "18446744073709551615", "--key-read-timeout", "from 1 to 3600"),
+        ("CRYPTOSERVER_HEADER_TIMEOUT", "0", "--header-timeout", "from 1 to 3600"),
+        ("CRYPTOSERVER_BODY_TIMEOUT", "0", "--body-timeout", "from 1 to 3600"),
+        ("CRYPTOSERVER_MAX_CONCURRENT", "0", "--max-concurrent", "from 1 to 1048576"),
+        ("CRYPTOSERVER_MAX_BODY", "2GiB", "--max-body", "from 1 byte to 1GiB"),
+    ],
+)
+def test_numbers_out_of_range_stop_the_server_naming_the_setting(mode0_dir, variable, value, flag, fragment):
+    result = start("MODE0", mode0_dir, {variable: value})
+    assert result.returncode not in (0, 101), "a panic, not a configuration error"
+    assert_refused(result, flag, f"'{value}'", fragment)
 
 
 def test_io_uring_required_but_forbidden(tmp_path):

@@ -276,7 +276,7 @@ def test_a_read_slower_than_the_timeout_fails_its_request_and_keeps_its_place(tm
 
 @pytest.mark.parametrize("key_reads", ["io-uring", "threads"])
 def test_readyz_answers_in_time_while_its_probe_waits_on_a_stalled_volume(tmp_path, volume, key_reads):
-    """/readyz probes the failing files again, one read each: with 12 of them
+    """/readyz probes the failing files again, each read whole: with 12 of them
     restored but their pages evicted and the volume at 4 reads/s, the probe
     takes about 3 s. /readyz answers 503 within the key-read timeout instead of
     waiting for it, asking again meanwhile starts no second probe, and once it
@@ -294,7 +294,7 @@ def test_readyz_answers_in_time_while_its_probe_waits_on_a_stalled_volume(tmp_pa
                 file.chmod(0o400)
         evict(secret_dir, PROBE_MESSAGES)
         throttle.limit(TIMEOUT_IOPS)
-        reads_before = metric(server, "cryptoserver_key_read_duration_seconds_count")
+        reads_before = metric(server, "cryptoserver_readyz_file_reads_total")
         answers = []
         started = time.monotonic()
         while time.monotonic() - started < 2:
@@ -305,7 +305,7 @@ def test_readyz_answers_in_time_while_its_probe_waits_on_a_stalled_volume(tmp_pa
         assert all(status == 503 for status, _ in answers), answers
         assert all(seconds < 1.8 for _, seconds in answers), answers
         assert ready_within(server.url, 10), "readiness did not come back once the probe had read every file"
-        probe_reads = metric(server, "cryptoserver_key_read_duration_seconds_count") - reads_before
+        probe_reads = metric(server, "cryptoserver_readyz_file_reads_total") - reads_before
         assert probe_reads == len(PROBE_MESSAGES), f"{probe_reads} probe reads: more than one probe ran"
         for message in PROBE_MESSAGES[:2]:
             status, _, mac, _ = post(server.address, "/hmac", message, 10)

@@ -10,6 +10,9 @@ use std::os::unix::process::CommandExt;
 use anyhow::{bail, Context};
 
 use crate::process::cargo;
+use ebs::EbsShape;
+use report::Report;
+use server::{Bench, ServerBenchArgs};
 
 mod ebs;
 mod gen;
@@ -31,9 +34,9 @@ enum Benchmark {
     /// Secret generation against the CSPRNG alone, the disk's write bandwidth and the original design's recipes
     Gen(gen::GenBenchArgs),
     /// MODE0 and MODE16 POST /hmac against the HTTP floor (axum answering constant bytes), and MODE16's idle memory
-    Http(server::ServerBenchArgs),
+    Http(ServerBenchArgs),
     /// POST /hmac/batch against the same MACs computed in this process on one core
-    Batch(server::ServerBenchArgs),
+    Batch(ServerBenchArgs),
     /// MODE32: startup, idle memory, and key reads from a cold page cache against fio on the same blocks
     /// and the CPU-cost ceiling; with --ebs-iops, on an EBS-shaped volume and a hot copy instead
     Mode32(Mode32Args),
@@ -42,7 +45,7 @@ enum Benchmark {
 #[derive(clap::Args)]
 struct Mode32Args {
     #[command(flatten)]
-    server: server::ServerBenchArgs,
+    server: ServerBenchArgs,
     #[command(flatten)]
     ebs: ebs::EbsArgs,
 }
@@ -58,20 +61,49 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     match &args.benchmark {
         Some(Benchmark::Gen(args)) => gen::run(args),
-        Some(Benchmark::Http(args)) => server::run_parts(&[server::Part::Http], args),
-        Some(Benchmark::Batch(args)) => server::run_parts(&[server::Part::Batch], args),
+        Some(Benchmark::Http(args)) => run_parts(&[Part::Http], args),
+        Some(Benchmark::Batch(args)) => run_parts(&[Part::Batch], args),
         Some(Benchmark::Mode32(args)) => {
             let part = match args.ebs.shape() {
                 Some(shape) => {
                     ebs::require_root()?;
-                    server::Part::Ebs(shape)
+                    Part::Ebs(shape)
                 }
-                None => server::Part::Mode32,
+                None => Part::Mode32,
             };
-            server::run_parts(&[part], &args.server)
+            run_parts(&[part], &args.server)
         }
         None => run_all(),
     }
+}
+
+/// Which of the server benchmarks to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Http,
+    Batch,
+    Mode32,
+    /// MODE32 on an EBS-shaped volume and a hot copy (`mode32 --ebs-iops`).
+    Ebs(EbsShape),
+}
+
+impl Part {
+    const ALL: [Part; 3] = [Part::Http, Part::Batch, Part::Mode32];
+}
+
+/// Runs `parts`, prints one table of their results and fails if a goal was missed.
+fn run_parts(parts: &[Part], args: &ServerBenchArgs) -> anyhow::Result<()> {
+    let bench = Bench::prepare(args)?;
+    let mut report = Report::start();
+    for part in parts {
+        match part {
+            Part::Http => bench.http(&mut report)?,
+            Part::Batch => bench.batch(&mut report)?,
+            Part::Mode32 => bench.mode32(&mut report)?,
+            Part::Ebs(shape) => bench.ebs(&mut report, *shape)?,
+        }
+    }
+    report.finish()
 }
 
 /// Every benchmark with its defaults; one failing does not stop the others.
@@ -80,7 +112,7 @@ fn run_all() -> anyhow::Result<()> {
         ("gen", gen::run(&default_args())),
         (
             "http, batch, mode32",
-            server::run_parts(&server::Part::ALL, &default_args()),
+            run_parts(&Part::ALL, &default_args()),
         ),
     ];
     let failed: Vec<String> = results

@@ -218,7 +218,7 @@ variable "health_check_grace_period" {
 variable "instance_refresh_min_healthy_percentage" {
   type        = number
   default     = 100
-  description = "Share of the desired replicas an instance refresh keeps in service while it replaces the others. 100 (the default) replaces one replica at a time, each new one healthy before the next goes."
+  description = "Share of the desired replicas an instance refresh keeps in service while it replaces the others, as AWS counts it: without a max_healthy_percentage above 100 the group cannot launch first, so 100 (the default) replaces one replica at a time by terminating it before its successor launches, and the pool serves one replica short until that one is healthy (its whole first-boot verification for MODE32). Run three or more replicas (README, Instance refresh)."
 
   validation {
     condition     = var.instance_refresh_min_healthy_percentage == floor(var.instance_refresh_min_healthy_percentage) && var.instance_refresh_min_healthy_percentage >= 0 && var.instance_refresh_min_healthy_percentage <= 100

@@ -32,6 +32,13 @@ pub enum Goal {
         minimum: f64,
         ceiling: Option<Ceiling>,
     },
+    /// A goal of at least `minimum` that this machine cannot reach, `because`
+    /// (the subject of "out of reach here, ...").
+    OutOfReach {
+        ratio: f64,
+        minimum: f64,
+        because: String,
+    },
     /// The ratio to the baseline must stay at or below `maximum`.
     AtMost { ratio: f64, maximum: f64 },
     /// `ratio` is the figure per core (divided by `cores`) over the baseline.
@@ -70,6 +77,15 @@ impl Goal {
             missed: !met,
         };
         match *self {
+            Goal::OutOfReach {
+                ratio,
+                minimum,
+                ref because,
+            } => Judged {
+                ratio: format!("{ratio:.2}x"),
+                goal: format!(">= {minimum}x: out of reach here, {because}"),
+                missed: false,
+            },
             Goal::None => Judged {
                 ratio: String::new(),
                 goal: String::new(),

@@ -28,7 +28,6 @@ use cryptoserver::keystore::{mode32_files_kept_open, KeyReads, KeyStore};
 use cryptoserver::layout::{Mode, MODE32_FILE_COUNT};
 use cryptoserver::secrets::generate::fill_secret;
 
-use super::ebs::EbsShape;
 use super::mode32::{Mode32Dir, MESSAGE_LEN};
 use super::report::{thousands, Ceiling, Goal, Report, Row};
 use super::scratch::{self, Scratch};
@@ -85,49 +84,6 @@ pub struct ServerBenchArgs {
     pub(super) cold_connections: usize,
 }
 
-/// Which of the server benchmarks to run.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Http,
-    Batch,
-    Mode32,
-    /// MODE32 on an EBS-shaped volume and a hot copy (`mode32 --ebs-iops`).
-    Ebs(EbsShape),
-}
-
-impl Part {
-    pub const ALL: [Part; 3] = [Part::Http, Part::Batch, Part::Mode32];
-}
-
-/// Runs `parts`, prints one table of their results and fails if a goal was missed.
-pub fn run_parts(parts: &[Part], args: &ServerBenchArgs) -> anyhow::Result<()> {
-    run(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "--bin",
-        "cryptoserver",
-        "--example",
-        "floor",
-    ]))?;
-    let work = Scratch::create(scratch::default_path("server"))?;
-    let bench = Bench {
-        wrk: Wrk::prepare(work.path())?,
-        work,
-        args: args.clone(),
-    };
-    let mut report = Report::start();
-    for part in parts {
-        match part {
-            Part::Http => bench.http(&mut report)?,
-            Part::Batch => bench.batch(&mut report)?,
-            Part::Mode32 => bench.mode32(&mut report)?,
-            Part::Ebs(shape) => bench.ebs(&mut report, *shape)?,
-        }
-    }
-    report.finish()
-}
-
 pub(super) struct Bench {
     pub(super) work: Scratch,
     wrk: Wrk,
@@ -135,11 +91,31 @@ pub(super) struct Bench {
 }
 
 impl Bench {
+    /// Builds the release server and the floor, and makes the scratch directory
+    /// and the load generator the measurements share.
+    pub(super) fn prepare(args: &ServerBenchArgs) -> anyhow::Result<Bench> {
+        run(cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "--bin",
+            "cryptoserver",
+            "--example",
+            "floor",
+        ]))?;
+        let work = Scratch::create(scratch::default_path("server"))?;
+        Ok(Bench {
+            wrk: Wrk::prepare(work.path())?,
+            work,
+            args: args.clone(),
+        })
+    }
+
     pub(super) fn seconds(&self) -> Duration {
         Duration::from_secs(self.args.seconds)
     }
 
-    fn http(&self, report: &mut Report) -> anyhow::Result<()> {
+    pub(super) fn http(&self, report: &mut Report) -> anyhow::Result<()> {
         eprintln!("http: MODE0 and MODE16 POST /hmac against the HTTP floor");
         let messages = self
             .work
@@ -228,7 +204,7 @@ impl Bench {
         Ok(())
     }
 
-    fn batch(&self, report: &mut Report) -> anyhow::Result<()> {
+    pub(super) fn batch(&self, report: &mut Report) -> anyhow::Result<()> {
         eprintln!("batch: POST /hmac/batch against the same MACs in this process on one core");
         let dir = self.secrets(Mode::Mode16)?;
         let messages = random_messages(BATCH_LEN)?;
@@ -277,7 +253,7 @@ impl Bench {
         Ok(())
     }
 
-    fn mode32(&self, report: &mut Report) -> anyhow::Result<()> {
+    pub(super) fn mode32(&self, report: &mut Report) -> anyhow::Result<()> {
         eprintln!(
             "mode32: 65,536 sparse files with {} planted key blocks",
             self.args.cold_keys
@@ -439,14 +415,17 @@ impl Bench {
         mode32: &Mode32Baselines,
     ) -> anyhow::Result<()> {
         eprintln!("  MODE32X: the same files, 8 key reads per MAC");
-        // Its probes land in any file: where some are opened per read, its
-        // figures are shown, but the goals apply only with every file kept open.
+        // Its probes land in any file: where most are opened per read (a
+        // RLIMIT_NOFILE below 65,536 + 4,096), the goals are out of reach, and
+        // the reads per MAC that open their file say why.
         let all_open = mode32.kept_open == MODE32_FILE_COUNT;
         let files = if all_open {
             "every file kept open".to_owned()
         } else {
-            format!("{} of 65,536 files kept open, no goal", mode32.kept_open)
+            format!("{} of 65,536 files kept open", mode32.kept_open)
         };
+        let opened_per_mac = Mode::Mode32x.keys_per_mac() as f64
+            * (1.0 - mode32.kept_open as f64 / MODE32_FILE_COUNT as f64);
         let goal = |ratio: f64, ceiling: Option<Ceiling>| {
             if all_open {
                 Goal::AtLeast {
@@ -455,7 +434,15 @@ impl Bench {
                     ceiling,
                 }
             } else {
-                Goal::Ratio(ratio)
+                Goal::OutOfReach {
+                    ratio,
+                    minimum: 0.8,
+                    because: format!(
+                        "RLIMIT_NOFILE keeps {} of 65,536 files open: {opened_per_mac:.1} of a \
+                         MAC's 8 reads open their file",
+                        mode32.kept_open
+                    ),
+                }
             }
         };
         let (server, _) = self.start_server(Mode::Mode32x, &dir.path)?;
@@ -624,7 +611,10 @@ impl Bench {
             .env_clear()
             .env("CRYPTOSERVER_MODE", mode.name())
             .env("CRYPTOSERVER_SECRETDIR", dir)
-            .env("CRYPTOSERVER_BIND", address.to_string());
+            .env("CRYPTOSERVER_BIND", address.to_string())
+            // Every wrk connection comes from one address: only the total
+            // connection limit may apply, as it would to many clients.
+            .env("CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT", "1048576");
         let log = self
             .work
             .path()
