@@ -2,7 +2,8 @@
 cryptoserver every second and evaluates deploy/monitoring's rules every second.
 Healthy traffic raises no alert; a key file made unreadable, a flood of bad
 tokens and the server stopping each make their alerts fire, seen through
-Prometheus's HTTP API.
+Prometheus's HTTP API; and every query of the Grafana dashboard parses and
+returns the traffic it shows.
 
 The rules are loaded as they are, except that every alert's `for` is cut to one
 second (derived here from the rules file, nothing else changed): the tests wait
@@ -21,7 +22,7 @@ import yaml
 
 import reference
 from conftest import free_port, running_server, stop, wait_until_ready, write_tokens
-from monitoring_tools import RULES, tool
+from monitoring_tools import DASHBOARD, RULES, tool
 
 TOKEN = "monitoring-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -213,6 +214,41 @@ def test_flood_of_bad_tokens_fires_the_unauthorized_surge(stack):
     surge = next(alert for alert in alerts if alert["labels"]["alertname"] == "CryptoserverUnauthorizedSurge")
     assert surge["labels"]["job"] == "cryptoserver"
     assert "not-a-valid-token" not in json.dumps(alerts)
+
+
+def dashboard_queries():
+    """(panel title, query) of every panel of the Grafana dashboard, with its
+    variables replaced as Grafana would for this Prometheus: the one job, every
+    instance, and a rate interval of a minute (four times the scrape interval
+    would be Grafana's own choice; a minute holds every sample of the test)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    values = {"$__rate_interval": "1m", "$job": "cryptoserver", "$instance": ".*"}
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for name, value in values.items():
+                expr = expr.replace(name, value)
+            queries.append((panel["title"], expr))
+    return queries
+
+
+def test_every_dashboard_query_parses_and_shows_the_traffic(stack):
+    """Runs after the traffic and the faults above, which every panel describes:
+    each query must parse and return at least one series."""
+    server, prometheus = stack
+    queries = dashboard_queries()
+    assert len(queries) >= 15
+    empty = []
+    for title, expr in queries:
+        # Parse errors fail here, with Prometheus's message.
+        if not prometheus.query(expr):
+            empty.append((title, expr))
+    assert empty == [], "dashboard queries with no result although their traffic happened"
+    # Not only present but showing what happened.
+    assert float(prometheus.query('sum(instance:cryptoserver_unauthorized:rate5m{job="cryptoserver"})')[0]["value"][1]) > 0
+    assert float(prometheus.query('sum(instance:cryptoserver_key_read_errors:rate5m{job="cryptoserver"})')[0]["value"][1]) > 0
+    assert float(prometheus.query('sum(job_client:cryptoserver_macs:rate5m{job="cryptoserver"})')[0]["value"][1]) > 0
 
 
 def test_stopped_server_fires_down(stack):
