@@ -6,7 +6,7 @@ import subprocess
 
 import yaml
 
-from monitoring_tools import RULES, RULES_TESTS, alerting_rules, rule_groups, tool
+from monitoring_tools import RULES, RULES_TESTS, RUNBOOK, alerting_rules, rule_groups, tool
 
 
 def promtool(*args):
@@ -53,3 +53,11 @@ def test_recording_rules_are_named_level_metric_operations():
         for rule in group["rules"]:
             if "record" in rule:
                 assert re.fullmatch(r"[a-z_]+:cryptoserver_[a-z_]+:[a-z0-9_]+", rule["record"]), rule["record"]
+
+
+def test_the_runbook_has_a_section_for_every_alert():
+    """Each runbook_url's anchor is a heading of docs/operations.md (GitHub makes
+    the anchor from the heading in lower case)."""
+    headings = {line.removeprefix("### ").strip() for line in RUNBOOK.read_text().splitlines() if line.startswith("### ")}
+    for rule in alerting_rules():
+        assert rule["alert"] in headings, f"docs/operations.md has no section ### {rule['alert']}"
