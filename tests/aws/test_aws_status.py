@@ -11,6 +11,7 @@ import os
 import subprocess
 
 import pytest
+import trustme
 
 pytest.register_assert_rewrite("aws_emulators")
 
@@ -129,6 +130,34 @@ def test_probe_asks_readyz_and_compares_it_with_the_console(tmp_path, emulator, 
     assert result.returncode == 1, result.stdout + result.stderr
     assert rows(result.stdout)[host].split()[4] == "unreachable"
     assert f"{host}: /readyz: cannot connect to 127.0.0.1:{port}" in result.stdout
+
+
+def test_probe_over_https_verifies_the_pinned_certificate(tmp_path, emulator, ec2, served_secrets):
+    host = instance(ec2, cidr="127.0.0.0/16", private_ip="127.0.0.1")
+    address = ec2.describe_instances(InstanceIds=[host])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+    assert ipaddress.ip_address(address).is_loopback, address
+    ca, stranger = trustme.CA(), trustme.CA()
+    pinned, cert, key, other = (tmp_path / name for name in ["pinned.pem", "cert.pem", "key.pem", "other.pem"])
+    ca.cert_pem.write_to_path(str(pinned))
+    stranger.cert_pem.write_to_path(str(other))
+    # localhost too, for running_server's own /healthz check.
+    issued = ca.issue_cert("cryptoserver.internal", "localhost")
+    issued.private_key_pem.write_to_path(str(key))
+    for blob in issued.cert_chain_pems:
+        blob.write_to_path(str(cert), append=True)
+    served = reference.fingerprint(served_secrets)
+    consoles = {host: boot_log(ready_line("vol-0123456789abcdef0", mode="MODE16", fingerprint=served))}
+    env = {"CRYPTOSERVER_TLS_CERT": str(cert), "CRYPTOSERVER_TLS_KEY": str(key)}
+    with running_server(tmp_path, "MODE16", served_secrets, env, https_ca=str(pinned)) as server:
+        port = server.address[1]
+        probe = ["--instance-id", host, "--probe", "--port", str(port), "--tls-server-name", "cryptoserver.internal"]
+        result = status(tmp_path, emulator, consoles, *probe, "--ca", str(pinned))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert rows(result.stdout)[host].split()[4:6] == ["200", "ready"]
+
+        result = status(tmp_path, emulator, consoles, *probe, "--ca", str(other))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"{host}: /readyz: TLS with 127.0.0.1:{port}: invalid peer certificate" in result.stdout
 
 
 @pytest.fixture
