@@ -1,7 +1,8 @@
 """End to end: a real Prometheus (Debian's) on loopback scrapes a real MODE32
 cryptoserver every second and evaluates deploy/monitoring's rules every second.
 Healthy traffic raises no alert; a key file made unreadable, a flood of bad
-tokens and the server stopping each make their alerts fire, seen through
+tokens, connections over the per-client limit and the server stopping each make
+their alerts fire, seen through
 Prometheus's HTTP API; and every query of the Grafana dashboard parses and
 returns the traffic it shows.
 
@@ -12,6 +13,7 @@ seconds, not the minutes the real durations ask for."""
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import time
 
@@ -125,6 +127,9 @@ def stack(tmp_path_factory):
         "CRYPTOSERVER_TOKENS_FILE": str(write_tokens(work, TOKEN)),
         "CRYPTOSERVER_METRICS_BIND": f"127.0.0.1:{metrics_port}",
         "CRYPTOSERVER_KEY_READ_TIMEOUT": "2",
+        # Every connection of the test comes from 127.0.0.1, one client: the
+        # healthy traffic holds one at a time, the connection flood holds many.
+        "CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT": "8",
     }
     with running_server(work, "MODE32", secret_dir, env) as server, running_prometheus(work, metrics_port) as prometheus:
         server.secret_dir = secret_dir
@@ -208,6 +213,31 @@ def test_flood_of_bad_tokens_fires_the_unauthorized_surge(stack):
     surge = next(alert for alert in alerts if alert["labels"]["alertname"] == "CryptoserverUnauthorizedSurge")
     assert surge["labels"]["job"] == "cryptoserver"
     assert "not-a-valid-token" not in json.dumps(alerts)
+
+
+def closed_by_server(sock):
+    """Whether the server has closed this connection (it sends nothing on its own)."""
+    sock.settimeout(0.5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_connections_over_the_limit_fire_connections_refused(stack):
+    server, prometheus = stack
+    # 32 connections held at once from one client allowed 8: the server closes
+    # the others as soon as it accepts them.
+    sockets = [socket.create_connection(server.address, timeout=5) for _ in range(32)]
+    try:
+        closed = sum(map(closed_by_server, sockets))
+        assert closed >= 16, f"only {closed} of 32 connections were closed"
+        prometheus.wait_for_firing({"CryptoserverConnectionsRefused"}, 30)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def dashboard_queries():
