@@ -47,3 +47,11 @@ output "snapshot_policy_id" {
   description = "ID of the DLM snapshot policy, or null when enable_snapshot_backups is false."
   value       = var.enable_snapshot_backups ? aws_dlm_lifecycle_policy.secrets[0].id : null
 }
+
+output "alarm_arns" {
+  description = "ARNs of the CloudWatch alarms on EC2's status checks: system (which also recovers the instance) and instance."
+  value = {
+    system_check   = aws_cloudwatch_metric_alarm.system_check.arn
+    instance_check = aws_cloudwatch_metric_alarm.instance_check.arn
+  }
+}

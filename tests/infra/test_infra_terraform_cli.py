@@ -88,6 +88,7 @@ def plan(scratch, *settings, required=REQUIRED):
         ['environment={CRYPTOSERVER_RATE_LIMIT="200:1000"}', 'tags={team="payments"}'],
         ["tls=false"],
         ["hot_copy=true", "instance_type=i4i.large"],
+        ["alarm_sns_topic_arn=arn:aws:sns:eu-west-1:123456789012:cryptoserver-alerts"],
     ],
 )
 @needs_validating_terraform
@@ -120,6 +121,7 @@ def test_valid_settings_are_accepted(root_variables, settings):
         (["snapshot_interval_hours=5"], "what DLM supports"),
         (['environment={CRYPTOSERVER_SECRETS_ROLE="replica"}'], "a replica comes from modules/pool"),
         (['environment={CRYPTOSERVER_SECRETS_HOT_COPY="instance-store"}'], "tls and hot_copy instead"),
+        (["alarm_sns_topic_arn=arn:aws:sns:eu-west-1:123456789012:alerts.fifo"], "the ARN of a standard SNS topic"),
     ],
 )
 @needs_validating_terraform
@@ -141,6 +143,7 @@ def test_invalid_settings_are_refused_with_a_clear_message(root_variables, setti
         ["health_check_grace_period=1800", "instance_refresh_min_healthy_percentage=50"],
         ['allowed_ipv6_cidr_blocks=["2001:db8::/56"]', 'environment={CRYPTOSERVER_RATE_LIMIT="200:1000"}'],
         ["tls=false", "hot_copy=true", "instance_type=i4i.large"],
+        ["alarm_sns_topic_arn=arn:aws:sns:eu-west-1:123456789012:cryptoserver-alerts"],
     ],
 )
 @needs_validating_terraform
@@ -176,6 +179,7 @@ def test_valid_pool_settings_are_accepted(pool_variables, settings):
         (['environment={CRYPTOSERVER_SECRETS_DEVICE="/dev/nvme1n1"}'], "cannot set what the pool manages"),
         (['environment={CRYPTOSERVER_TLS_KEY="/etc/key.pem"}'], "cannot set what the pool manages"),
         (['tags={"cryptoserver:role"="origin"}'], "cryptoserver: the module's own"),
+        (["alarm_sns_topic_arn=arn:aws:sqs:eu-west-1:123456789012:alerts"], "the ARN of a standard SNS topic"),
     ],
 )
 @needs_validating_terraform

@@ -1,8 +1,8 @@
 //! `cargo xtask ci`: everything CI runs, on a fresh machine too. It installs what
 //! the tests need (a Python virtual environment with tests/requirements.txt, which
-//! brings moto's server and shellcheck, LocalStack in one of its own, and HAProxy
-//! and QEMU from Debian's packages), builds every binary, then runs the Rust tests and
-//! the end-to-end Python suites (the image's boots in QEMU among them).
+//! brings moto's server and shellcheck, LocalStack in one of its own, HAProxy,
+//! QEMU and Prometheus from Debian's packages), builds every binary, then runs the
+//! Rust tests and the end-to-end Python suites (the image's boots in QEMU among them).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,6 +42,10 @@ pub fn run_ci() -> anyhow::Result<()> {
     ] {
         ensure_installed(program, package)?;
     }
+    // tests/monitoring checks and unit-tests the alerting rules with promtool and
+    // runs a real Prometheus against a real server; the package brings both.
+    ensure_installed("prometheus", "prometheus")?;
+    ensure_installed("promtool", "prometheus")?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     if has_nextest() {
         run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;

@@ -42,6 +42,8 @@ enum Task {
     Seal(aws::AwsArgs),
     /// Snapshot a verified origin's secrets volume for a pool, once (runs xtask-aws; see `cargo xtask snapshot --help`)
     Snapshot(aws::AwsArgs),
+    /// One row per host of an instance or Auto Scaling pool: state, status checks, console ready line, /readyz (runs xtask-aws; see `cargo xtask status --help`)
+    Status(aws::AwsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Task::Audit(args) => aws::forward("audit", &args),
         Task::Seal(args) => aws::forward("seal", &args),
         Task::Snapshot(args) => aws::forward("snapshot", &args),
+        Task::Status(args) => aws::forward("status", &args),
         Task::GenToken => {
             let (token, line) = cryptoserver::access::generate_token()
                 .map_err(|error| anyhow::anyhow!("the OS random generator failed: {error}"))?;

@@ -47,3 +47,11 @@ output "health_check_grace_period" {
   description = "Seconds a new replica has to become ready (the mode's default unless set)."
   value       = local.health_check_grace_period
 }
+
+output "alarm_arns" {
+  description = "ARNs of the CloudWatch alarms on the target group: unhealthy replicas, and fewer healthy replicas than the desired capacity."
+  value = {
+    unhealthy_hosts = aws_cloudwatch_metric_alarm.unhealthy_hosts.arn
+    healthy_hosts   = aws_cloudwatch_metric_alarm.healthy_hosts.arn
+  }
+}

@@ -320,3 +320,14 @@ variable "tags" {
     error_message = "tags keys are at most 128 characters and values 256; keys starting with aws: are AWS's and cryptoserver: the module's own."
   }
 }
+
+variable "alarm_sns_topic_arn" {
+  type        = string
+  default     = null
+  description = "ARN of an SNS topic (standard, not FIFO) the CloudWatch alarms notify when they go off and when they are OK again; null: the alarms exist but notify nobody."
+
+  validation {
+    condition     = var.alarm_sns_topic_arn == null || can(regex("^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$", var.alarm_sns_topic_arn))
+    error_message = "alarm_sns_topic_arn is null or the ARN of a standard SNS topic (arn:aws:sns:<region>:<account>:<name>)."
+  }
+}

@@ -51,6 +51,18 @@ impl AutoScaling {
     }
 }
 
+impl AutoScaling {
+    /// The ids of the group's instances, in the order Auto Scaling lists them.
+    pub async fn instance_ids(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let group = self.group(name).await?;
+        Ok(group
+            .instances()
+            .iter()
+            .filter_map(|instance| instance.instance_id().map(str::to_owned))
+            .collect())
+    }
+}
+
 pub async fn pool_facts(
     ec2: &Ec2,
     autoscaling: &AutoScaling,

@@ -1,8 +1,9 @@
-//! `cargo xtask audit`, `seal` and `snapshot`: prove an EC2 instance or an Auto
-//! Scaling pool is sealed, seal an instance, snapshot a verified origin's secrets,
-//! through the EC2 and Auto Scaling APIs. Exit status: 0 when every audit check
-//! passes (or the snapshot is done), 1 when one fails (or the origin is refused),
-//! 2 when the task could not run.
+//! `cargo xtask audit`, `seal`, `snapshot` and `status`: prove an EC2 instance or an
+//! Auto Scaling pool is sealed, seal an instance, snapshot a verified origin's
+//! secrets, show every host's state, through the EC2 and Auto Scaling APIs. Exit
+//! status: 0 when every audit check passes (or the snapshot is done, or every host
+//! is ready with one fingerprint), 1 when one fails (or the origin is refused, or a
+//! host is not well), 2 when the task could not run.
 
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ mod pool;
 mod ready;
 mod rules;
 mod snapshot;
+mod status;
 
 use asg::AutoScaling;
 use audit::{Check, Role};
@@ -75,6 +77,39 @@ enum Command {
         #[arg(long, requires = "copy_to_region", value_name = "KEY")]
         copy_kms_key: Option<String>,
     },
+    /// One row per host (an instance, or every instance of an Auto Scaling group):
+    /// state, status checks, the console's ready or error line and, with --probe,
+    /// GET /readyz; exit 0 only if every host is ready with the same fingerprint
+    Status {
+        #[command(flatten)]
+        what: StatusTarget,
+        #[command(flatten)]
+        connection: Connection,
+        /// Also ask each running host's GET /readyz at its private address (from a
+        /// machine inside the VPC)
+        #[arg(long)]
+        probe: bool,
+        /// The cryptoserver port /readyz is asked on
+        #[arg(long, default_value_t = 8080, value_parser = service_port)]
+        port: u16,
+        /// Probe over HTTPS, trusting these PEM certificates (the hosts' pinned certificate)
+        #[arg(long, requires_all = ["probe", "tls_server_name"], value_name = "PEM")]
+        ca: Option<std::path::PathBuf>,
+        /// The name in the hosts' certificate (the modules' tls_server_name output)
+        #[arg(long, requires = "ca", value_name = "NAME")]
+        tls_server_name: Option<String>,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct StatusTarget {
+    /// The EC2 instance, e.g. i-0123456789abcdef0
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// An Auto Scaling group: every instance it lists
+    #[arg(long, value_name = "NAME")]
+    asg: Option<String>,
 }
 
 #[derive(Args)]
@@ -205,6 +240,22 @@ fn main() -> ExitCode {
                 copy_to_region,
                 copy_kms_key,
             } => run_snapshot(&connection, &instance_id, copy_to_region.zip(copy_kms_key)).await,
+            Command::Status {
+                what,
+                connection,
+                probe,
+                port,
+                ca,
+                tls_server_name,
+            } => {
+                let probe = probe.then(|| status::Probe {
+                    port,
+                    tls: ca
+                        .zip(tls_server_name)
+                        .map(|(ca, server_name)| status::TlsProbe { ca, server_name }),
+                });
+                run_status(&connection, what, probe.as_ref()).await
+            }
         }
     });
     outcome.unwrap_or_else(|error| {
@@ -331,6 +382,31 @@ async fn run_snapshot(
     };
     let ec2 = Ec2::new(&config, endpoint);
     snapshot::run(&ec2, &region, instance_id, copy.as_ref()).await
+}
+
+async fn run_status(
+    connection: &Connection,
+    what: StatusTarget,
+    probe: Option<&status::Probe>,
+) -> anyhow::Result<ExitCode> {
+    let config = connection.config().await?;
+    let endpoint = connection.endpoint_url.as_deref();
+    let ec2 = Ec2::new(&config, endpoint);
+    let instance_ids = match (what.instance_id, what.asg) {
+        (Some(instance_id), _) => vec![instance_id],
+        (None, Some(group)) => {
+            let ids = AutoScaling::new(&config, endpoint)
+                .instance_ids(&group)
+                .await?;
+            if ids.is_empty() {
+                println!("group {group} has no instances");
+                return Ok(ExitCode::from(1));
+            }
+            ids
+        }
+        (None, None) => unreachable!("clap requires --instance-id or --asg"),
+    };
+    status::run(&ec2, &instance_ids, probe).await
 }
 
 async fn run_seal(

@@ -111,7 +111,7 @@ pub async fn run(
 
 impl Ec2 {
     /// The instance's serial console output, the latest EC2 has (it lags a few minutes).
-    async fn console_output(&self, instance_id: &str) -> anyhow::Result<String> {
+    pub(crate) async fn console_output(&self, instance_id: &str) -> anyhow::Result<String> {
         let answer = self
             .client
             .get_console_output()
