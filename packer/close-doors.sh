@@ -72,9 +72,10 @@ done
 # The boot loader shows no menu and reads no key from the serial console: nobody there
 # can edit the kernel command line (init=/bin/sh), pick a recovery entry, open GRUB's
 # shell, or stop the boot at the menu. A hidden zero timeout alone is not enough: GRUB
-# still polls its input terminals for Escape, which opens the menu and waits forever.
-# So its input is the PC console only (an instance has no keyboard) and its output
-# stays on the serial port, where EC2's console output reads it.
+# still polls its input terminals for Escape, which opens the menu and waits forever,
+# and the firmware's console can carry the serial port's keys too (SeaBIOS does with no
+# display). So GRUB reads only a PC keyboard controller, which an instance does not
+# have, and its output stays on the serial port, where EC2's console output reads it.
 cat >/etc/default/grub.d/99-cryptoserver.cfg <<'EOF'
 # cryptoserver: no boot menu, no recovery entry, no input from the serial console.
 GRUB_TIMEOUT=0
@@ -82,7 +83,7 @@ GRUB_TIMEOUT_STYLE=hidden
 GRUB_RECORDFAIL_TIMEOUT=0
 GRUB_DISABLE_RECOVERY=true
 GRUB_TERMINAL=
-GRUB_TERMINAL_INPUT=console
+GRUB_TERMINAL_INPUT=at_keyboard
 GRUB_TERMINAL_OUTPUT="console serial"
 EOF
 update-grub
@@ -124,8 +125,8 @@ timeouts=$(grep -E '^\s*set timeout=' /boot/grub/grub.cfg | tr -d ' \t' | sort -
 [[ $timeouts == settimeout=0 ]] || fail "/boot/grub/grub.cfg still waits at the boot menu: $timeouts"
 ! grep -q 'recovery mode' /boot/grub/grub.cfg || fail "/boot/grub/grub.cfg still has a recovery entry"
 inputs=$(grep -E '^\s*terminal_input ' /boot/grub/grub.cfg | tr -s ' \t' ' ' | sed 's/^ //' | sort -u)
-[[ $inputs == "terminal_input console" ]] ||
-    fail "/boot/grub/grub.cfg reads keys from another terminal than the PC console: ${inputs:-none}"
+[[ $inputs == "terminal_input at_keyboard" ]] ||
+    fail "/boot/grub/grub.cfg reads keys from another terminal than a PC keyboard: ${inputs:-none}"
 for unit in cryptoserver-user-data.service cryptoserver-secrets.service cryptoserver.service; do
     systemctl is-enabled --quiet "$unit" || fail "$unit is not enabled"
 done

@@ -317,6 +317,8 @@ def test_the_image_runs_no_user_data_code_and_its_boot_loader_opens_no_shell():
     settings = dict(line.split("=", 1) for line in grub.splitlines() if line and not line.startswith("#"))
     assert settings["GRUB_TIMEOUT"] == "0" and settings["GRUB_TIMEOUT_STYLE"] == "hidden", settings
     assert settings["GRUB_DISABLE_RECOVERY"] == "true", settings
+    # No key from the serial console reaches GRUB (tests/infra/test_vm_boot.py types them).
+    assert settings["GRUB_TERMINAL_INPUT"] == "at_keyboard" and settings["GRUB_TERMINAL"] == "", settings
     # The build regenerates grub.cfg and fails unless it waits for no key.
     assert doors.index("\nupdate-grub\n") < doors.index("still waits at the boot menu")
 
