@@ -5,6 +5,7 @@
 //! - [`guard`]: bearer tokens and per-client rate limits.
 //! - [`handlers`]: the routes themselves.
 //! - [`body`]: reading a request body within its size and time limits.
+//! - [`leftover`]: the rest of a body the app answered without reading.
 //! - [`error`]: every failure as a response, in one place.
 //!
 //! No response or log line ever carries a message body, a MAC or key material.
@@ -24,11 +25,13 @@ mod body;
 mod error;
 mod guard;
 mod handlers;
+mod leftover;
 mod observe;
 mod state;
 
 pub use error::{ApiError, ROUTES};
 pub use handlers::MAC_HEADER;
+pub use leftover::{watch_body, BodyLimits, Settled};
 pub use observe::Observed;
 pub use state::AppState;
 

@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use futures_util::FutureExt as _;
@@ -29,7 +28,7 @@ use tower_service::Service;
 
 use crate::access::{Tokens, TokensError};
 use crate::config::Config;
-use crate::http::{metrics_router, App, AppState};
+use crate::http::{metrics_router, watch_body, App, AppState, BodyLimits, Settled};
 use crate::keystore::{descriptors_left, KeyStore, LoadError};
 use crate::limits::{
     BatchReadsError, ConcurrencyLimit, ConnectionLimit, ConnectionPermit, RateLimiter, ReadBudget,
@@ -276,6 +275,10 @@ async fn serve(
         // queueing the head and the body for a vectored write.
         .writev(false)
         .keep_alive(true);
+    let body_limits = BodyLimits {
+        max: state.max_body,
+        timeout: state.body_timeout,
+    };
     let (stopping_tx, stopping) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let main = accept_loop(
@@ -289,6 +292,7 @@ async fn serve(
         ConnectionService::new(
             App::new(Arc::clone(&state)),
             state.limits_clients_by_address(),
+            body_limits,
         ),
         Arc::clone(&graceful),
         stopping.clone(),
@@ -305,7 +309,7 @@ async fn serve(
             },
             None,
             (http, config.header_timeout),
-            ConnectionService::new(metrics_router(Arc::clone(&state)), false),
+            ConnectionService::new(metrics_router(Arc::clone(&state)), false, body_limits),
             Arc::clone(&graceful),
             stopping,
         ))
@@ -440,12 +444,15 @@ async fn accept_loop<S: AppService>(
 
 /// What a connection serves: the app, or the metrics listener's router.
 trait AppService:
-    Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone + Send + 'static
+    Service<Request, Response = Response, Error = Infallible, Future: Send + Unpin>
+    + Clone
+    + Send
+    + 'static
 {
 }
 
 impl<S> AppService for S where
-    S: Service<Request, Response = Response, Error = Infallible, Future: Send>
+    S: Service<Request, Response = Response, Error = Infallible, Future: Send + Unpin>
         + Clone
         + Send
         + 'static
@@ -467,14 +474,17 @@ struct ConnectionService<S> {
     pass_peer: bool,
     /// Set only when the rate limit needs it: inserting it costs an allocation.
     peer: Option<SocketAddr>,
+    /// For the rest of a body the app leaves unread.
+    body_limits: BodyLimits,
 }
 
 impl<S: AppService> ConnectionService<S> {
-    fn new(app: S, pass_peer: bool) -> Self {
+    fn new(app: S, pass_peer: bool, body_limits: BodyLimits) -> Self {
         ConnectionService {
             app: RefCell::new(app),
             pass_peer,
             peer: None,
+            body_limits,
         }
     }
 
@@ -483,6 +493,7 @@ impl<S: AppService> ConnectionService<S> {
             app: self.app.clone(),
             pass_peer: self.pass_peer,
             peer: self.pass_peer.then_some(peer),
+            body_limits: self.body_limits,
         }
     }
 }
@@ -490,13 +501,20 @@ impl<S: AppService> ConnectionService<S> {
 impl<S: AppService> hyper::service::Service<hyper::Request<Incoming>> for ConnectionService<S> {
     type Response = Response;
     type Error = Infallible;
-    type Future = S::Future;
+    type Future = Settled<S::Future>;
 
-    fn call(&self, mut request: hyper::Request<Incoming>) -> S::Future {
+    /// The response waits for the rest of a body the app left unread, so that
+    /// the connection can serve the next request (see `crate::http::leftover`).
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(ConnectInfo(peer));
         }
-        self.app.borrow_mut().call(request.map(Body::new))
+        let (request, leftover) = watch_body(request);
+        Settled::new(
+            self.app.borrow_mut().call(request),
+            leftover,
+            self.body_limits,
+        )
     }
 }
 

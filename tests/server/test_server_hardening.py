@@ -69,6 +69,137 @@ def test_a_tokens_file_with_a_token_in_clear_is_refused(tmp_path, mode0):
             pass
 
 
+def read_response(sock):
+    """One response from a raw socket: (status, lower-cased headers, body); None
+    when the server closed or reset the connection instead of answering."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict((name.strip().lower(), value.strip()) for name, value in (line.split(":", 1) for line in lines[1:]))
+        while len(body) < int(headers.get("content-length", "0")):
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            body += chunk
+    except ConnectionResetError:
+        return None
+    return int(lines[0].split()[1]), headers, body
+
+
+def post_in_two_parts(sock, target, headers, body):
+    """Sends the head, then the body once the server had time to answer the head
+    alone: what a client whose body follows its head in a later segment does."""
+    head = f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
+    try:
+        sock.sendall(head.encode())
+        time.sleep(0.05)
+        sock.sendall(body)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return read_response(sock)
+
+
+def test_a_request_refused_before_its_body_is_read_leaves_the_connection_open(tmp_path, mode0):
+    """Refused from its head alone (401, 404, 405, 400), a request's body, up to
+    the size limit, is read and discarded: the next request on the connection is
+    served. Without that the response came without `Connection: close` and the
+    connection was closed under the client's next request."""
+    secret_dir, key = mode0
+    env = {"CRYPTOSERVER_TOKENS_FILE": str(write_tokens(tmp_path, "token-one")), "CRYPTOSERVER_MAX_BODY": "64KiB"}
+    good = "Authorization: Bearer token-one\r\n"
+    refusals = [
+        ("/hmac", "", 401),
+        ("/hmac", "Authorization: Bearer token-two\r\n", 401),
+        ("/hmac/sha1", good, 404),
+        ("/healthz", good, 405),
+        ("/hmac?encoding=rot13", good, 400),
+        ("/verify", good, 400),
+    ]
+    with running_server(tmp_path, "MODE0", secret_dir, env) as server:
+        with socket.create_connection(server.address, timeout=10) as sock:
+            for size in (1, 4096, 65536):
+                for target, headers, status in refusals:
+                    body = b"b" * size
+                    refused = post_in_two_parts(sock, target, headers, body)
+                    assert refused is not None, f"{status} for {target} with {size} bytes: connection closed"
+                    assert refused[0] == status and "connection" not in refused[1], (target, size, refused[:2])
+                    served = post_in_two_parts(sock, "/hmac", good, body)
+                    assert served is not None, f"after {status} for {target} with {size} bytes: connection closed"
+                    assert served[0] == 200 and served[2] == expected_mac(key, body)
+
+
+def test_a_refused_body_that_cannot_be_read_closes_the_connection_with_its_answer(tmp_path, mode0):
+    """A body larger than the limit, slower than the body timeout, or awaiting
+    `100 Continue` is not read: its refusal says `Connection: close` and the
+    connection closes, so the client sends its next request on a new one."""
+    secret_dir, _ = mode0
+    env = {
+        "CRYPTOSERVER_TOKENS_FILE": str(write_tokens(tmp_path, "token-one")),
+        "CRYPTOSERVER_MAX_BODY": "1KiB",
+        "CRYPTOSERVER_BODY_TIMEOUT": "1",
+    }
+    with running_server(tmp_path, "MODE0", secret_dir, env) as server:
+        for head, body in [
+            ("Content-Length: 2000\r\n", b"a" * 2000),
+            ("Transfer-Encoding: chunked\r\n", b"800\r\n" + b"a" * 2048 + b"\r\n0\r\n\r\n"),
+            ("Content-Length: 100\r\n", b"a"),
+            ("Content-Length: 100\r\nExpect: 100-continue\r\n", b""),
+        ]:
+            with socket.create_connection(server.address, timeout=10) as sock:
+                sock.sendall(f"POST /hmac HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + body)
+                started = time.monotonic()
+                refused = read_response(sock)
+                assert refused is not None and refused[0] == 401 and refused[1]["connection"] == "close", (head, refused)
+                assert time.monotonic() - started < 5, "the body timeout did not bound the wait"
+                assert read_response(sock) is None
+        assert requests.post(f"{server.url}/hmac", data=b"x", headers={"Authorization": "Bearer token-one"}).status_code == 200
+
+
+def test_a_keep_alive_client_refused_over_and_over_never_sees_a_connection_error(tmp_path, mode0):
+    """The report: a requests.Session alternating refused and served requests on
+    its kept-alive connection got a connection error after 20 to 480 requests."""
+    secret_dir, key = mode0
+    env = {"CRYPTOSERVER_TOKENS_FILE": str(write_tokens(tmp_path, "token-one")), "CRYPTOSERVER_MAX_BODY": "16KiB"}
+    with running_server(tmp_path, "MODE0", secret_dir, env) as server, requests.Session() as session:
+        deadline = time.monotonic() + 30
+        for i in range(500):
+            body = b"m" * (16, 4096, 16384)[i % 3]
+            refused = session.post(f"{server.url}/hmac", data=body, headers={"Authorization": "Bearer token-two"} if i % 2 else {})
+            assert refused.status_code == 401
+            served = session.post(f"{server.url}/hmac", data=body, headers={"Authorization": "Bearer token-one"})
+            assert served.status_code == 200 and served.content == expected_mac(key, body)
+            if time.monotonic() > deadline:
+                break
+
+
+def test_rate_limited_and_shed_requests_leave_the_connection_open(tmp_path, mode0):
+    secret_dir, key = mode0
+    env = {"CRYPTOSERVER_RATE_LIMIT": "0.001:1"}
+    with running_server(tmp_path, "MODE0", secret_dir, env) as server:
+        with socket.create_connection(server.address, timeout=10) as sock:
+            assert post_in_two_parts(sock, "/hmac", "", b"x")[0] == 200
+            for _ in range(3):
+                limited = post_in_two_parts(sock, "/hmac", "", b"y" * 4096)
+                assert limited is not None and limited[0] == 429 and "connection" not in limited[1]
+    with running_server(tmp_path, "MODE0", secret_dir, {"CRYPTOSERVER_MAX_CONCURRENT": "1"}) as server:
+        with socket.create_connection(server.address, timeout=10) as sock:
+            with socket.create_connection(server.address, timeout=10, source_address=("127.0.0.2", 0)) as slow:
+                slow.sendall(b"POST /hmac HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\na")
+                time.sleep(0.3)
+                shed = post_in_two_parts(sock, "/hmac", "", b"y" * 4096)
+                assert shed is not None and shed[0] == 503 and "connection" not in shed[1]
+                slow.sendall(b"b")
+                assert read_response(slow)[2] == expected_mac(key, b"ab")
+            served = post_in_two_parts(sock, "/hmac", "", b"z")
+            assert served is not None and served[2] == expected_mac(key, b"z")
+
+
 def test_rate_limit_per_client_and_per_message(tmp_path, mode0):
     secret_dir, _ = mode0
     with running_server(tmp_path, "MODE0", secret_dir, {"CRYPTOSERVER_RATE_LIMIT": "0.5:5"}) as server:
