@@ -134,8 +134,10 @@ impl ApiError {
 
     fn header(&self) -> Option<(HeaderName, HeaderValue)> {
         match self {
-            // The client may still be sending; closing is the only way to stop it.
-            ApiError::BodyTimeout | ApiError::TooLarge { .. } => {
+            // The client may still be sending, and closing is the only way to
+            // stop it; or the body's framing broke, and nothing after it on the
+            // connection can be read.
+            ApiError::BodyTimeout | ApiError::TooLarge { .. } | ApiError::UnreadableBody => {
                 Some((CONNECTION, HeaderValue::from_static("close")))
             }
             ApiError::Unauthorized => Some((

@@ -161,6 +161,17 @@ def test_a_refused_body_that_cannot_be_read_closes_the_connection_with_its_answe
         assert requests.post(f"{server.url}/hmac", data=b"x", headers={"Authorization": "Bearer token-one"}).status_code == 200
 
 
+def test_a_body_with_broken_chunked_framing_closes_the_connection_with_its_400(tmp_path, mode0):
+    """Nothing after a broken chunk can be read: the 400 says so, as the connection closes."""
+    secret_dir, _ = mode0
+    with running_server(tmp_path, "MODE0", secret_dir) as server:
+        with socket.create_connection(server.address, timeout=10) as sock:
+            sock.sendall(b"POST /hmac HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            refused = read_response(sock)
+            assert refused is not None and refused[0] == 400 and refused[1]["connection"] == "close", refused
+            assert read_response(sock) is None
+
+
 def test_a_keep_alive_client_refused_over_and_over_never_sees_a_connection_error(tmp_path, mode0):
     """The report: a requests.Session alternating refused and served requests on
     its kept-alive connection got a connection error after 20 to 480 requests."""
