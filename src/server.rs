@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
-use crate::access::{Tokens, TokensError};
+use crate::clients::{Clients, ClientsError};
 use crate::config::Config;
 use crate::http::{metrics_router, App, AppState};
 use crate::keystore::{descriptors_left, KeyStore, LoadError};
@@ -68,7 +68,7 @@ const CLIENTS_TO_FILL_THE_SLOTS: usize = 16;
 pub enum ServerError {
     BatchReads(BatchReadsError),
     Secrets(LoadError),
-    Tokens(TokensError),
+    Clients(ClientsError),
     Tls(TlsError),
     Runtime(io::Error),
     /// The address cannot be listened on; `variable` is the setting that named it.
@@ -84,7 +84,7 @@ impl fmt::Display for ServerError {
         match self {
             ServerError::BatchReads(error) => error.fmt(f),
             ServerError::Secrets(error) => error.fmt(f),
-            ServerError::Tokens(error) => error.fmt(f),
+            ServerError::Clients(error) => error.fmt(f),
             ServerError::Tls(error) => error.fmt(f),
             ServerError::Runtime(error) => write!(f, "cannot start the async runtime: {error}"),
             ServerError::Bind {
@@ -101,7 +101,7 @@ impl std::error::Error for ServerError {
         match self {
             ServerError::BatchReads(error) => Some(error),
             ServerError::Secrets(error) => Some(error),
-            ServerError::Tokens(error) => Some(error),
+            ServerError::Clients(error) => Some(error),
             ServerError::Tls(error) => Some(error),
             ServerError::Runtime(error) => Some(error),
             ServerError::Bind { source, .. } => Some(source),
@@ -115,9 +115,9 @@ impl From<LoadError> for ServerError {
     }
 }
 
-impl From<TokensError> for ServerError {
-    fn from(error: TokensError) -> Self {
-        ServerError::Tokens(error)
+impl From<ClientsError> for ServerError {
+    fn from(error: ClientsError) -> Self {
+        ServerError::Clients(error)
     }
 }
 
@@ -132,22 +132,23 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     harden_process();
     // Everything that can be wrong with the inputs is found before the port is bound.
     let batch_reads = config.batch_reads().map_err(ServerError::BatchReads)?;
+    let clients = config.clients_file().map(Clients::load).transpose()?;
+    let namespaces = clients.as_ref().map_or(Vec::new(), Clients::namespaces);
     let concurrency = Arc::new(ConcurrencyLimit::new(config.max_concurrent));
-    let keys = KeyStore::load(config.mode, &config.secret_dir, config.key_reads)?.with_limits(
-        ReadLimits {
-            timeout: Duration::from_secs(config.key_read_timeout),
-            batches: Arc::new(ReadBudget::new(
-                batch_reads,
-                batch_reads.waiting_under(config.max_concurrent),
-            )),
-            concurrency: Arc::clone(&concurrency),
-        },
-    );
-    let tokens = config
-        .tokens_file
-        .as_deref()
-        .map(Tokens::load)
-        .transpose()?;
+    let keys = KeyStore::load(
+        config.mode,
+        &config.secret_dir,
+        config.key_reads,
+        &namespaces,
+    )?
+    .with_limits(ReadLimits {
+        timeout: Duration::from_secs(config.key_read_timeout),
+        batches: Arc::new(ReadBudget::new(
+            batch_reads,
+            batch_reads.waiting_under(config.max_concurrent),
+        )),
+        concurrency: Arc::clone(&concurrency),
+    });
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::acceptor(
             cert,
@@ -171,7 +172,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         keys,
         max_body: config.max_body,
         body_timeout: config.body_timeout,
-        tokens,
+        clients,
         rate_limiter: config.rate_limit.map(RateLimiter::new),
         concurrency,
         connections: Arc::new(connections),

@@ -211,7 +211,7 @@ impl Bench {
         let messages: Vec<&[u8]> = messages.chunks_exact(MESSAGE_LEN).collect();
         let body = encode_frames(&messages);
         let body_file = self.work.write_file("batch.bin", &body)?;
-        let store = KeyStore::load(Mode::Mode16, &dir, KeyReads::Auto)
+        let store = KeyStore::load(Mode::Mode16, &dir, KeyReads::Auto, &[])
             .map_err(|error| anyhow::anyhow!("cannot load the MODE16 secrets: {error}"))?;
         let (server, _) = self.start_server(Mode::Mode16, &dir)?;
         let post_batches = |duration| {
@@ -775,7 +775,7 @@ fn macs_per_second_in_process(store: &KeyStore, messages: &[&[u8]], duration: Du
     let mut count = 0u64;
     while started.elapsed() < duration {
         for message in messages {
-            let mac = completed(store.mac(std::hint::black_box(message)))
+            let mac = completed(store.mac(None, std::hint::black_box(message)))
                 .expect("MODE16 keys are in memory");
             std::hint::black_box(mac);
         }
