@@ -20,6 +20,7 @@ use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
 use crate::access::{presented_digest, TokenDigest};
 use crate::limits::{ClientId, RateLimit, RateLimiter};
+use crate::metrics::ClientCounters;
 
 /// Longest name or namespace, in bytes.
 const MAX_NAME_LEN: usize = 63;
@@ -105,6 +106,7 @@ pub struct Client {
     /// What its rate limit and its batches' share of key reads count by: its
     /// first token, so that the tokens of a client that rotates share them.
     pub id: ClientId,
+    pub counters: ClientCounters,
 }
 
 /// Why the clients file cannot be used; the server does not start then.
@@ -293,6 +295,7 @@ impl Clients {
                     rate: None,
                     limiter: None,
                     id: ClientId::Token(digest),
+                    counters: ClientCounters::default(),
                 },
                 Some(name) => {
                     if !is_name(name) {
@@ -307,6 +310,7 @@ impl Clients {
                         rate,
                         limiter: rate.map(RateLimiter::new),
                         id: ClientId::Token(digest),
+                        counters: ClientCounters::default(),
                     }
                 }
             };

@@ -21,7 +21,7 @@ use super::error::ApiError;
 use super::guard::{by_address, take_rate};
 use super::state::AppState;
 use crate::batch::parse_frames;
-use crate::clients::{Client, Routes};
+use crate::clients::{Client, Clients, Routes};
 use crate::limits::{ClientId, RateLimiter};
 use crate::mac::{macs_equal, parse_mac, Mac, BASE64};
 
@@ -72,7 +72,7 @@ pub(super) async fn hmac(
     body: Body,
 ) -> Result<Response, ApiError> {
     let message = read_message(body, &state).await?;
-    let mac = mac_of(&state, namespace(&caller), &message).await?;
+    let mac = mac_of(&state, &caller, &message).await?;
     Ok(match encoding {
         // A Vec<u8> is already application/octet-stream.
         Encoding::Raw => mac.to_vec().into_response(),
@@ -108,7 +108,7 @@ pub(super) async fn hmac_batch(
         .keys
         .mac_batch(client, namespace(&caller), body, frames)
         .await?;
-    record_macs(&state, count, hashed);
+    record_macs(&state, &caller, count, hashed);
     Ok(macs.into_response())
 }
 
@@ -120,21 +120,23 @@ pub(super) async fn verify(
 ) -> Result<Response, ApiError> {
     let presented = decode_mac_header(headers.get(MAC_HEADER))?;
     let message = read_message(body, &state).await?;
-    let expected = mac_of(&state, namespace(&caller), &message).await?;
+    let expected = mac_of(&state, &caller, &message).await?;
     Ok(Json(serde_json::json!({ "valid": macs_equal(&expected, &presented) })).into_response())
 }
 
-async fn mac_of(
-    state: &AppState,
-    namespace: Option<&str>,
-    message: &[u8],
-) -> Result<Mac, ApiError> {
-    let mac = state.keys.mac(namespace, message).await?;
-    record_macs(state, 1, message.len());
+async fn mac_of(state: &AppState, caller: &Caller, message: &[u8]) -> Result<Mac, ApiError> {
+    let mac = state.keys.mac(namespace(caller), message).await?;
+    record_macs(state, caller, 1, message.len());
     Ok(mac)
 }
 
-fn record_macs(state: &AppState, count: usize, bytes: usize) {
+fn record_macs(state: &AppState, caller: &Caller, count: usize, bytes: usize) {
+    if let Some(Extension(client)) = caller {
+        client
+            .counters
+            .macs
+            .fetch_add(count as u64, Ordering::Relaxed);
+    }
     state
         .metrics
         .macs_computed
@@ -146,12 +148,18 @@ fn record_macs(state: &AppState, count: usize, bytes: usize) {
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let clients: Vec<_> = state
+        .clients
+        .iter()
+        .flat_map(Clients::iter)
+        .map(|client| (client.label.as_str(), &client.counters))
+        .collect();
     let text = state.metrics.render(
         state.keys.mode().name(),
         state.keys.fingerprint(),
-        state.concurrency.in_flight(),
-        state.connections.open(),
+        (state.concurrency.in_flight(), state.connections.open()),
         state.keys.read_stats(),
+        &clients,
     );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

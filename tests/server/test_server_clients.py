@@ -211,3 +211,45 @@ def test_a_bad_clients_file_stops_the_server_naming_file_line_and_option(tmp_pat
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert f"{path}:" in output and expected in output, output
+
+
+def test_per_client_metrics_and_throttled_audit_lines(tmp_path):
+    secret_dir = reference.write_random_secrets("MODE0", tmp_path / "secrets")
+    text = f"{digest('b')} billing routes=hmac,batch rate=1000:3\n{digest('p')}\n"
+    env = {"CRYPTOSERVER_TOKENS_FILE": str(write_clients(tmp_path, text)), "RUST_LOG": "info"}
+    with running_server(tmp_path, "MODE0", secret_dir, env) as server, requests.Session() as session:
+        billing, plain = {"Authorization": "Bearer b"}, {"Authorization": "Bearer p"}
+        assert session.post(f"{server.url}/hmac", data=b"x", headers=billing).status_code == 200
+        assert session.post(f"{server.url}/hmac/batch", data=frames([b"a", b"b"]), headers=billing).status_code == 200
+        assert session.post(f"{server.url}/verify", data=b"x", headers=billing).status_code == 403
+        assert session.post(f"{server.url}/hmac/batch", data=frames([b"a"] * 5), headers=billing).status_code == 429
+        # A caller choosing names in its path or token makes no label. Refused
+        # requests each have a connection: the server closes one whose body it left unread.
+        for name in ["evil", "billing-2"]:
+            requests.post(f"{server.url}/hmac/{name}", data=b"x", headers=billing)
+            requests.post(f"{server.url}/hmac", data=b"x", headers={"Authorization": f"Bearer {name}"})
+        for _ in range(300):
+            requests.get(f"{server.url}/whoami", headers={"Authorization": "Bearer nobody"})
+        metrics = session.get(f"{server.url}/metrics", headers=plain).text
+    lines = set(metrics.splitlines())
+    for line in [
+        'cryptoserver_client_requests_total{client="billing",route="/hmac",status="200"} 1',
+        'cryptoserver_client_requests_total{client="billing",route="/hmac/batch",status="200"} 1',
+        'cryptoserver_client_requests_total{client="billing",route="/verify",status="403"} 1',
+        'cryptoserver_client_requests_total{client="billing",route="/hmac/batch",status="429"} 1',
+        'cryptoserver_client_macs_total{client="billing"} 3',
+        'cryptoserver_client_rate_limited_total{client="billing"} 1',
+        f'cryptoserver_client_macs_total{{client="{digest("p")[:8]}"}} 0',
+    ]:
+        assert line in lines, line
+    labels = {line.split('client="')[1].split('"')[0] for line in lines if line.startswith("cryptoserver_client_")}
+    assert labels == {"billing", digest("p")[:8]}
+    log = server.log()
+    refused = [line for line in log.splitlines() if "request refused" in line]
+    assert any("billing" in line and "/verify" in line and "403" in line for line in refused), log
+    assert any("billing" in line and "/hmac/batch" in line and "429" in line for line in refused), log
+    assert any("unknown token" in line for line in refused), log
+    # 300 refusals within a second or two: throttled to about 10 lines a second.
+    assert len(refused) < 60, len(refused)
+    for secret in ["Bearer", digest("b"), digest("p"), "nobody"]:
+        assert secret not in log
