@@ -8,13 +8,14 @@
 //!   `hmac`, `batch`, `verify`, `rate=RATE[:BURST]`.
 //!
 //! A line with a digest alone is an unnamed client with no option. `#` starts a
-//! comment line; blank lines are ignored.
+//! comment line; blank lines are ignored. [`LiveClients`] holds the set in
+//! force, which a new reading of the file replaces whole.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
@@ -102,11 +103,11 @@ pub struct Client {
     /// Its own rate limit, instead of CRYPTOSERVER_RATE_LIMIT.
     pub rate: Option<RateLimit>,
     /// The bucket of its own rate limit, shared by its tokens.
-    pub limiter: Option<RateLimiter>,
+    pub limiter: Option<Arc<RateLimiter>>,
     /// What its rate limit and its batches' share of key reads count by: its
     /// first token, so that the tokens of a client that rotates share them.
     pub id: ClientId,
-    pub counters: ClientCounters,
+    pub counters: Arc<ClientCounters>,
 }
 
 /// Why the clients file cannot be used; the server does not start then.
@@ -295,7 +296,7 @@ impl Clients {
                     rate: None,
                     limiter: None,
                     id: ClientId::Token(digest),
-                    counters: ClientCounters::default(),
+                    counters: Arc::default(),
                 },
                 Some(name) => {
                     if !is_name(name) {
@@ -308,9 +309,9 @@ impl Clients {
                         namespace,
                         routes,
                         rate,
-                        limiter: rate.map(RateLimiter::new),
+                        limiter: rate.map(|rate| Arc::new(RateLimiter::new(rate))),
                         id: ClientId::Token(digest),
-                        counters: ClientCounters::default(),
+                        counters: Arc::default(),
                     }
                 }
             };
@@ -372,6 +373,48 @@ impl Clients {
             }
         }
         namespaces
+    }
+}
+
+/// The clients in force: the file's, replaced whole when it is read again.
+#[derive(Debug)]
+pub struct LiveClients {
+    path: PathBuf,
+    current: RwLock<Arc<Clients>>,
+}
+
+impl LiveClients {
+    pub fn load(path: &Path) -> Result<LiveClients, ClientsError> {
+        Ok(LiveClients {
+            path: path.to_owned(),
+            current: RwLock::new(Arc::new(Clients::load(path)?)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The set in force now; a request keeps the one it started with.
+    pub fn current(&self) -> Arc<Clients> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts `new` in force for every request from now on. A client of both
+    /// sets (by label) keeps its counters, so its metrics never go back, and,
+    /// at an unchanged rate, its bucket, so a reload never refills it.
+    pub fn replace(&self, mut new: Clients) {
+        let old = self.current();
+        for client in &mut new.clients {
+            let client = Arc::get_mut(client).expect("a set not yet in force is not shared");
+            if let Some(previous) = old.clients.iter().find(|c| c.label == client.label) {
+                client.counters = Arc::clone(&previous.counters);
+                if previous.rate == client.rate {
+                    client.limiter.clone_from(&previous.limiter);
+                }
+            }
+        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
     }
 }
 
@@ -573,6 +616,30 @@ mod tests {
             assert_eq!(problem(&text), (line, expected), "{text}");
         }
         assert!(matches!(Clients::parse("# nothing\n"), Err((_, None))));
+    }
+
+    #[test]
+    fn a_replaced_set_keeps_the_counters_and_buckets_of_the_clients_it_shares() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let line = |token: &str, rest: &str| format!("{} {rest}\n", digest_of(token));
+        std::fs::write(file.path(), line("a", "app rate=1:1") + &line("b", "gone")).unwrap();
+        let live = LiveClients::load(file.path()).unwrap();
+        let app = Arc::clone(live.current().check(Some(&bearer("a"))).unwrap());
+        app.counters
+            .macs
+            .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        app.limiter.as_ref().unwrap().take(app.id, 1).unwrap();
+        live.replace(Clients::parse(&(line("a2", "app rate=1:1") + &line("c", "new"))).unwrap());
+        let current = live.current();
+        assert!(current.check(Some(&bearer("b"))).is_none());
+        assert!(current.check(Some(&bearer("a"))).is_none());
+        let renewed = current.check(Some(&bearer("a2"))).unwrap();
+        assert!(Arc::ptr_eq(&renewed.counters, &app.counters));
+        assert!(renewed.limiter.as_ref().unwrap().take(app.id, 1).is_err());
+        live.replace(Clients::parse(&line("a2", "app rate=2:2")).unwrap());
+        let faster = Arc::clone(live.current().check(Some(&bearer("a2"))).unwrap());
+        assert!(Arc::ptr_eq(&faster.counters, &app.counters));
+        assert!(faster.limiter.as_ref().unwrap().take(app.id, 1).is_ok());
     }
 
     #[test]

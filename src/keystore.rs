@@ -97,6 +97,15 @@ impl KeyStore {
         self.mode
     }
 
+    /// Whether MACs may be asked in `namespace`: any, with keys on disk; in
+    /// MODE0 and MODE16, the namespaces it was loaded with.
+    pub fn derives(&self, namespace: &str) -> bool {
+        match &self.keys {
+            Keys::InMemory(keys) => keys.namespaces.contains_key(namespace),
+            Keys::OnDisk(_) => true,
+        }
+    }
+
     /// The fingerprint of the secrets served, from their manifest.
     pub fn fingerprint(&self) -> Option<Fingerprint> {
         self.fingerprint

@@ -213,6 +213,8 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     pub shed: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// SIGHUPs whose clients file had an error.
+    pub clients_reload_failures: AtomicU64,
     pub audit: AuditThrottle,
 }
 
@@ -319,6 +321,11 @@ impl Metrics {
                 "cryptoserver_connections_refused_total",
                 "Connections closed at once, over the connection limits.",
                 &self.connections_refused,
+            ),
+            counter(
+                "cryptoserver_clients_reload_failures_total",
+                "SIGHUPs whose clients file had an error (the clients in force stayed as they were).",
+                &self.clients_reload_failures,
             ),
         ];
         for (name, kind, help, value) in gauges_and_counters {

@@ -41,12 +41,11 @@ pub(super) async fn authorize(
         .map(HeaderValue::as_bytes);
     let label = metrics::Route::of_path(request.uri().path());
     let route = Route::of_path(request.uri().path());
-    let Some(client) = clients.check(authorization) else {
+    let Some(client) = clients.current().check(authorization).cloned() else {
         state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
         audit(&state, None, label, StatusCode::UNAUTHORIZED);
         return Err(ApiError::Unauthorized);
     };
-    let client = Arc::clone(client);
     let allowed = match route {
         Some(route) if !client.routes.allows(route) => Err(ApiError::RouteNotAllowed(route)),
         _ => take_rate(&state, Some(&client), client.id, 1),
@@ -102,7 +101,7 @@ pub(super) fn take_rate(
     cost: u32,
 ) -> Result<(), ApiError> {
     let Some(limiter) = client
-        .and_then(|client| client.limiter.as_ref())
+        .and_then(|client| client.limiter.as_deref())
         .or(state.rate_limiter.as_ref())
     else {
         return Ok(());

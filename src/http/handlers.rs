@@ -21,7 +21,7 @@ use super::error::ApiError;
 use super::guard::{by_address, take_rate};
 use super::state::AppState;
 use crate::batch::parse_frames;
-use crate::clients::{Client, Clients, Routes};
+use crate::clients::{Client, LiveClients, Routes};
 use crate::limits::{ClientId, RateLimiter};
 use crate::mac::{macs_equal, parse_mac, Mac, BASE64};
 
@@ -148,11 +148,11 @@ fn record_macs(state: &AppState, caller: &Caller, count: usize, bytes: usize) {
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let clients: Vec<_> = state
-        .clients
+    let current = state.clients.as_ref().map(LiveClients::current);
+    let clients: Vec<_> = current
         .iter()
-        .flat_map(Clients::iter)
-        .map(|client| (client.label.as_str(), &client.counters))
+        .flat_map(|clients| clients.iter())
+        .map(|client| (client.label.as_str(), &*client.counters))
         .collect();
     let text = state.metrics.render(
         state.keys.mode().name(),

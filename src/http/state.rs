@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clients::Clients;
+use crate::clients::LiveClients;
 use crate::keystore::KeyStore;
 use crate::limits::{ConcurrencyLimit, ConnectionLimit, RateLimiter};
 use crate::metrics::Metrics;
@@ -13,7 +13,7 @@ pub struct AppState {
     pub max_body: usize,
     pub body_timeout: Duration,
     /// The clients file; `None` leaves the server open, as the original design has it.
-    pub clients: Option<Clients>,
+    pub clients: Option<LiveClients>,
     pub rate_limiter: Option<RateLimiter>,
     pub concurrency: Arc<ConcurrencyLimit>,
     /// Connections to the main listener.

@@ -7,7 +7,10 @@ import hashlib
 import json
 import os
 import random
+import signal
 import subprocess
+import threading
+import time
 
 import pytest
 import requests
@@ -253,3 +256,62 @@ def test_per_client_metrics_and_throttled_audit_lines(tmp_path):
     assert len(refused) < 60, len(refused)
     for secret in ["Bearer", digest("b"), digest("p"), "nobody"]:
         assert secret not in log
+
+
+def wait_for(condition, seconds=5):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("mode", ["MODE16", "MODE32"])
+def test_sighup_reloads_the_clients_file_under_load(tmp_path, sparse_dir, mode):
+    """No request of a client that stays fails across reloads; a removed token
+    gets 401 at once; a bad file keeps the set in force, logged and counted."""
+    secret_dir = secrets_for(mode, tmp_path, sparse_dir)
+    keep, removed = f"{digest('keep')} keeper namespace=billing\n", f"{digest('old')} leaver\n"
+    path = write_clients(tmp_path, keep + removed)
+    failures, served, stop = [], [0], threading.Event()
+    expected = reference.mac(mode, secret_dir, b"hello world", "billing")
+
+    def load():
+        with requests.Session() as session:
+            while not stop.is_set():
+                response = session.post(f"{server.url}/hmac", data=b"hello world", headers={"Authorization": "Bearer keep"})
+                if response.status_code != 200 or response.content != expected:
+                    failures.append(response.status_code)
+                served[0] += 1
+
+    with running_server(tmp_path, mode, secret_dir, {"CRYPTOSERVER_TOKENS_FILE": str(path), "RUST_LOG": "info"}) as server:
+        old = {"Authorization": "Bearer old"}
+        assert requests.get(f"{server.url}/whoami", headers=old).status_code == 200
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            for round in range(5):
+                path.write_text(keep + (removed if round % 2 else f"{digest('new')} joiner\n"))
+                server.process.send_signal(signal.SIGHUP)
+                expected_status = 200 if round % 2 else 401
+                wait_for(lambda: requests.get(f"{server.url}/whoami", headers=old).status_code == expected_status)
+            path.write_text(keep + f"{digest('x')} Bad-Name\n")
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: "the clients in force are unchanged" in server.log())
+            # The last good file's set: joiner in, leaver out.
+            assert requests.get(f"{server.url}/whoami", headers=old).status_code == 401
+            assert requests.get(f"{server.url}/whoami", headers={"Authorization": "Bearer new"}).status_code == 200
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        assert not failures and served[0] > 20, (failures, served)
+        metrics = requests.get(f"{server.url}/metrics", headers={"Authorization": "Bearer keep"}).text
+        assert "cryptoserver_clients_reload_failures_total 1" in metrics.splitlines()
+        if mode == "MODE16":
+            path.write_text(keep + f"{digest('n')} newcomer namespace=brand-new\n")
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: "namespace 'brand-new' is new" in server.log())
+            assert requests.get(f"{server.url}/whoami", headers={"Authorization": "Bearer n"}).status_code == 401
+    assert f"{path}:2: bad client name 'Bad-Name'" in server.log()
+    assert server.process.returncode == 0
