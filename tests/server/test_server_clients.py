@@ -106,11 +106,11 @@ def test_committed_namespace_vectors_match_the_server(tmp_path, mode):
             assert served.content.hex() == vector["mac_hex"], vector
 
 
-@pytest.mark.parametrize("mode", ["MODE0", "MODE16"])
-def test_no_route_gives_a_client_another_namespaces_macs(tmp_path, mode):
+@pytest.mark.parametrize("mode", ["MODE0", "MODE16", "MODE32", "MODE32X"])
+def test_no_route_gives_a_client_another_namespaces_macs(tmp_path, sparse_dir, mode):
     """Whatever billing sends, through any route, it never gets a MAC of the
     default namespace or of auth, and /verify never accepts one."""
-    secret_dir = secrets_for(mode, tmp_path, None)
+    secret_dir = secrets_for(mode, tmp_path, sparse_dir)
     others = {reference.mac(mode, secret_dir, m, n) for m in MESSAGES for n in (None, "auth")}
     env = {"CRYPTOSERVER_TOKENS_FILE": str(clients_file(tmp_path))}
     with running_server(tmp_path, mode, secret_dir, env) as server, requests.Session() as session:
