@@ -80,7 +80,7 @@ fn key_store(c: &mut Criterion) {
             Mode::Mode32x => {}
             _ => generate_secrets(mode, &secrets),
         }
-        let store = KeyStore::load(mode, &secrets, KeyReads::Auto).expect("the secrets load");
+        let store = KeyStore::load(mode, &secrets, KeyReads::Auto, &[]).expect("the secrets load");
         let cases = match mode {
             Mode::Mode32 => vec![
                 (
@@ -97,7 +97,7 @@ fn key_store(c: &mut Criterion) {
         };
         for (name, message) in cases {
             group.bench_function(name, |b| {
-                b.iter(|| runtime.block_on(store.mac(black_box(&message))))
+                b.iter(|| runtime.block_on(store.mac(None, black_box(&message))))
             });
         }
     }

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -28,10 +28,6 @@ const COUNTS: RangeInclusive<u64> = 1..=1 << 20;
 const BODY_BYTES: RangeInclusive<u64> = 1..=1 << 30;
 /// A smaller head would refuse ordinary requests.
 const HEADER_BYTES: RangeInclusive<u64> = 1 << 10..=1 << 20;
-/// Requests per second: one per 1,000 s to one per nanosecond, the token bucket's resolution.
-const RATES: RangeInclusive<f64> = 0.001..=1e9;
-/// The token bucket counts requests in a u32.
-const BURSTS: RangeInclusive<f64> = 1.0..=u32::MAX as f64;
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -68,10 +64,20 @@ pub struct Config {
     #[arg(long, env = "CRYPTOSERVER_SHUTDOWN_GRACE", default_value = "10", value_parser = seconds(GRACE_SECONDS))]
     pub shutdown_grace: Duration,
 
-    /// File of allowed bearer tokens, one SHA-256 hex digest per line (`cargo xtask gen-token`
-    /// makes one). When set, every route but /healthz and /readyz needs `Authorization: Bearer <token>`.
+    /// The clients file: one line per allowed bearer token, `DIGEST [NAME [OPTION...]]`, its
+    /// SHA-256 hex digest (`cargo xtask gen-token` makes one), a name, and namespace=, routes=,
+    /// rate= (docs/clients.md). When set, every route but /healthz and /readyz needs
+    /// `Authorization: Bearer <token>`.
     #[arg(long, env = "CRYPTOSERVER_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+
+    /// Another name for --tokens-file.
+    #[arg(
+        long,
+        env = "CRYPTOSERVER_CLIENTS_FILE",
+        conflicts_with = "tokens_file"
+    )]
+    pub clients_file: Option<PathBuf>,
 
     /// PEM certificate chain: serve HTTPS (needs --tls-key).
     #[arg(long, env = "CRYPTOSERVER_TLS_CERT", requires = "tls_key")]
@@ -177,10 +183,10 @@ impl fmt::Display for ValueError {
                 f,
                 "'{text}' is not RATE or RATE:BURST with RATE from {} to {} requests per second \
                  and BURST from {} to {}, e.g. 100 or 100:500",
-                RATES.start(),
-                RATES.end(),
-                BURSTS.start(),
-                BURSTS.end()
+                RateLimit::RATES.start(),
+                RateLimit::RATES.end(),
+                RateLimit::BURSTS.start(),
+                RateLimit::BURSTS.end()
             ),
             ValueError::SizeUnit(unit) => {
                 write!(
@@ -231,19 +237,8 @@ fn size_text(bytes: u64) -> String {
     }
 }
 
-/// Parses `100` (100 requests/s, burst 100) or `100:500` (burst 500).
 fn parse_rate_limit(text: &str) -> Result<RateLimit, ValueError> {
-    let (rate, burst) = text.split_once(':').unwrap_or((text, text));
-    let within = |part: &str, range: &RangeInclusive<f64>| {
-        part.trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|n| range.contains(n))
-    };
-    match (within(rate, &RATES), within(burst, &BURSTS)) {
-        (Some(per_second), Some(burst)) => Ok(RateLimit { per_second, burst }),
-        _ => Err(ValueError::RateLimit(text.to_owned())),
-    }
+    RateLimit::parse(text).ok_or_else(|| ValueError::RateLimit(text.to_owned()))
 }
 
 /// Parses `64` (64 for all batches, 32 per batch) or `64:16`.
@@ -327,6 +322,11 @@ fn seconds(
 impl Config {
     /// The batches' key reads: as configured, checked against the mode and
     /// the concurrency limit, or the default that fits them.
+    /// The clients file, by either of its names.
+    pub fn clients_file(&self) -> Option<&Path> {
+        self.tokens_file.as_deref().or(self.clients_file.as_deref())
+    }
+
     pub fn batch_reads(&self) -> Result<BatchReads, BatchReadsError> {
         let per_message = self.mode.keys_per_mac();
         match self.batch_reads {

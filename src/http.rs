@@ -59,8 +59,9 @@ impl App {
             .route("/hmac", post(handlers::hmac))
             .route("/hmac/batch", post(handlers::hmac_batch))
             .route("/verify", post(handlers::verify))
+            .route("/whoami", get(handlers::whoami))
             .route("/metrics", get(handlers::metrics));
-        if state.tokens.is_some() || state.rate_limiter.is_some() {
+        if state.clients.is_some() || state.rate_limiter.is_some() {
             guarded = guarded.route_layer(from_fn_with_state(Arc::clone(&state), guard::authorize));
         }
         let router = Router::new()

@@ -31,7 +31,7 @@ pub use files::{KeyError, KeyReads, KeyUnavailable, UnknownKeyReads};
 pub use startup::LoadError;
 
 use files::KeyFiles;
-use table::KeyTable;
+use table::{InMemoryKeys, KeyTable};
 
 /// Cheap to clone: the keys are shared.
 #[derive(Clone)]
@@ -47,15 +47,22 @@ pub struct KeyStore {
 #[derive(Clone)]
 enum Keys {
     /// MODE0 and MODE16: every key, with its HMAC pads already hashed.
-    InMemory(Arc<KeyTable>),
+    InMemory(Arc<InMemoryKeys>),
     /// MODE32 and MODE32X: 128 GiB stays on disk.
     OnDisk(Arc<KeyFiles>),
 }
 
 impl KeyStore {
     /// Checks the secrets directory for `mode` and loads it; `reads` applies to
-    /// MODE32 and MODE32X only. Blocking: call before serving.
-    pub fn load(mode: Mode, dir: &Path, reads: KeyReads) -> Result<KeyStore, LoadError> {
+    /// MODE32 and MODE32X only. MACs may then be asked in `namespaces` (MODE0
+    /// and MODE16 derive their keys now), or in any namespace when the keys
+    /// stay on disk. Blocking: call before serving.
+    pub fn load(
+        mode: Mode,
+        dir: &Path,
+        reads: KeyReads,
+        namespaces: &[&str],
+    ) -> Result<KeyStore, LoadError> {
         startup::check_directory(dir)?;
         let manifest = startup::read_manifest(mode, dir)?;
         let keys = match mode {
@@ -63,6 +70,7 @@ impl KeyStore {
                 mode,
                 dir,
                 manifest.as_ref(),
+                namespaces,
             )?)),
             Mode::Mode32 | Mode::Mode32x => {
                 Keys::OnDisk(Arc::new(KeyFiles::open(mode, dir, reads)?))
@@ -89,29 +97,46 @@ impl KeyStore {
         self.mode
     }
 
+    /// Whether MACs may be asked in `namespace`: any, with keys on disk; in
+    /// MODE0 and MODE16, the namespaces it was loaded with.
+    pub fn derives(&self, namespace: &str) -> bool {
+        match &self.keys {
+            Keys::InMemory(keys) => keys.namespaces.contains_key(namespace),
+            Keys::OnDisk(_) => true,
+        }
+    }
+
     /// The fingerprint of the secrets served, from their manifest.
     pub fn fingerprint(&self) -> Option<Fingerprint> {
         self.fingerprint
     }
 
-    /// The MAC of `message` under the key the layout rule picks for it. A key
+    /// The MAC of `message` under the key the layout rule picks for it, in
+    /// `namespace` when there is one (one [`KeyStore::load`] was given). A key
     /// read on disk that this future leaves behind (dropped, or timed out)
     /// holds a place under the concurrency limit until it has stopped. Key
     /// reads are timed: run it on a tokio runtime with timers enabled.
-    pub async fn mac(&self, message: &[u8]) -> Result<Mac, KeyError> {
+    pub async fn mac(&self, namespace: Option<&str>, message: &[u8]) -> Result<Mac, KeyError> {
         match &self.keys {
-            Keys::InMemory(keys) => Ok(mac_in_memory(keys, self.mode, message)),
+            Keys::InMemory(keys) => Ok(mac_in_memory(keys.of(namespace), self.mode, message)),
             Keys::OnDisk(files) => {
                 let guard = WorkGuard::new(&self.limits.concurrency, None);
-                let mac =
-                    KeyFiles::mac_async(files, message, guard.work(), self.limits.timeout).await?;
+                let mac = KeyFiles::mac_async(
+                    files,
+                    namespace,
+                    message,
+                    guard.work(),
+                    self.limits.timeout,
+                )
+                .await?;
                 guard.finish();
                 Ok(mac)
             }
         }
     }
 
-    /// The MACs of the messages at `frames` in `body`, concatenated in order.
+    /// The MACs of the messages at `frames` in `body`, concatenated in order,
+    /// in `namespace` as [`KeyStore::mac`].
     /// Keys on disk: the batch of `client` is admitted to the batches' read
     /// budget and its messages take their reads in that client's turn, each
     /// waiting for them up to the key-read timeout; refused, or a message not
@@ -122,18 +147,20 @@ impl KeyStore {
     pub async fn mac_batch(
         &self,
         client: ClientId,
+        namespace: Option<&str>,
         body: Bytes,
         frames: Vec<Range<usize>>,
     ) -> Result<Vec<u8>, KeyError> {
         match &self.keys {
             Keys::InMemory(keys) => {
                 let (keys, mode) = (Arc::clone(keys), self.mode);
+                let namespace = namespace.map(str::to_owned);
                 Ok(batch::macs_on_threads(
                     body,
                     frames,
                     batch::CHUNK_IN_MEMORY,
                     &self.limits.concurrency,
-                    move |message| mac_in_memory(&keys, mode, message),
+                    move |message| mac_in_memory(keys.of(namespace.as_deref()), mode, message),
                 )
                 .await)
             }
@@ -147,7 +174,7 @@ impl KeyStore {
                 let guard = WorkGuard::new(&self.limits.concurrency, Some(batch));
                 let macs = batch::macs_as_keys_arrive(
                     files,
-                    self.mode,
+                    (self.mode, namespace),
                     (&body, frames),
                     guard.work(),
                     self.limits.timeout,

@@ -12,10 +12,14 @@
 //!   name the file, its low 16 bits the slot in that file.
 //! - MODE32X: MODE32's files; each message reads 8 keys and derives its own
 //!   (see [`Probes`]), so a partial copy of the files predicts few MACs.
+//!
+//! A client with a namespace MACs under a key derived from the mode's key
+//! (see [`namespace_key`]).
 
 use std::fmt;
 use std::str::FromStr;
 
+use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -31,6 +35,8 @@ pub const MODE32_FILE_COUNT: usize = 65_536;
 pub const MODE32X_PROBES: usize = 8;
 /// What MODE32X hashes before the message: 23 ASCII bytes, no terminator.
 pub const MODE32X_LABEL: &[u8] = b"cryptoserver MODE32X v1";
+/// HKDF's salt in the namespace rule: 25 ASCII bytes, no terminator.
+pub const NAMESPACE_SALT: &[u8] = b"cryptoserver namespace v1";
 /// Name of the single MODE0 key file.
 pub const MODE0_FILE_NAME: &str = "secret";
 /// Name of the manifest the generator writes last.
@@ -217,6 +223,26 @@ impl Probes {
     }
 }
 
+/// The namespace rule: the key a client of `namespace` MACs under, from the
+/// key `k` the mode's rule gives for the message (MODE32X: `K'`):
+/// `k_N` = HKDF-SHA256 (RFC 5869) with salt [`NAMESPACE_SALT`], input key
+/// material `k`, info the namespace's ASCII bytes, 32 bytes long; that is
+/// `PRK = HMAC(salt, k)`, `k_N = HMAC(PRK, N || 0x01)`.
+///
+/// Not `HMAC(k, label || N)`: the server MACs under `k` whatever a client
+/// sends, so a key of that shape is a MAC any client of the default namespace
+/// could ask for. The server never MACs under the public salt.
+pub fn namespace_key(key: &[u8; KEY_LEN], namespace: &str) -> Zeroizing<[u8; KEY_LEN]> {
+    let mut derived = Zeroizing::new([0u8; KEY_LEN]);
+    let mut hkdf = Hkdf::<Sha256>::new(Some(NAMESPACE_SALT), key);
+    hkdf.expand(namespace.as_bytes(), derived.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    // SAFETY: Hkdf<Sha256> holds the PRK's HMAC state: integer arrays and
+    // counters, for which all-zero bytes are a valid value, and no Drop of its own.
+    unsafe { zeroize::zeroize_flat_type(&mut hkdf) };
+    derived
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -310,6 +336,26 @@ mod tests {
         assert_eq!(
             (last.file, last.offset + KEY_LEN as u64),
             (0xffff, KEY_FILE_LEN)
+        );
+    }
+
+    #[test]
+    fn namespace_keys_follow_the_rule() {
+        use hmac::{Hmac, Mac as _};
+        let hmac = |key: &[u8], message: &[u8]| -> Vec<u8> {
+            let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+            mac.update(message);
+            mac.finalize().into_bytes().to_vec()
+        };
+        assert_eq!(NAMESPACE_SALT.len(), 25);
+        let key = [7u8; KEY_LEN];
+        let prk = hmac(NAMESPACE_SALT, &key);
+        let expected = hmac(&prk, b"billing\x01");
+        assert_eq!(namespace_key(&key, "billing").as_slice(), expected);
+        assert_ne!(namespace_key(&key, "auth"), namespace_key(&key, "billing"));
+        assert_ne!(
+            namespace_key(&[8; KEY_LEN], "billing"),
+            namespace_key(&key, "billing")
         );
     }
 

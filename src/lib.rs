@@ -9,7 +9,8 @@
 //! The server (`cryptoserver`):
 //! - [`config`]: its flags and environment variables (the only place they are parsed).
 //! - [`keystore`]: the secrets as the server holds them, checked at startup.
-//! - [`access`]: bearer tokens; [`limits`]: rate and concurrency limits.
+//! - [`access`]: bearer tokens; [`clients`]: the clients file (who may call, in
+//!   which namespace, on which routes, how often); [`limits`]: rate and concurrency limits.
 //! - [`batch`]: the `/hmac/batch` frame format.
 //! - [`http`]: the routes, their guards and their errors.
 //! - [`metrics`]: Prometheus metrics; [`tls`]: HTTPS and mTLS with rustls.
@@ -20,6 +21,7 @@
 
 pub mod access;
 pub mod batch;
+pub mod clients;
 pub mod config;
 pub mod http;
 pub mod keystore;

@@ -1,9 +1,9 @@
 //! Prometheus text-format metrics, kept with atomics so recording a request
 //! takes no lock and touches as few shared cache lines as possible.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::limits::ReadBudget;
 use crate::manifest::Fingerprint;
@@ -53,10 +53,11 @@ impl Histogram {
 
 /// Route patterns, the only values the `route` label takes: a path a client
 /// chose never becomes a label.
-const ROUTES: [&str; 7] = [
+const ROUTES: [&str; 8] = [
     "/hmac",
     "/hmac/batch",
     "/verify",
+    "/whoami",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -114,6 +115,94 @@ impl RequestCounts {
     }
 }
 
+/// The statuses a client's requests are counted by; any other is `other`.
+const CLIENT_STATUSES: [u16; 10] = [200, 400, 403, 404, 405, 408, 413, 429, 500, 503];
+const CLIENT_STATUS_SLOTS: usize = CLIENT_STATUSES.len() + 1;
+
+/// One client's counters, labelled with its name in the clients file (or its
+/// digest's first 8 hex digits): a caller can never make a label of its own.
+pub struct ClientCounters {
+    /// By route and status: few statuses, so a client costs a few hundred bytes.
+    requests: Box<[AtomicU64]>,
+    pub macs: AtomicU64,
+    pub rate_limited: AtomicU64,
+}
+
+impl Default for ClientCounters {
+    fn default() -> Self {
+        ClientCounters {
+            requests: (0..ROUTES.len() * CLIENT_STATUS_SLOTS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            macs: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+        }
+    }
+}
+
+impl fmt::Debug for ClientCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCounters")
+            .field("macs", &self.macs)
+            .field("rate_limited", &self.rate_limited)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCounters {
+    pub fn count_request(&self, route: Route, status: u16) {
+        self.requests[route.0 * CLIENT_STATUS_SLOTS + client_status_slot(status)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn client_status_slot(status: u16) -> usize {
+    CLIENT_STATUSES
+        .iter()
+        .position(|&known| known == status)
+        .unwrap_or(CLIENT_STATUSES.len())
+}
+
+/// Refused requests logged per second at most: a flood of them must not fill the disk.
+const AUDIT_LINES_PER_SECOND: u64 = 10;
+
+/// How many audit lines may be written now.
+pub struct AuditThrottle {
+    started: Instant,
+    /// The second (since `started`) being counted, and the lines written in it.
+    second: AtomicU64,
+    written: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl Default for AuditThrottle {
+    fn default() -> Self {
+        AuditThrottle {
+            started: Instant::now(),
+            second: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+}
+
+impl AuditThrottle {
+    /// Whether a line may be written now, with the number of lines held back
+    /// since the last one written; about [`AUDIT_LINES_PER_SECOND`] pass a second.
+    pub fn admit(&self) -> Option<u64> {
+        let now = self.started.elapsed().as_secs();
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.written.store(0, Ordering::Relaxed);
+        }
+        if self.written.fetch_add(1, Ordering::Relaxed) < AUDIT_LINES_PER_SECOND {
+            Some(self.held_back.swap(0, Ordering::Relaxed))
+        } else {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: RequestCounts,
@@ -124,6 +213,9 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     pub shed: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// SIGHUPs whose clients file had an error.
+    pub clients_reload_failures: AtomicU64,
+    pub audit: AuditThrottle,
 }
 
 /// MODE32 and MODE32X key reads, counted by the key store.
@@ -148,13 +240,14 @@ impl Metrics {
     /// The text `GET /metrics` answers; `in_flight` is the requests being served,
     /// `connections` the connections open to the main listener.
     /// `fingerprint` names the secrets served (empty for secrets made by hand).
+    /// `clients` are the clients file's, by label.
     pub fn render(
         &self,
         mode: &str,
         fingerprint: Option<Fingerprint>,
-        in_flight: usize,
-        connections: usize,
+        (in_flight, connections): (usize, usize),
         key_reads: Option<(&KeyReadStats, &ReadBudget)>,
+        clients: &[(&str, &ClientCounters)],
     ) -> String {
         let mut out = String::with_capacity(4096);
         let fingerprint = fingerprint.map_or(String::new(), |fingerprint| fingerprint.to_string());
@@ -229,6 +322,11 @@ impl Metrics {
                 "Connections closed at once, over the connection limits.",
                 &self.connections_refused,
             ),
+            counter(
+                "cryptoserver_clients_reload_failures_total",
+                "SIGHUPs whose clients file had an error (the clients in force stayed as they were).",
+                &self.clients_reload_failures,
+            ),
         ];
         for (name, kind, help, value) in gauges_and_counters {
             let _ = writeln!(
@@ -236,6 +334,7 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        render_clients(&mut out, clients);
         if let Some((key_reads, batch_reads)) = key_reads {
             let key_read_counts = [
                 counter(
@@ -288,6 +387,59 @@ impl Metrics {
     }
 }
 
+fn render_clients(out: &mut String, clients: &[(&str, &ClientCounters)]) {
+    if clients.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cryptoserver_client_requests_total Requests by client (its name in the clients file, \
+         or its digest's first 8 hex digits), route and status.\n\
+         # TYPE cryptoserver_client_requests_total counter"
+    );
+    for (client, counters) in clients {
+        for route in (0..ROUTES.len()).map(Route) {
+            for slot in 0..CLIENT_STATUS_SLOTS {
+                let count =
+                    counters.requests[route.0 * CLIENT_STATUS_SLOTS + slot].load(Ordering::Relaxed);
+                if count > 0 {
+                    let status = CLIENT_STATUSES
+                        .get(slot)
+                        .map_or("other".to_owned(), u16::to_string);
+                    let _ = writeln!(
+                        out,
+                        "cryptoserver_client_requests_total{{client=\"{client}\",route=\"{}\",status=\"{status}\"}} {count}",
+                        route.label()
+                    );
+                }
+            }
+        }
+    }
+    type Counter = fn(&ClientCounters) -> &AtomicU64;
+    let per_client: [(&str, &str, Counter); 2] = [
+        (
+            "cryptoserver_client_macs_total",
+            "MACs computed by client (a batch counts each message).",
+            |counters| &counters.macs,
+        ),
+        (
+            "cryptoserver_client_rate_limited_total",
+            "Requests refused by the client's rate limit, by client.",
+            |counters| &counters.rate_limited,
+        ),
+    ];
+    for (name, help, value) in per_client {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (client, counters) in clients {
+            let _ = writeln!(
+                out,
+                "{name}{{client=\"{client}\"}} {}",
+                value(counters).load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
 fn counter(
     name: &'static str,
     help: &'static str,
@@ -309,7 +461,7 @@ mod tests {
         metrics.count_request(Route::of_path("/readyz"), 1000);
         metrics.request_latency.observe(Duration::from_micros(300));
         metrics.request_latency.observe(Duration::from_secs(10));
-        let text = metrics.render("MODE16", None, 3, 5, None);
+        let text = metrics.render("MODE16", None, (3, 5), None, &[]);
         assert!(text.contains(&format!(
             "cryptoserver_build_info{{version=\"{}\",mode=\"MODE16\",fingerprint=\"\"}} 1",
             env!("CARGO_PKG_VERSION")
@@ -324,6 +476,40 @@ mod tests {
         assert!(text.contains("cryptoserver_in_flight_requests 3"));
         assert!(text.contains("cryptoserver_open_connections 5"));
         assert!(!text.contains("cryptoserver_batch_key_reads_in_flight"));
+        assert!(!text.contains("cryptoserver_client_"));
+    }
+
+    #[test]
+    fn renders_clients_by_their_label_only() {
+        let (billing, plain) = (ClientCounters::default(), ClientCounters::default());
+        billing.count_request(Route::of_path("/hmac"), 200);
+        billing.count_request(Route::of_path("/verify"), 403);
+        billing.count_request(Route::of_path("/hmac"), 418);
+        billing.macs.fetch_add(7, Ordering::Relaxed);
+        plain.rate_limited.fetch_add(2, Ordering::Relaxed);
+        let clients = [("billing", &billing), ("0a1b2c3d", &plain)];
+        let text = Metrics::default().render("MODE0", None, (0, 0), None, &clients);
+        for line in [
+            "cryptoserver_client_requests_total{client=\"billing\",route=\"/hmac\",status=\"200\"} 1",
+            "cryptoserver_client_requests_total{client=\"billing\",route=\"/verify\",status=\"403\"} 1",
+            "cryptoserver_client_requests_total{client=\"billing\",route=\"/hmac\",status=\"other\"} 1",
+            "cryptoserver_client_macs_total{client=\"billing\"} 7",
+            "cryptoserver_client_macs_total{client=\"0a1b2c3d\"} 0",
+            "cryptoserver_client_rate_limited_total{client=\"0a1b2c3d\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn audit_lines_are_throttled_and_say_how_many_were_held_back() {
+        let throttle = AuditThrottle::default();
+        let admitted = (0..1000).filter(|_| throttle.admit().is_some()).count() as u64;
+        // Unless the second turned over in between.
+        assert!((AUDIT_LINES_PER_SECOND..=2 * AUDIT_LINES_PER_SECOND).contains(&admitted));
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(throttle.admit(), Some(1000 - admitted));
+        assert_eq!(throttle.admit(), Some(0));
     }
 
     #[test]
@@ -344,7 +530,7 @@ mod tests {
         let client = ClientId::Address(std::net::Ipv4Addr::LOCALHOST.into());
         let _reads = take_now(&budget, client, 5).unwrap();
         assert!(take_now(&budget, client, 8).is_none());
-        let text = Metrics::default().render("MODE32", None, 0, 0, Some((&stats, &budget)));
+        let text = Metrics::default().render("MODE32", None, (0, 0), Some((&stats, &budget)), &[]);
         assert!(text.contains("cryptoserver_key_read_timeouts_total 2"));
         assert!(text.contains("cryptoserver_batch_key_reads_in_flight 5"));
         assert!(text.contains("cryptoserver_batches_refused_total 1"));

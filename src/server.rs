@@ -21,12 +21,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
-use crate::access::{Tokens, TokensError};
+use crate::clients::{Clients, ClientsError, LiveClients};
 use crate::config::Config;
 use crate::http::{metrics_router, watch_body, App, AppState, BodyLimits, Settled};
 use crate::keystore::{descriptors_left, KeyStore, LoadError};
@@ -67,7 +67,7 @@ const CLIENTS_TO_FILL_THE_SLOTS: usize = 16;
 pub enum ServerError {
     BatchReads(BatchReadsError),
     Secrets(LoadError),
-    Tokens(TokensError),
+    Clients(ClientsError),
     Tls(TlsError),
     Runtime(io::Error),
     /// The address cannot be listened on; `variable` is the setting that named it.
@@ -83,7 +83,7 @@ impl fmt::Display for ServerError {
         match self {
             ServerError::BatchReads(error) => error.fmt(f),
             ServerError::Secrets(error) => error.fmt(f),
-            ServerError::Tokens(error) => error.fmt(f),
+            ServerError::Clients(error) => error.fmt(f),
             ServerError::Tls(error) => error.fmt(f),
             ServerError::Runtime(error) => write!(f, "cannot start the async runtime: {error}"),
             ServerError::Bind {
@@ -100,7 +100,7 @@ impl std::error::Error for ServerError {
         match self {
             ServerError::BatchReads(error) => Some(error),
             ServerError::Secrets(error) => Some(error),
-            ServerError::Tokens(error) => Some(error),
+            ServerError::Clients(error) => Some(error),
             ServerError::Tls(error) => Some(error),
             ServerError::Runtime(error) => Some(error),
             ServerError::Bind { source, .. } => Some(source),
@@ -114,9 +114,9 @@ impl From<LoadError> for ServerError {
     }
 }
 
-impl From<TokensError> for ServerError {
-    fn from(error: TokensError) -> Self {
-        ServerError::Tokens(error)
+impl From<ClientsError> for ServerError {
+    fn from(error: ClientsError) -> Self {
+        ServerError::Clients(error)
     }
 }
 
@@ -131,22 +131,24 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     harden_process();
     // Everything that can be wrong with the inputs is found before the port is bound.
     let batch_reads = config.batch_reads().map_err(ServerError::BatchReads)?;
+    let clients = config.clients_file().map(LiveClients::load).transpose()?;
+    let current = clients.as_ref().map(LiveClients::current);
+    let namespaces = current.as_deref().map_or(Vec::new(), Clients::namespaces);
     let concurrency = Arc::new(ConcurrencyLimit::new(config.max_concurrent));
-    let keys = KeyStore::load(config.mode, &config.secret_dir, config.key_reads)?.with_limits(
-        ReadLimits {
-            timeout: Duration::from_secs(config.key_read_timeout),
-            batches: Arc::new(ReadBudget::new(
-                batch_reads,
-                batch_reads.waiting_under(config.max_concurrent),
-            )),
-            concurrency: Arc::clone(&concurrency),
-        },
-    );
-    let tokens = config
-        .tokens_file
-        .as_deref()
-        .map(Tokens::load)
-        .transpose()?;
+    let keys = KeyStore::load(
+        config.mode,
+        &config.secret_dir,
+        config.key_reads,
+        &namespaces,
+    )?
+    .with_limits(ReadLimits {
+        timeout: Duration::from_secs(config.key_read_timeout),
+        batches: Arc::new(ReadBudget::new(
+            batch_reads,
+            batch_reads.waiting_under(config.max_concurrent),
+        )),
+        concurrency: Arc::clone(&concurrency),
+    });
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::acceptor(
             cert,
@@ -170,7 +172,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         keys,
         max_body: config.max_body,
         body_timeout: config.body_timeout,
-        tokens,
+        clients,
         rate_limiter: config.rate_limit.map(RateLimiter::new),
         concurrency,
         connections: Arc::new(connections),
@@ -314,10 +316,14 @@ async fn serve(
             stopping,
         ))
     });
+    // Installed before anything can send it: SIGHUP's default action ends the process.
+    let hangup = signal(SignalKind::hangup()).expect("SIGHUP handler installs");
+    let reloads = tokio::spawn(reload_clients_on(hangup, Arc::clone(&state)));
     tokio::select! {
         () = main => {}
         () = termination_signal() => {}
     }
+    reloads.abort();
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = stopping_tx.send(true);
     if let Some(metrics) = metrics {
@@ -544,6 +550,57 @@ impl<S: AppService> Connection<S> {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
     }
+}
+
+/// Each SIGHUP reads the clients file again: a file without error is in force
+/// for every request from then on; one with any error leaves the set in force
+/// as it was, and is logged and counted.
+async fn reload_clients_on(mut hangup: Signal, state: Arc<AppState>) {
+    while hangup.recv().await.is_some() {
+        let Some(clients) = &state.clients else {
+            tracing::info!("SIGHUP: no clients file (CRYPTOSERVER_TOKENS_FILE) to read again");
+            continue;
+        };
+        match read_clients_again(&state, clients) {
+            Ok(new) => {
+                let count = new.iter().count();
+                clients.replace(new);
+                tracing::info!(
+                    clients = count,
+                    "SIGHUP: clients file read again; the new set is in force"
+                );
+            }
+            Err(error) => {
+                state
+                    .metrics
+                    .clients_reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    %error,
+                    "SIGHUP: the clients file has an error; the clients in force are unchanged"
+                );
+            }
+        }
+    }
+}
+
+/// The clients file as it is now, if it has no error and the keys serve every
+/// namespace it names.
+fn read_clients_again(state: &AppState, clients: &LiveClients) -> Result<Clients, String> {
+    let new = Clients::load(clients.path()).map_err(|error| error.to_string())?;
+    if let Some(namespace) = new
+        .namespaces()
+        .into_iter()
+        .find(|namespace| !state.keys.derives(namespace))
+    {
+        return Err(format!(
+            "{}: namespace '{namespace}' is new, and {} derives the namespaces' keys at startup: \
+             restart the server to add it",
+            clients.path().display(),
+            state.keys.mode()
+        ));
+    }
+    Ok(new)
 }
 
 async fn termination_signal() {

@@ -19,8 +19,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use axum::body::{to_bytes, Body, Bytes};
 use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
 use base64::Engine as _;
-use cryptoserver::access::Tokens;
 use cryptoserver::batch::{encode_frames, parse_frames};
+use cryptoserver::clients::LiveClients;
 use cryptoserver::http::{App, AppState, MAC_HEADER};
 use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
@@ -110,7 +110,7 @@ impl Secrets {
         let path = dir.path().join(name);
         fs::write(&path, &file).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
-        let keys = KeyStore::load(mode, dir.path(), KeyReads::Auto).unwrap();
+        let keys = KeyStore::load(mode, dir.path(), KeyReads::Auto, &[]).unwrap();
         Secrets {
             mode,
             keys,
@@ -122,7 +122,7 @@ impl Secrets {
     fn mode32x(planted: &Arc<Planted>, reads: KeyReads) -> Secrets {
         Secrets {
             mode: Mode::Mode32x,
-            keys: KeyStore::load(Mode::Mode32x, planted.dir.path(), reads).unwrap(),
+            keys: KeyStore::load(Mode::Mode32x, planted.dir.path(), reads, &[]).unwrap(),
             reference: Reference::Planted(Arc::clone(planted)),
         }
     }
@@ -189,7 +189,7 @@ fn open_state(secrets: &Secrets) -> AppState {
         keys: secrets.keys.clone(),
         max_body: MAX_BODY,
         body_timeout: std::time::Duration::from_secs(30),
-        tokens: None,
+        clients: None,
         rate_limiter: None,
         concurrency: Arc::new(ConcurrencyLimit::new(usize::MAX)),
         connections: Arc::new(ConnectionLimit::new(usize::MAX, usize::MAX)),
@@ -218,7 +218,7 @@ impl Server {
         )
         .unwrap();
         Server::new(AppState {
-            tokens: Some(Tokens::load(tokens_file.path()).unwrap()),
+            clients: Some(LiveClients::load(tokens_file.path()).unwrap()),
             rate_limiter: Some(RateLimiter::new(RateLimit {
                 per_second: 50.0,
                 burst: 20.0,

@@ -22,6 +22,9 @@ MODE32X_LABEL = b"cryptoserver MODE32X v1"
 MODE32X_PROBES = 8
 LONG_MESSAGE_RULE = "byte i = i mod 251"
 LONG_MESSAGE_LEN = 1_000_000
+NAMESPACE_SALT = b"cryptoserver namespace v1"
+NAMESPACE_VECTOR_NAMES = ["billing", "auth"]
+NAMESPACE_VECTOR_MESSAGES = [b"", b"hello world"]
 MODE32X_VECTOR_MESSAGES = [b"", b"hello world", b"apples and pears", bytes(i % 251 for i in range(LONG_MESSAGE_LEN))]
 
 
@@ -84,8 +87,18 @@ def read_key(mode, secret_dir, message):
     return key
 
 
-def mac(mode, secret_dir, message):
-    return hmac.new(read_key(mode, secret_dir, message), message, hashlib.sha256).digest()
+def namespace_key(key, namespace):
+    """k_N: HKDF-SHA256 (RFC 5869) of the mode's key, salt NAMESPACE_SALT, info the
+    namespace, 32 bytes: one HMAC to extract the PRK, one block to expand it."""
+    prk = hmac.new(NAMESPACE_SALT, key, hashlib.sha256).digest()
+    return hmac.new(prk, namespace.encode("ascii") + b"\x01", hashlib.sha256).digest()
+
+
+def mac(mode, secret_dir, message, namespace=None):
+    key = read_key(mode, secret_dir, message)
+    if namespace is not None:
+        key = namespace_key(key, namespace)
+    return hmac.new(key, message, hashlib.sha256).digest()
 
 
 def vector_key(file_index, slot):
@@ -175,6 +188,39 @@ def compute_vectors():
         "key_rule": "key of (file index f, slot s) = SHA-256(b'cryptoserver test vector' || u16be(f) || u16be(s))",
         # Before the original vectors, so adding these left every line of them as it was.
         "mode32x": compute_mode32x_vectors(),
+        "namespaces": compute_namespace_vectors(),
+        "vectors": vectors,
+    }
+
+
+def vector_mode_key(mode, message):
+    """The test key the mode's rule gives for `message` (MODE32X: K')."""
+    if mode == "MODE32X":
+        return mode32x_key(message, lambda index: vector_key_at("MODE32X", index))
+    return vector_key_at(mode, key_index(mode, message))
+
+
+def compute_namespace_vectors():
+    vectors = []
+    for mode in ("MODE0", "MODE16", "MODE32", "MODE32X"):
+        for namespace in NAMESPACE_VECTOR_NAMES:
+            for message in NAMESPACE_VECTOR_MESSAGES:
+                key = vector_mode_key(mode, message)
+                derived = namespace_key(key, namespace)
+                vectors.append(
+                    {
+                        "mode": mode,
+                        "namespace": namespace,
+                        "message_hex": message.hex(),
+                        "key_hex": key.hex(),
+                        "namespace_key_hex": derived.hex(),
+                        "mac_hex": hmac.new(derived, message, hashlib.sha256).hexdigest(),
+                    }
+                )
+    return {
+        "rule": "k = the test key the mode's rule gives for m (MODE32X: K'); "
+        "PRK = HMAC-SHA256(b'cryptoserver namespace v1', k); k_N = HMAC-SHA256(PRK, N || 0x01) "
+        "(HKDF-SHA256, RFC 5869, 32 bytes); MAC = HMAC-SHA256(k_N, m)",
         "vectors": vectors,
     }
 

@@ -11,14 +11,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::batch::FrameError;
+use crate::clients::Route;
 use crate::keystore::KeyError;
 use crate::limits::Refusal;
 
 /// Every route the server answers, as the 404 text lists them.
-pub const ROUTES: [(&str, &str); 6] = [
+pub const ROUTES: [(&str, &str); 7] = [
     ("POST", "/hmac"),
     ("POST", "/hmac/batch"),
     ("POST", "/verify"),
+    ("GET", "/whoami"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -44,6 +46,8 @@ pub enum ApiError {
     /// and the queue for them was full or none came in time.
     BatchReadsBusy,
     Unauthorized,
+    /// The client's `routes=` leaves this route out.
+    RouteNotAllowed(Route),
     RateLimited(Refusal),
     /// At the concurrency limit: refused at once rather than queued.
     Shed,
@@ -66,6 +70,7 @@ impl ApiError {
             | ApiError::BatchReadsBusy
             | ApiError::Shed => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::RouteNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -108,8 +113,13 @@ impl ApiError {
             ApiError::Unauthorized => {
                 "missing or unknown bearer token: send Authorization: Bearer <token>".into()
             }
+            ApiError::RouteNotAllowed(route) => format!(
+                "this client may not call the {} route: its routes= in the clients file leaves it out",
+                route.name()
+            ),
             ApiError::RateLimited(Refusal::RetryAfter(_)) => {
-                "rate limit exceeded (CRYPTOSERVER_RATE_LIMIT); retry after the Retry-After seconds"
+                "rate limit exceeded (CRYPTOSERVER_RATE_LIMIT, or the client's rate= in the clients file); \
+                 retry after the Retry-After seconds"
                     .into()
             }
             ApiError::RateLimited(Refusal::LargerThanBurst) => {

@@ -1,5 +1,7 @@
-//! Who may call, and how often: the bearer token (when tokens are configured)
-//! and the per-client rate limit, on every route but `/healthz` and `/readyz`.
+//! Who may call, and how often: the client its bearer token names (when there
+//! is a clients file), the routes it may call, and its rate limit, on every
+//! route but `/healthz` and `/readyz`. Each refusal (401, 403, 429) is logged,
+//! naming the client or "unknown token" and the route, never the token.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -7,38 +9,80 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::clients::{Client, Route};
 use crate::limits::{client_address, ClientId};
+use crate::metrics;
 
-/// Identifies the client (its token, else its address), checks its token and
-/// takes one request from its rate limit.
+/// Finds the client (by its token, else its address), checks it may call
+/// this route and takes one request from its rate limit. The handlers find
+/// the [`ClientId`] and, with a clients file, the [`Client`] in the
+/// request's extensions, and the response carries the [`Client`] out to be
+/// counted.
 pub(super) async fn authorize(
     State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let client = match &state.tokens {
-        Some(tokens) => {
-            let authorization = request
-                .headers()
-                .get(AUTHORIZATION)
-                .map(HeaderValue::as_bytes);
-            let Some(digest) = tokens.check(authorization) else {
-                state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::Unauthorized);
-            };
-            ClientId::Token(digest)
-        }
-        None => by_address(request.extensions().get::<ConnectInfo<SocketAddr>>()),
+    let Some(clients) = &state.clients else {
+        let client = by_address(request.extensions().get::<ConnectInfo<SocketAddr>>());
+        take_rate(&state, None, client, 1)?;
+        request.extensions_mut().insert(client);
+        return Ok(next.run(request).await);
     };
-    take_rate(&state, client, 1)?;
-    request.extensions_mut().insert(client);
-    Ok(next.run(request).await)
+    let authorization = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let label = metrics::Route::of_path(request.uri().path());
+    let route = Route::of_path(request.uri().path());
+    let Some(client) = clients.current().check(authorization).cloned() else {
+        state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+        audit(&state, None, label, StatusCode::UNAUTHORIZED);
+        return Err(ApiError::Unauthorized);
+    };
+    let allowed = match route {
+        Some(route) if !client.routes.allows(route) => Err(ApiError::RouteNotAllowed(route)),
+        _ => take_rate(&state, Some(&client), client.id, 1),
+    };
+    let mut response = match allowed {
+        Ok(()) => {
+            request.extensions_mut().insert(client.id);
+            request.extensions_mut().insert(Arc::clone(&client));
+            let response = next.run(request).await;
+            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                audit(&state, Some(&client), label, response.status());
+            }
+            response
+        }
+        Err(refusal) => {
+            let response = refusal.into_response();
+            audit(&state, Some(&client), label, response.status());
+            response
+        }
+    };
+    response.extensions_mut().insert(client);
+    Ok(response)
+}
+
+/// One line at `info` for a refused request, as many a second as
+/// [`metrics::AuditThrottle`] lets through. The route is its label: a path a
+/// client chose never reaches the log.
+fn audit(state: &AppState, client: Option<&Client>, route: metrics::Route, status: StatusCode) {
+    if let Some(held_back) = state.metrics.audit.admit() {
+        tracing::info!(
+            client = client.map_or("unknown token", |client| &client.label),
+            route = route.label(),
+            status = status.as_u16(),
+            held_back,
+            "request refused"
+        );
+    }
 }
 
 /// A client without a token: its address, when the connection passed it on.
@@ -48,13 +92,25 @@ pub(super) fn by_address(peer: Option<&ConnectInfo<SocketAddr>>) -> ClientId {
     }))
 }
 
-/// Takes `cost` requests from the client's rate limit, if there is one.
-pub(super) fn take_rate(state: &AppState, client: ClientId, cost: u32) -> Result<(), ApiError> {
-    let Some(limiter) = &state.rate_limiter else {
+/// Takes `cost` requests from the rate limit of the client: its own, else
+/// the server's, if there is one.
+pub(super) fn take_rate(
+    state: &AppState,
+    client: Option<&Client>,
+    id: ClientId,
+    cost: u32,
+) -> Result<(), ApiError> {
+    let Some(limiter) = client
+        .and_then(|client| client.limiter.as_deref())
+        .or(state.rate_limiter.as_ref())
+    else {
         return Ok(());
     };
-    limiter.take(client, cost).map_err(|refusal| {
+    limiter.take(id, cost).map_err(|refusal| {
         state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        if let Some(client) = client {
+            client.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        }
         ApiError::RateLimited(refusal)
     })
 }

@@ -1,5 +1,6 @@
-//! The routes: `POST /hmac`, `POST /hmac/batch`, `POST /verify`, `GET /healthz`,
-//! `GET /readyz`, `GET /metrics`.
+//! The routes: `POST /hmac`, `POST /hmac/batch`, `POST /verify`, `GET /whoami`,
+//! `GET /healthz`, `GET /readyz`, `GET /metrics`. MACs are in the caller's
+//! namespace: the one its line in the clients file names, if any.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -20,7 +21,8 @@ use super::error::ApiError;
 use super::guard::{by_address, take_rate};
 use super::state::AppState;
 use crate::batch::parse_frames;
-use crate::limits::ClientId;
+use crate::clients::{Client, LiveClients, Routes};
+use crate::limits::{ClientId, RateLimiter};
 use crate::mac::{macs_equal, parse_mac, Mac, BASE64};
 
 /// Header carrying the MAC that `POST /verify` checks.
@@ -54,13 +56,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Encoding {
     }
 }
 
+/// The client the guard found, when there is a clients file.
+type Caller = Option<Extension<Arc<Client>>>;
+
+fn namespace(caller: &Caller) -> Option<&str> {
+    caller
+        .as_ref()
+        .and_then(|Extension(client)| client.namespace.as_deref())
+}
+
 pub(super) async fn hmac(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     encoding: Encoding,
     body: Body,
 ) -> Result<Response, ApiError> {
     let message = read_message(body, &state).await?;
-    let mac = mac_of(&state, &message).await?;
+    let mac = mac_of(&state, &caller, &message).await?;
     Ok(match encoding {
         // A Vec<u8> is already application/octet-stream.
         Encoding::Raw => mac.to_vec().into_response(),
@@ -74,6 +86,7 @@ pub(super) async fn hmac(
 /// (its token, else its address) is who the batch's key reads are shared by.
 pub(super) async fn hmac_batch(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     client: Option<Extension<ClientId>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Body,
@@ -82,36 +95,48 @@ pub(super) async fn hmac_batch(
     let frames = parse_frames(&body).map_err(ApiError::MalformedBatch)?;
     let client = match client {
         Some(Extension(client)) => {
-            take_rate(&state, client, frames.len().saturating_sub(1) as u32)?;
+            let cost = frames.len().saturating_sub(1) as u32;
+            let own = caller.as_ref().map(|Extension(caller)| &**caller);
+            take_rate(&state, own, client, cost)?;
             client
         }
         None => by_address(peer.as_ref().map(|Extension(peer)| peer)),
     };
     let hashed: usize = frames.iter().map(|frame| frame.len()).sum();
     let count = frames.len();
-    let macs = state.keys.mac_batch(client, body, frames).await?;
-    record_macs(&state, count, hashed);
+    let macs = state
+        .keys
+        .mac_batch(client, namespace(&caller), body, frames)
+        .await?;
+    record_macs(&state, &caller, count, hashed);
     Ok(macs.into_response())
 }
 
 pub(super) async fn verify(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let presented = decode_mac_header(headers.get(MAC_HEADER))?;
     let message = read_message(body, &state).await?;
-    let expected = mac_of(&state, &message).await?;
+    let expected = mac_of(&state, &caller, &message).await?;
     Ok(Json(serde_json::json!({ "valid": macs_equal(&expected, &presented) })).into_response())
 }
 
-async fn mac_of(state: &AppState, message: &[u8]) -> Result<Mac, ApiError> {
-    let mac = state.keys.mac(message).await?;
-    record_macs(state, 1, message.len());
+async fn mac_of(state: &AppState, caller: &Caller, message: &[u8]) -> Result<Mac, ApiError> {
+    let mac = state.keys.mac(namespace(caller), message).await?;
+    record_macs(state, caller, 1, message.len());
     Ok(mac)
 }
 
-fn record_macs(state: &AppState, count: usize, bytes: usize) {
+fn record_macs(state: &AppState, caller: &Caller, count: usize, bytes: usize) {
+    if let Some(Extension(client)) = caller {
+        client
+            .counters
+            .macs
+            .fetch_add(count as u64, Ordering::Relaxed);
+    }
     state
         .metrics
         .macs_computed
@@ -123,14 +148,38 @@ fn record_macs(state: &AppState, count: usize, bytes: usize) {
 }
 
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let current = state.clients.as_ref().map(LiveClients::current);
+    let clients: Vec<_> = current
+        .iter()
+        .flat_map(|clients| clients.iter())
+        .map(|client| (client.label.as_str(), &*client.counters))
+        .collect();
     let text = state.metrics.render(
         state.keys.mode().name(),
         state.keys.fingerprint(),
-        state.concurrency.in_flight(),
-        state.connections.open(),
+        (state.concurrency.in_flight(), state.connections.open()),
         state.keys.read_stats(),
+        &clients,
     );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Who the caller is, as the clients file says: its name, namespace, routes
+/// and rate limit, never its token or digest. `null` name and namespace: a
+/// caller without a name (an unnamed line, or a server without a clients file).
+pub(super) async fn whoami(State(state): State<Arc<AppState>>, caller: Caller) -> Response {
+    let client = caller.as_ref().map(|Extension(client)| &**client);
+    let rate = client
+        .and_then(|client| client.rate)
+        .or(state.rate_limiter.as_ref().map(RateLimiter::limit))
+        .map(|rate| serde_json::json!({ "per_second": rate.per_second, "burst": rate.burst }));
+    Json(serde_json::json!({
+        "name": client.filter(|client| client.named).map(|client| &client.label),
+        "namespace": client.and_then(|client| client.namespace.as_deref()),
+        "routes": client.map_or(Routes::ALL, |client| client.routes).names().collect::<Vec<_>>(),
+        "rate": rate,
+    }))
+    .into_response()
 }
 
 pub(super) async fn healthz() -> &'static str {

@@ -21,6 +21,7 @@ use tower_service::Service;
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::clients::Client;
 use crate::metrics::Route;
 
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
@@ -96,6 +97,11 @@ impl Future for Observed {
         let elapsed = this.started.elapsed();
         metrics.request_latency.observe(elapsed);
         metrics.count_request(this.route, response.status().as_u16());
+        if let Some(client) = response.extensions_mut().remove::<Arc<Client>>() {
+            client
+                .counters
+                .count_request(this.route, response.status().as_u16());
+        }
         this.span.in_scope(|| {
             tracing::debug!(
                 status = response.status().as_u16(),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::access::Tokens;
+use crate::clients::LiveClients;
 use crate::keystore::KeyStore;
 use crate::limits::{ConcurrencyLimit, ConnectionLimit, RateLimiter};
 use crate::metrics::Metrics;
@@ -12,8 +12,8 @@ pub struct AppState {
     pub keys: KeyStore,
     pub max_body: usize,
     pub body_timeout: Duration,
-    /// Allowed bearer tokens; `None` leaves the server open, as the original design has it.
-    pub tokens: Option<Tokens>,
+    /// The clients file; `None` leaves the server open, as the original design has it.
+    pub clients: Option<LiveClients>,
     pub rate_limiter: Option<RateLimiter>,
     pub concurrency: Arc<ConcurrencyLimit>,
     /// Connections to the main listener.
@@ -26,6 +26,6 @@ impl AppState {
     /// a server without tokens tells clients apart by it, for its rate limit
     /// and for sharing the batches' key reads (keys on disk).
     pub fn limits_clients_by_address(&self) -> bool {
-        self.tokens.is_none() && (self.rate_limiter.is_some() || self.keys.read_stats().is_some())
+        self.clients.is_none() && (self.rate_limiter.is_some() || self.keys.read_stats().is_some())
     }
 }

@@ -30,7 +30,7 @@ pub(super) const CHUNK_IN_MEMORY: usize = 256;
 /// slot once the request has ended) until they have stopped.
 pub(super) async fn macs_as_keys_arrive(
     files: &Arc<KeyFiles>,
-    mode: Mode,
+    (mode, namespace): (Mode, Option<&str>),
     (body, frames): (&Bytes, Vec<Range<usize>>),
     work: &Arc<Work>,
     timeout: Duration,
@@ -46,7 +46,7 @@ pub(super) async fn macs_as_keys_arrive(
                 .await
                 .ok_or(KeyError::BatchReadsBusy)?;
             let reads = work.message_reads(reads);
-            let mac = KeyFiles::mac_async(files, &body[range], work, timeout).await?;
+            let mac = KeyFiles::mac_async(files, namespace, &body[range], work, timeout).await?;
             reads.done();
             Ok::<_, KeyError>(mac)
         })

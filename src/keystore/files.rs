@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use super::descriptors::{files_kept_open_under, open_files_wanted, raise_open_file_limit};
 use super::ring::KeyReadRing;
 use super::startup::{open_secret_file, warn_readable_by_others, LoadError, SecretFile};
-use crate::layout::{KeyLocation, Mode, Probes, KEY_LEN};
+use crate::layout::{namespace_key, KeyLocation, Mode, Probes, KEY_LEN};
 use crate::limits::Work;
 use crate::mac::{self, Mac};
 use crate::metrics::KeyReadStats;
@@ -262,6 +262,7 @@ impl KeyFiles {
     /// after `timeout`.
     pub(super) async fn mac_async(
         files: &Arc<KeyFiles>,
+        namespace: Option<&str>,
         message: &[u8],
         work: &Arc<Work>,
         timeout: Duration,
@@ -272,11 +273,11 @@ impl KeyFiles {
                 .locations()
                 .map(|location| KeyFiles::read_key_async(files, location, work, timeout));
             let keys = future::try_join_all(reads).await?;
-            return Ok(mac::mac(&probes.derive_key(&keys), message));
+            return Ok(mac_in(namespace, &probes.derive_key(&keys), message));
         }
         let key =
             KeyFiles::read_key_async(files, files.mode.locate(message), work, timeout).await?;
-        Ok(mac::mac(&key, message))
+        Ok(mac_in(namespace, &key, message))
     }
 
     /// [`read_key_untimed`](Self::read_key_untimed), failed after `timeout`.
@@ -512,6 +513,14 @@ impl Drop for ProbeEnded<'_> {
 
 /// Every byte of a key file, then [`check_still_secret`]: a file with a bad
 /// region fails here even where its other keys read well.
+/// The MAC under the key of `namespace` derived from `key`, or under `key`.
+fn mac_in(namespace: Option<&str>, key: &[u8; KEY_LEN], message: &[u8]) -> Mac {
+    match namespace {
+        Some(namespace) => mac::mac(&namespace_key(key, namespace), message),
+        None => mac::mac(key, message),
+    }
+}
+
 fn read_whole(file: &File) -> io::Result<()> {
     let length = file.metadata()?.len();
     let mut chunk = Zeroizing::new(vec![0u8; PROBE_CHUNK]);

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::table::KeyTable;
-use crate::layout::{Mode, KEY_LEN, MANIFEST_FILE_NAME};
+use super::table::{InMemoryKeys, KeyTable};
+use crate::layout::{namespace_key, Mode, KEY_LEN, MANIFEST_FILE_NAME};
 use crate::mac::PrecomputedKey;
 use crate::manifest::{Manifest, ManifestError};
 use crate::sys;
@@ -293,12 +293,13 @@ pub(super) fn warn_readable_by_others(count: usize, example: &Path) {
 }
 
 /// Reads the one MODE0/MODE16 file, checks every slot and the manifest's
-/// SHA-256, and precomputes every key.
+/// SHA-256, and precomputes every key, and every key of each of `namespaces`.
 pub(super) fn load_in_memory(
     mode: Mode,
     dir: &Path,
     manifest: Option<&Manifest>,
-) -> Result<KeyTable, LoadError> {
+    namespaces: &[&str],
+) -> Result<InMemoryKeys, LoadError> {
     let path = dir.join(mode.file_name(0));
     let SecretFile {
         mut file,
@@ -326,9 +327,21 @@ pub(super) fn load_in_memory(
             return Err(LoadError::ChangedSinceGenerated { path });
         }
     }
-    Ok(KeyTable::new(content.chunks_exact(KEY_LEN).map(|key| {
-        PrecomputedKey::new(key.try_into().expect("chunks are KEY_LEN long"))
-    })))
+    let keys = || {
+        content
+            .chunks_exact(KEY_LEN)
+            .map(|key| <&[u8; KEY_LEN]>::try_from(key).expect("chunks are KEY_LEN long"))
+    };
+    Ok(InMemoryKeys {
+        default: KeyTable::new(keys().map(PrecomputedKey::new)),
+        namespaces: namespaces
+            .iter()
+            .map(|&namespace| {
+                let derived = keys().map(|key| PrecomputedKey::new(&namespace_key(key, namespace)));
+                (namespace.to_owned(), KeyTable::new(derived))
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -352,7 +365,7 @@ mod tests {
         std::fs::write(&path, [0u8; 32]).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
-            load_in_memory(Mode::Mode0, dir.path(), None),
+            load_in_memory(Mode::Mode0, dir.path(), None, &[]),
             Err(LoadError::ZeroSlot { slot: 0, .. })
         ));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o620)).unwrap();

@@ -8,6 +8,7 @@
 //! three TLB entries.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::ptr::NonNull;
 
@@ -15,6 +16,27 @@ use crate::mac::PrecomputedKey;
 use crate::sys;
 
 const HUGE_PAGE: usize = 2 << 20;
+
+/// The MODE0/MODE16 keys, and each namespace's keys derived from them (the
+/// derivation costs more than a MAC, so it is done once, at startup).
+pub struct InMemoryKeys {
+    pub default: KeyTable,
+    pub namespaces: HashMap<String, KeyTable>,
+}
+
+impl InMemoryKeys {
+    /// The keys of `namespace`, or the mode's own.
+    ///
+    /// # Panics
+    /// For a namespace the keys were not loaded with.
+    pub fn of(&self, namespace: Option<&str>) -> &KeyTable {
+        namespace.map_or(&self.default, |namespace| {
+            self.namespaces
+                .get(namespace)
+                .expect("the keys are loaded with every client's namespace")
+        })
+    }
+}
 
 pub struct KeyTable {
     keys: NonNull<PrecomputedKey>,

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -22,6 +23,29 @@ const SWEEP_CHECK_EVERY: usize = 1024;
 pub struct RateLimit {
     pub per_second: f64,
     pub burst: f64,
+}
+
+impl RateLimit {
+    /// Requests per second: one per 1,000 s to one per nanosecond, the bucket's resolution.
+    pub const RATES: RangeInclusive<f64> = 0.001..=1e9;
+    /// The token bucket counts requests in a u32.
+    pub const BURSTS: RangeInclusive<f64> = 1.0..=u32::MAX as f64;
+
+    /// `100` (100 requests/s, burst 100) or `100:500` (burst 500), within
+    /// [`RATES`](Self::RATES) and [`BURSTS`](Self::BURSTS).
+    pub fn parse(text: &str) -> Option<RateLimit> {
+        let (rate, burst) = text.split_once(':').unwrap_or((text, text));
+        let within = |part: &str, range: &RangeInclusive<f64>| {
+            part.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| range.contains(n))
+        };
+        Some(RateLimit {
+            per_second: within(rate, &Self::RATES)?,
+            burst: within(burst, &Self::BURSTS)?,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,10 +69,19 @@ pub enum Refusal {
 /// costs O(1) amortised however many clients there are, and memory is bounded
 /// by the clients seen while their buckets refill.
 pub struct RateLimiter {
+    limit: RateLimit,
     buckets: DefaultKeyedRateLimiter<ClientId>,
     requests: AtomicUsize,
     /// Clients tracked at which the next sweep runs.
     sweep_at: AtomicUsize,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("tracked", &self.tracked())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimiter {
@@ -61,6 +94,7 @@ impl RateLimiter {
             .expect("the period is positive")
             .allow_burst(burst);
         RateLimiter {
+            limit,
             buckets: DefaultKeyedRateLimiter::dashmap(quota),
             requests: AtomicUsize::new(0),
             sweep_at: AtomicUsize::new(SWEEP_FROM),
@@ -83,6 +117,11 @@ impl RateLimiter {
             self.sweep_if_grown();
         }
         taken
+    }
+
+    /// The limit each client's bucket has.
+    pub fn limit(&self) -> RateLimit {
+        self.limit
     }
 
     /// Clients tracked now.

@@ -218,7 +218,7 @@ impl Mode32Dir {
         concurrency: usize,
         duration: Duration,
     ) -> anyhow::Result<(IoRate, f64)> {
-        let store = KeyStore::load(Mode::Mode32, &self.path, KeyReads::Auto)
+        let store = KeyStore::load(Mode::Mode32, &self.path, KeyReads::Auto, &[])
             .map_err(|error| anyhow::anyhow!("cannot load the MODE32 secrets: {error}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_time()
@@ -238,7 +238,7 @@ impl Mode32Dir {
                             if Instant::now() >= deadline {
                                 break;
                             }
-                            store.mac(message).await.map_err(anyhow::Error::new)?;
+                            store.mac(None, message).await.map_err(anyhow::Error::new)?;
                             reads += 1;
                         }
                         anyhow::Ok(reads)

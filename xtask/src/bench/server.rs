@@ -2,7 +2,8 @@
 //! loopback, each figure next to a baseline measured in the same run:
 //! - `http`: MODE0 and MODE16 `POST /hmac` against the HTTP floor
 //!   (`examples/floor.rs`, axum answering 32 constant bytes), 64-byte messages,
-//!   64 keep-alive connections; plus MODE16's idle memory;
+//!   64 keep-alive connections; MODE16 again for a client in a namespace (its
+//!   token checked, its keys derived at startup); plus MODE16's idle memory;
 //! - `batch`: `POST /hmac/batch` MACs/s against the same MACs computed in this
 //!   process on one core;
 //! - `mode32`: startup with all 65,536 files checked, idle memory, and key reads
@@ -16,6 +17,7 @@
 //! median of the rounds' ratios.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::Command;
@@ -27,6 +29,7 @@ use cryptoserver::batch::encode_frames;
 use cryptoserver::keystore::{mode32_files_kept_open, KeyReads, KeyStore};
 use cryptoserver::layout::{Mode, MODE32_FILE_COUNT};
 use cryptoserver::secrets::generate::fill_secret;
+use sha2::{Digest, Sha256};
 
 use super::mode32::{Mode32Dir, MESSAGE_LEN};
 use super::report::{thousands, Ceiling, Goal, Report, Row};
@@ -49,6 +52,8 @@ const PER_REQUEST_LOAD: Load = Load {
 pub(super) const MESSAGES: usize = 4096;
 /// Messages per `/hmac/batch` request.
 const BATCH_LEN: usize = 4096;
+/// The token of the namespaced server's one client: a benchmark's, never a secret.
+const NAMESPACED_TOKEN: &str = "cryptoserver-bench-namespaced-client";
 /// Batches in flight: enough to keep every core busy while bodies travel.
 const BATCH_LOAD: Load = Load {
     connections: 4,
@@ -116,7 +121,7 @@ impl Bench {
     }
 
     pub(super) fn http(&self, report: &mut Report) -> anyhow::Result<()> {
-        eprintln!("http: MODE0 and MODE16 POST /hmac against the HTTP floor");
+        eprintln!("http: MODE0, MODE16 and namespaced MODE16 POST /hmac against the HTTP floor");
         let messages = self
             .work
             .write_file("messages-64.bin", &random_messages(MESSAGES)?)?;
@@ -126,11 +131,12 @@ impl Bench {
             .0;
         let (mode16, _) = self.start_server(Mode::Mode16, &self.secrets(Mode::Mode16)?)?;
         let mode16_rss = mode16.resident_bytes()?;
-        let targets = [&floor, &mode0, &mode16];
+        let namespaced = self.start_namespaced_server(&self.secrets(Mode::Mode16)?)?;
+        let targets = [&floor, &mode0, &mode16, &namespaced];
         for target in targets {
             self.post_hmac(target, &messages, WARM_UP)?;
         }
-        let mut results: [Vec<LoadResult>; 3] = Default::default();
+        let mut results: [Vec<LoadResult>; 4] = Default::default();
         for round in 1..=self.args.rounds {
             // Each round starts with the next server, so none is always measured
             // first or last.
@@ -147,11 +153,15 @@ impl Bench {
                 results[index].push(result);
             }
         }
-        let [floor_results, mode0_results, mode16_results] = &results;
+        let [floor_results, mode0_results, mode16_results, namespaced_results] = &results;
         let floor_rate = median(floor_results.iter().map(LoadResult::per_second));
         let floor_p50 = median(floor_results.iter().map(|r| millis(r.p50)));
         let floor_p99 = median(floor_results.iter().map(|r| millis(r.p99)));
-        for (mode, results) in [(Mode::Mode0, mode0_results), (Mode::Mode16, mode16_results)] {
+        for (server, results) in [
+            ("MODE0", mode0_results),
+            ("MODE16", mode16_results),
+            ("MODE16, a client in a namespace,", namespaced_results),
+        ] {
             // A ratio is the median of the rounds' ratios: the two figures of a
             // round were measured seconds apart, under the same load from elsewhere.
             let ratio = |figure: fn(&LoadResult) -> f64| {
@@ -166,7 +176,7 @@ impl Bench {
             let p50 = median(results.iter().map(|r| millis(r.p50)));
             let p99 = median(results.iter().map(|r| millis(r.p99)));
             report.row(Row {
-                what: format!("{mode} POST /hmac, requests/s (64 B, {CONCURRENCY} connections)"),
+                what: format!("{server} POST /hmac, requests/s (64 B, {CONCURRENCY} connections)"),
                 value: thousands(rate),
                 baseline: format!("floor {}", thousands(floor_rate)),
                 goal: Goal::AtLeast {
@@ -176,13 +186,13 @@ impl Bench {
                 },
             });
             report.row(Row {
-                what: format!("{mode} p50 latency"),
+                what: format!("{server} p50 latency"),
                 value: format!("{p50:.2} ms"),
                 baseline: format!("floor {floor_p50:.2} ms"),
                 goal: Goal::Ratio(ratio(|r| millis(r.p50))),
             });
             report.row(Row {
-                what: format!("{mode} p99 latency"),
+                what: format!("{server} p99 latency"),
                 value: format!("{p99:.2} ms"),
                 baseline: format!("floor {floor_p99:.2} ms"),
                 goal: Goal::AtMost {
@@ -211,12 +221,12 @@ impl Bench {
         let messages: Vec<&[u8]> = messages.chunks_exact(MESSAGE_LEN).collect();
         let body = encode_frames(&messages);
         let body_file = self.work.write_file("batch.bin", &body)?;
-        let store = KeyStore::load(Mode::Mode16, &dir, KeyReads::Auto)
+        let store = KeyStore::load(Mode::Mode16, &dir, KeyReads::Auto, &[])
             .map_err(|error| anyhow::anyhow!("cannot load the MODE16 secrets: {error}"))?;
         let (server, _) = self.start_server(Mode::Mode16, &dir)?;
         let post_batches = |duration| {
             self.wrk.run(
-                &server.url("/hmac/batch"),
+                (&server.url("/hmac/batch"), None),
                 &body_file,
                 body.len(),
                 BATCH_LOAD,
@@ -498,7 +508,7 @@ impl Bench {
             .write_file("mode32x-cold-batches.bin", &batches.concat())?;
         dir.evict()?;
         let batch = self.wrk.run(
-            &server.url("/hmac/batch"),
+            (&server.url("/hmac/batch"), None),
             &batch_file,
             batches[0].len(),
             BATCH_LOAD,
@@ -563,8 +573,13 @@ impl Bench {
         load: Load,
         duration: Duration,
     ) -> anyhow::Result<LoadResult> {
-        self.wrk
-            .run(&server.url("/hmac"), messages, MESSAGE_LEN, load, duration)
+        self.wrk.run(
+            (&server.url("/hmac"), server.bearer.as_deref()),
+            messages,
+            MESSAGE_LEN,
+            load,
+            duration,
+        )
     }
 
     /// The load of MODE32's cold runs: `--cold-connections` on two wrk
@@ -599,6 +614,23 @@ impl Bench {
         .0)
     }
 
+    /// The release MODE16 server with a clients file of one client, in a
+    /// namespace, whose token the requests to it carry.
+    fn start_namespaced_server(&self, dir: &Path) -> anyhow::Result<Server> {
+        let digest = hex::encode(Sha256::digest(NAMESPACED_TOKEN));
+        let clients = self.work.write_file(
+            "clients",
+            format!("{digest} bench namespace=bench\n").as_bytes(),
+        )?;
+        let address = free_address()?;
+        let mut command = self.server_command(Mode::Mode16, dir, address);
+        command.env("CRYPTOSERVER_CLIENTS_FILE", clients);
+        let log = self.work.path().join("mode16-namespaced.log");
+        let (mut server, _) = Server::start("MODE16 ns", &mut command, address, &log)?;
+        server.bearer = Some(NAMESPACED_TOKEN.to_owned());
+        Ok(server)
+    }
+
     /// Starts the release server; returns it with the time until it accepted a connection.
     pub(super) fn start_server(
         &self,
@@ -606,6 +638,16 @@ impl Bench {
         dir: &Path,
     ) -> anyhow::Result<(Server, Duration)> {
         let address = free_address()?;
+        let mut command = self.server_command(mode, dir, address);
+        let log = self
+            .work
+            .path()
+            .join(format!("{}.log", mode.name().to_ascii_lowercase()));
+        Server::start(mode.name(), &mut command, address, &log)
+    }
+
+    /// The release server's command, serving `dir` in `mode` on `address`.
+    fn server_command(&self, mode: Mode, dir: &Path, address: SocketAddr) -> Command {
         let mut command = Command::new(target_dir().join("release/cryptoserver"));
         command
             .env_clear()
@@ -615,11 +657,7 @@ impl Bench {
             // Every wrk connection comes from one address: only the total
             // connection limit may apply, as it would to many clients.
             .env("CRYPTOSERVER_MAX_CONNECTIONS_PER_CLIENT", "1048576");
-        let log = self
-            .work
-            .path()
-            .join(format!("{}.log", mode.name().to_ascii_lowercase()));
-        Server::start(mode.name(), &mut command, address, &log)
+        command
     }
 }
 
@@ -775,7 +813,7 @@ fn macs_per_second_in_process(store: &KeyStore, messages: &[&[u8]], duration: Du
     let mut count = 0u64;
     while started.elapsed() < duration {
         for message in messages {
-            let mac = completed(store.mac(std::hint::black_box(message)))
+            let mac = completed(store.mac(None, std::hint::black_box(message)))
                 .expect("MODE16 keys are in memory");
             std::hint::black_box(mac);
         }

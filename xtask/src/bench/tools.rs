@@ -21,6 +21,8 @@ pub fn free_address() -> anyhow::Result<SocketAddr> {
 pub struct Server {
     pub name: String,
     pub address: SocketAddr,
+    /// The token requests to it carry, if it has a clients file.
+    pub bearer: Option<String>,
     child: Child,
 }
 
@@ -52,6 +54,7 @@ impl Server {
         let mut server = Server {
             name: name.to_owned(),
             address,
+            bearer: None,
             child,
         };
         let deadline = started + Duration::from_secs(60);

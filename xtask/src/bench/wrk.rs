@@ -23,11 +23,14 @@ end
 
 function init(args)
   local path, file_name = args[1], args[2]
-  local body_len, thread_count = tonumber(args[3]), tonumber(args[4])
+  local body_len, thread_count, bearer = tonumber(args[3]), tonumber(args[4]), args[5]
   local file = assert(io.open(file_name, "rb"))
   local data = file:read("*a")
   file:close()
   local headers = { ["Content-Type"] = "application/octet-stream" }
+  if bearer then
+    headers["Authorization"] = "Bearer " .. bearer
+  end
   bodies = {}
   for index = wrk.thread:get("id"), #data / body_len - 1, thread_count do
     local body = data:sub(index * body_len + 1, (index + 1) * body_len)
@@ -102,11 +105,12 @@ impl Wrk {
         Ok(Wrk { script })
     }
 
-    /// POSTs the `body_len`-byte bodies of `bodies` to `url` for `duration`.
-    /// Any failed request fails the run: a benchmark of errors measures nothing.
+    /// POSTs the `body_len`-byte bodies of `bodies` to `url` for `duration`,
+    /// with `bearer`'s token when there is one. Any failed request fails the
+    /// run: a benchmark of errors measures nothing.
     pub fn run(
         &self,
-        url: &str,
+        (url, bearer): (&str, Option<&str>),
         bodies: &Path,
         body_len: usize,
         load: Load,
@@ -126,7 +130,8 @@ impl Wrk {
                 .arg(path)
                 .arg(bodies)
                 .arg(body_len.to_string())
-                .arg(load.threads.to_string()),
+                .arg(load.threads.to_string())
+                .args(bearer),
         )?;
         let result = parse_summary(&stdout)
             .with_context(|| format!("wrk against {url} printed no summary: {stdout}"))?;
