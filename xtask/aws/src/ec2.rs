@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context};
 use aws_config::SdkConfig;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, EbsInstanceBlockDeviceSpecification, HttpTokensState, Instance,
+    AttributeBooleanValue, EbsInstanceBlockDeviceSpecification, Filter, HttpTokensState, Instance,
     InstanceAttributeName, InstanceBlockDeviceMappingSpecification, InstanceMetadataEndpointState,
     IpPermission, IpRange, Ipv6Range, PrefixListId, Tag, UserIdGroupPair, Volume,
 };
@@ -376,6 +376,14 @@ pub fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
     tags.iter()
         .find(|tag| tag.key() == Some(key))
         .map(|tag| tag.value().unwrap_or_default())
+}
+
+/// A DescribeSnapshots filter: the tag `key` is `value`.
+pub fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
 }
 
 /// An error and its sources on one line, each message once.

@@ -20,6 +20,7 @@ mod pool;
 mod ready;
 mod rules;
 mod snapshot;
+mod user_data;
 
 use asg::AutoScaling;
 use audit::{Check, Role};
@@ -44,6 +45,10 @@ enum Command {
         host: HostOptions,
         #[command(flatten)]
         connection: Connection,
+        /// With --asg: a region holding copies of the secrets snapshot (`snapshot
+        /// --copy-to-region`), whose copies are audited too; repeatable
+        #[arg(long, value_name = "REGION", conflicts_with = "instance_id")]
+        copy_region: Vec<String>,
     },
     /// Seal an instance (close TCP port 22, delete its key pair, require IMDSv2 with
     /// hop limit 1, protect it and its secrets volume, tag it), then audit it
@@ -188,9 +193,12 @@ fn main() -> ExitCode {
                 what,
                 host,
                 connection,
+                copy_region,
             } => match (what.instance_id, what.asg) {
                 (Some(instance_id), _) => run_audit(&connection, &instance_id, &host).await,
-                (None, Some(group)) => run_pool_audit(&connection, &group, &host).await,
+                (None, Some(group)) => {
+                    run_pool_audit(&connection, &group, &host, &copy_region).await
+                }
                 (None, None) => unreachable!("clap requires --instance-id or --asg"),
             },
             Command::Seal {
@@ -263,12 +271,17 @@ async fn run_pool_audit(
     connection: &Connection,
     group: &str,
     host: &HostOptions,
+    copy_regions: &[String],
 ) -> anyhow::Result<ExitCode> {
     let config = connection.config().await?;
     let endpoint = connection.endpoint_url.as_deref();
     let ec2 = Ec2::new(&config, endpoint);
     let autoscaling = AutoScaling::new(&config, endpoint);
-    let pool = asg::pool_facts(&ec2, &autoscaling, group, &host.volume_choice()).await?;
+    let copies: Vec<(String, Ec2)> = copy_regions
+        .iter()
+        .map(|region| (region.clone(), ec2_in(&config, region, endpoint)))
+        .collect();
+    let pool = asg::pool_facts(&ec2, &autoscaling, group, &host.volume_choice(), &copies).await?;
     let mut failing = Vec::new();
     for instance in &pool.instances {
         let (failed, _) = print_host_checks(instance, host.port, Role::PoolReplica);
@@ -317,20 +330,23 @@ async fn run_snapshot(
             "--copy-to-region {copy_region} is the origin's own region: name another region \
              for the disaster-recovery copy"
         ),
-        Some((copy_region, kms_key)) => {
-            let there = config
-                .to_builder()
-                .region(Region::new(copy_region.clone()))
-                .build();
-            Some(snapshot::CopyTo {
-                ec2: Ec2::new(&there, endpoint),
-                region: copy_region,
-                kms_key,
-            })
-        }
+        Some((copy_region, kms_key)) => Some(snapshot::CopyTo {
+            ec2: ec2_in(&config, &copy_region, endpoint),
+            region: copy_region,
+            kms_key,
+        }),
     };
     let ec2 = Ec2::new(&config, endpoint);
     snapshot::run(&ec2, &region, instance_id, copy.as_ref()).await
+}
+
+/// An EC2 client of `region`, otherwise configured as `config`.
+fn ec2_in(config: &SdkConfig, region: &str, endpoint: Option<&str>) -> Ec2 {
+    let there = config
+        .to_builder()
+        .region(Region::new(region.to_owned()))
+        .build();
+    Ec2::new(&there, endpoint)
 }
 
 async fn run_seal(
