@@ -25,7 +25,7 @@ mod user_data;
 use asg::AutoScaling;
 use audit::{Check, Role};
 use ec2::Ec2;
-use facts::{HostFacts, VolumeChoice};
+use facts::{HostFacts, VolumeChoice, FINGERPRINT_TAG};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask")]
@@ -228,7 +228,20 @@ async fn run_audit(
 ) -> anyhow::Result<ExitCode> {
     let ec2 = connection.ec2().await?;
     let facts = ec2.host_facts(instance_id, &host.volume_choice()).await?;
-    Ok(report_audit(&facts, host.port))
+    let unmarked = match &facts.secrets_volume {
+        Ok(volume) => ec2.snapshots_without_fingerprint(&volume.volume_id).await?,
+        Err(_) => Vec::new(),
+    };
+    let status = report_audit(&facts, host.port);
+    for (snapshot_id, started) in unmarked {
+        println!(
+            "note: snapshot {snapshot_id} of the secrets volume (started {started}) has no tag \
+             {FINGERPRINT_TAG}, so it may predate the first boot's ready line: it is no backup \
+             (the module refuses to restore it), yet a copy of whatever secrets it holds; \
+             delete it, or tag it with the ready line's fingerprint if it was taken after"
+        );
+    }
+    Ok(status)
 }
 
 /// Prints the checks; the exit status says whether all passed.
