@@ -119,7 +119,7 @@ fn the_snapshot(templates: &[(Template, Vec<String>)]) -> Result<&str, String> {
         match found {
             Some(other) if other != id => {
                 return Err(format!(
-                    "the group's templates restore different snapshots ({other} and {id}, \
+                    "the group's templates restore different snapshots ({other}, and {id} in \
                      {}): a pool serves one set of secrets",
                     template.name
                 ))
@@ -373,4 +373,42 @@ async fn find_copies(
         copies.push(secrets_snapshot(there, id).await?);
     }
     Ok(Ok(copies))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::tests::sealed_template;
+
+    fn restoring(name: &str, snapshots: &[&str]) -> (Template, Vec<String>) {
+        let snapshots = snapshots.iter().map(|id| (*id).to_owned()).collect();
+        (sealed_template(name), snapshots)
+    }
+
+    #[test]
+    fn every_template_must_restore_the_same_one_snapshot() {
+        let same = [
+            restoring("lt-1", &["snap-1"]),
+            restoring("lt-2", &["snap-1"]),
+        ];
+        assert_eq!(the_snapshot(&same), Ok("snap-1"));
+        let different = [
+            restoring("lt-1", &["snap-1"]),
+            restoring("lt-2", &["snap-2"]),
+        ];
+        assert_eq!(
+            the_snapshot(&different).unwrap_err(),
+            "the group's templates restore different snapshots (snap-1, and snap-2 in lt-2): a \
+             pool serves one set of secrets"
+        );
+        let none = [restoring("lt-1", &["snap-1"]), restoring("lt-2", &[])];
+        assert_eq!(
+            the_snapshot(&none).unwrap_err(),
+            "lt-2's block device mappings restore no snapshot"
+        );
+        let several = [restoring("lt-1", &["snap-1", "snap-2"])];
+        assert!(the_snapshot(&several).unwrap_err().starts_with(
+            "lt-1's block device mappings restore several snapshots (snap-1, snap-2)"
+        ));
+    }
 }

@@ -335,7 +335,7 @@ fn same_fingerprint(snapshot: &SecretsSnapshot, pool: &PoolFacts) -> Result<Stri
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::audit::tests::sealed_host;
     use crate::rules::tests::{ipv4, rule};
@@ -343,7 +343,7 @@ mod tests {
     use crate::user_data::tests::{encoded, module_user_data, FINGERPRINT};
 
     /// A template as the pool module makes it.
-    fn sealed_template(name: &str) -> Template {
+    pub fn sealed_template(name: &str) -> Template {
         Template {
             name: name.into(),
             launched_as: "2".into(),
