@@ -9,6 +9,22 @@ data "aws_subnet" "this" {
 
 data "aws_partition" "current" {}
 
+# A snapshot to restore must be a backup: taken after a first boot completed, which
+# its cryptoserver:fingerprint tag says (the snapshot policy's and `cargo xtask
+# snapshot`'s carry it). One taken earlier holds no complete secrets.
+data "aws_ebs_snapshot" "restored" {
+  count = var.data_volume_snapshot_id == null ? 0 : 1
+
+  snapshot_ids = [var.data_volume_snapshot_id]
+
+  lifecycle {
+    postcondition {
+      condition     = can(regex("^[0-9a-f]{32}$", lookup(self.tags, "cryptoserver:fingerprint", ""))) && (var.secrets_fingerprint == null || lookup(self.tags, "cryptoserver:fingerprint", "") == var.secrets_fingerprint)
+      error_message = "Snapshot ${var.data_volume_snapshot_id} has the tag cryptoserver:fingerprint = \"${lookup(self.tags, "cryptoserver:fingerprint", "")}\", but a backup carries the fingerprint of the first boot's ready line${var.secrets_fingerprint == null ? "" : ", ${var.secrets_fingerprint} (secrets_fingerprint)"}: without it the snapshot may predate the ready line, and the host would refuse it. Restore a snapshot taken after it (README, Backups)."
+    }
+  }
+}
+
 locals {
   mode = upper(var.mode)
   tags = merge(var.tags, { "cryptoserver:name" = var.name })
@@ -58,9 +74,12 @@ resource "aws_ebs_volume" "secrets" {
   encrypted         = true
   kms_key_id        = var.kms_key_arn
 
-  tags = merge(local.tags, {
-    Name                  = "${var.name}-secrets"
-    "cryptoserver:backup" = var.name
+  # The snapshot policy selects the volume by cryptoserver:backup, given only once the
+  # operator names the fingerprint of the first boot's ready line: a snapshot taken
+  # earlier would hold incomplete secrets. Its snapshots carry both tags.
+  tags = merge(local.tags, { Name = "${var.name}-secrets" }, var.secrets_fingerprint == null ? {} : {
+    "cryptoserver:backup"      = var.name
+    "cryptoserver:fingerprint" = var.secrets_fingerprint
   })
 
   # The secrets are never rotated: losing this volume breaks every MAC ever made with
@@ -214,6 +233,13 @@ resource "aws_iam_role_policy" "dlm_kms" {
       Resource = var.kms_key_arn
     }]
   })
+}
+
+check "backups_wait_for_the_first_boot" {
+  assert {
+    condition     = !var.enable_snapshot_backups || var.secrets_fingerprint != null
+    error_message = "enable_snapshot_backups is on, but no snapshot is taken until secrets_fingerprint names the fingerprint on the host's ready line (its console, once the first boot completed): set it and apply again."
+  }
 }
 
 resource "aws_dlm_lifecycle_policy" "secrets" {

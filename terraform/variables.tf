@@ -279,6 +279,17 @@ variable "enable_snapshot_backups" {
   description = "Snapshot the secrets volume on a schedule with a DLM lifecycle policy. Off by default: every snapshot is a full copy of the secrets, readable by whoever can use the KMS key and create a volume from it (see README, Backups)."
 }
 
+variable "secrets_fingerprint" {
+  type        = string
+  default     = null
+  description = "The fingerprint on the host's ready line (`cryptoserver-secrets-setup: ready ... fingerprint=...` on its console) once its first boot completed. Backups start only then: the volume is tagged for the snapshot policy with it, and every snapshot carries it (README, Backups)."
+
+  validation {
+    condition     = var.secrets_fingerprint == null || can(regex("^[0-9a-f]{32}$", var.secrets_fingerprint))
+    error_message = "secrets_fingerprint is null or the 32 lower-case hex digits of fingerprint= on the host's ready line."
+  }
+}
+
 variable "snapshot_interval_hours" {
   type        = number
   default     = 24

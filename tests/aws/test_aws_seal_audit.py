@@ -138,6 +138,23 @@ def test_audit_names_each_failing_check(tmp_path, emulator, scenario):
     assert f"{scenario.instance_id} is NOT sealed: 6 of 7 checks fail" in result.stdout
 
 
+def test_audit_notes_snapshots_of_the_secrets_volume_that_are_no_backups(tmp_path, emulator, scenario):
+    """A snapshot without the fingerprint tag (which the module's backups get only once
+    the first boot's ready line is named, and `snapshot` gives its own) may hold
+    incomplete secrets: the audit names it, and leaves the exit status to the checks."""
+    ec2 = scenario.ec2
+    tagged = [{"ResourceType": "snapshot", "Tags": [{"Key": "cryptoserver:fingerprint", "Value": "0" * 32}]}]
+    backup = ec2.create_snapshot(VolumeId=scenario.volume_id, TagSpecifications=tagged)["SnapshotId"]
+    early = ec2.create_snapshot(VolumeId=scenario.volume_id, Description="DLM at 03:00")["SnapshotId"]
+    result = run_tool(tmp_path, emulator, "audit", scenario.instance_id)
+    assert result.returncode == 1, result.stderr
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note: snapshot")]
+    assert len(notes) == 1, result.stdout
+    assert notes[0].startswith(f"note: snapshot {early} of the secrets volume (started 20")
+    assert "has no tag cryptoserver:fingerprint, so it may predate the first boot's ready line" in notes[0]
+    assert backup not in result.stdout
+
+
 def test_seal_dry_run_changes_nothing(tmp_path, emulator, scenario):
     before = scenario.state()
     result = run_tool(tmp_path, emulator, "seal", scenario.instance_id, "--dry-run")

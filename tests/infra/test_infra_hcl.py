@@ -177,6 +177,29 @@ def test_snapshots_are_off_by_default_and_only_through_dlm(module):
         assert not resources(module, kind), kind
 
 
+def test_only_a_volume_whose_first_boot_completed_is_backed_up_and_only_a_backup_is_restored(module):
+    """DLM snapshots at a fixed time whatever the volume's age: it selects the volume
+    only once the operator names the fingerprint of the ready line, which every
+    snapshot then carries, and a restore takes only a snapshot carrying one."""
+    volume = resources(module, "aws_ebs_volume")["secrets"]
+    assert volume["tags"] == (
+        '${merge(local.tags, {Name = "${var.name}-secrets"}, var.secrets_fingerprint == null ? {} : '
+        '{"cryptoserver:backup" = var.name, "cryptoserver:fingerprint" = var.secrets_fingerprint})}'
+    )
+    policy = resources(module, "aws_dlm_lifecycle_policy")["secrets"]["policy_details"][0]
+    assert policy["target_tags"] == {"cryptoserver:backup": "${var.name}"}
+    assert policy["schedule"][0]["copy_tags"] is True
+    check = blocks(module, "check")["backups_wait_for_the_first_boot"]
+    assert check["assert"][0]["condition"] == "${!var.enable_snapshot_backups || var.secrets_fingerprint != null}"
+    restored = blocks(module, "data")["aws_ebs_snapshot"]["restored"]
+    assert restored["count"] == "${var.data_volume_snapshot_id == null ? 0 : 1}"
+    condition = restored["lifecycle"][0]["postcondition"][0]["condition"]
+    assert 'lookup(self.tags, "cryptoserver:fingerprint", "")' in condition and "var.secrets_fingerprint" in condition
+    fingerprint = blocks(module, "variable")["secrets_fingerprint"]
+    assert fingerprint["default"] is None
+    assert "^[0-9a-f]{32}$" in fingerprint["validation"][0]["condition"]
+
+
 def required_variables(directory):
     return {name for name, variable in blocks(merged(directory), "variable").items() if "default" not in variable}
 

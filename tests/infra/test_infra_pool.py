@@ -129,6 +129,19 @@ def test_an_internal_network_load_balancer_passes_tcp_through_and_health_checks_
     assert check["matcher"] == "200"
 
 
+def test_the_load_balancer_is_ipv4_only_so_every_client_arrives_with_its_own_address(pool):
+    """A dual-stack NLB forwards IPv6 clients to the IPv4 targets from its own address,
+    the one its health checks come from: all IPv6 clients would be one client, and one
+    of them could get a replica's /readyz refused at accept (docs/pool.md)."""
+    balancer = single(resources(pool, "aws_lb"))
+    assert balancer["ip_address_type"] == "ipv4"
+    assert "allowed_ipv6_cidr_blocks" not in blocks(pool, "variable")
+    assert "ipv6" not in str(balancer["lifecycle"])
+    assert single(resources(pool, "aws_lb_target_group")).get("ip_address_type", "ipv4") == "ipv4"
+    readme = (POOL / "README.md").read_text()
+    assert "## IPv4 clients only" in readme and "| `allowed_ipv6_cidr_blocks`" not in readme
+
+
 def test_clients_reach_only_the_service_port_of_the_load_balancer_and_replicas_have_no_egress(pool):
     for kind in ("aws_security_group_rule", "aws_vpc_security_group_ingress_rule", "aws_vpc_security_group_egress_rule"):
         assert not resources(pool, kind), f"{kind}: every rule belongs in its security group"
@@ -146,7 +159,7 @@ def test_clients_reach_only_the_service_port_of_the_load_balancer_and_replicas_h
         assert rule["protocol"] == "tcp"
         assert rule["from_port"] == rule["to_port"] == "${var.port}"
     assert client["cidr_blocks"] == "${var.allowed_cidr_blocks}"
-    assert client["ipv6_cidr_blocks"] == "${var.allowed_ipv6_cidr_blocks}"
+    assert "ipv6_cidr_blocks" not in client
     assert client["security_groups"] == "${var.allowed_security_group_ids}"
     assert forward["cidr_blocks"] == "${[for subnet in local.subnets : subnet.cidr_block]}"
     port = blocks(pool, "variable")["port"]["validation"][0]["condition"]

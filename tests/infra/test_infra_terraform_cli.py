@@ -141,7 +141,7 @@ def test_invalid_settings_are_refused_with_a_clear_message(root_variables, setti
         ["data_volume_type=io2", "data_volume_iops=16000", "volume_initialization_rate=300"],
         ["data_volume_iops=8000", "data_volume_throughput=2000"],
         ["health_check_grace_period=1800", "instance_refresh_min_healthy_percentage=50"],
-        ['allowed_ipv6_cidr_blocks=["2001:db8::/56"]', 'environment={CRYPTOSERVER_RATE_LIMIT="200:1000"}'],
+        ['environment={CRYPTOSERVER_RATE_LIMIT="200:1000"}'],
         ["tls=false", "hot_copy=true", "instance_type=i4i.large"],
         ["alarm_sns_topic_arn=arn:aws:sns:eu-west-1:123456789012:cryptoserver-alerts"],
     ],

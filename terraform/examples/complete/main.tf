@@ -57,6 +57,7 @@ module "cryptoserver" {
   verify_secrets_on_boot = "after-generate"
 
   enable_snapshot_backups = true
+  secrets_fingerprint     = var.secrets_fingerprint
   snapshot_interval_hours = 24
   snapshot_time           = "03:00"
   snapshot_retain_count   = 14

@@ -13,6 +13,12 @@ variable "subnet_id" {
   description = "Private subnet for the host."
 }
 
+variable "secrets_fingerprint" {
+  type        = string
+  default     = null
+  description = "fingerprint= of the host's ready line once its first boot completed: snapshots start then."
+}
+
 variable "client_cidr_blocks" {
   type        = list(string)
   default     = []

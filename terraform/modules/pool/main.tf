@@ -42,7 +42,6 @@ locals {
   tags    = merge(var.tags, { "cryptoserver:name" = var.name })
   subnets = [for id in var.subnet_ids : data.aws_subnet.this[id]]
   vpc_id  = local.subnets[0].vpc_id
-  ipv6    = length(var.allowed_ipv6_cidr_blocks) > 0
 
   # First-boot verification reads every block of the restored volume once, and the
   # first read of each block is fetched from S3 (lazy restore): MODE32 and MODE32X
@@ -63,8 +62,7 @@ locals {
 
   # /etc/cryptoserver/env: a replica never generates nor writes its volume; it finds
   # the volume restored from the snapshot by itself (an EBS NVMe disk, not the root,
-  # labelled cryptosecrets), so no volume id or device is named here. The instances
-  # are IPv4 targets: IPv6 clients reach them through the dual-stack load balancer.
+  # labelled cryptosecrets), so no volume id or device is named here.
   settings = merge(var.environment, {
     CRYPTOSERVER_BIND                         = "0.0.0.0:${var.port}"
     CRYPTOSERVER_SECRETS_ROLE                 = "replica"
@@ -93,13 +91,12 @@ resource "aws_security_group" "lb" {
   revoke_rules_on_delete = true
 
   ingress {
-    description      = "cryptoserver service port from the allowed clients"
-    protocol         = "tcp"
-    from_port        = var.port
-    to_port          = var.port
-    cidr_blocks      = var.allowed_cidr_blocks
-    ipv6_cidr_blocks = var.allowed_ipv6_cidr_blocks
-    security_groups  = var.allowed_security_group_ids
+    description     = "cryptoserver service port from the allowed clients"
+    protocol        = "tcp"
+    from_port       = var.port
+    to_port         = var.port
+    cidr_blocks     = var.allowed_cidr_blocks
+    security_groups = var.allowed_security_group_ids
   }
 
   # To the subnets rather than to the instances' group, which refers to this one: the
@@ -118,8 +115,8 @@ resource "aws_security_group" "lb" {
     create_before_destroy = true
 
     precondition {
-      condition     = length(var.allowed_cidr_blocks) + length(var.allowed_ipv6_cidr_blocks) + length(var.allowed_security_group_ids) > 0
-      error_message = "No client could reach the service: set allowed_cidr_blocks, allowed_ipv6_cidr_blocks or allowed_security_group_ids."
+      condition     = length(var.allowed_cidr_blocks) + length(var.allowed_security_group_ids) > 0
+      error_message = "No client could reach the service: set allowed_cidr_blocks or allowed_security_group_ids."
     }
   }
 }
@@ -237,8 +234,12 @@ resource "aws_lb" "this" {
   load_balancer_type               = "network"
   subnets                          = var.subnet_ids
   security_groups                  = [aws_security_group.lb.id]
-  ip_address_type                  = local.ipv6 ? "dualstack" : "ipv4"
   enable_cross_zone_load_balancing = true
+  # IPv4 only: forwarded to the IPv4 targets, an IPv6 client would arrive from the
+  # load balancer's own address, shared with every other IPv6 client and with the
+  # health checks (one client's connections would get /readyz refused). The
+  # schemas of hashicorp/aws 6 have no rule routing by address type (docs/pool.md).
+  ip_address_type = "ipv4"
 
   tags = local.tags
 
@@ -250,11 +251,6 @@ resource "aws_lb" "this" {
     precondition {
       condition     = length(distinct([for subnet in local.subnets : subnet.vpc_id])) == 1
       error_message = "subnet_ids must all be in one VPC; they are in ${join(", ", distinct([for subnet in local.subnets : subnet.vpc_id]))}."
-    }
-    precondition {
-      # null or "" when a subnet has no IPv6 block; both compare safely.
-      condition     = !local.ipv6 || alltrue([for subnet in local.subnets : subnet.ipv6_cidr_block != null && subnet.ipv6_cidr_block != ""])
-      error_message = "allowed_ipv6_cidr_blocks is set, so the load balancer is dual-stack, but not every subnet in subnet_ids has an IPv6 CIDR block: associate one with each (and the VPC), or leave allowed_ipv6_cidr_blocks empty."
     }
   }
 }

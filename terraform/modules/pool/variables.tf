@@ -133,17 +133,6 @@ variable "allowed_cidr_blocks" {
   }
 }
 
-variable "allowed_ipv6_cidr_blocks" {
-  type        = list(string)
-  default     = []
-  description = "IPv6 networks of the clients allowed to reach the service port. Non-empty: the load balancer is dual-stack (every subnet needs an IPv6 block); the replicas stay IPv4 targets."
-
-  validation {
-    condition     = alltrue([for cidr in var.allowed_ipv6_cidr_blocks : can(cidrhost(cidr, 0)) && strcontains(cidr, ":")])
-    error_message = "allowed_ipv6_cidr_blocks holds IPv6 CIDR blocks such as 2001:db8::/56."
-  }
-}
-
 variable "allowed_security_group_ids" {
   type        = list(string)
   default     = []

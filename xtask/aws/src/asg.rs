@@ -1,18 +1,20 @@
-//! The Auto Scaling and EC2 API calls behind `audit --asg`: a pool's group, the
-//! launch template version it launches, the secrets snapshot and every instance.
+//! The Auto Scaling and EC2 API calls behind `audit --asg`: a pool's group, every
+//! launch template version it can launch, the secrets snapshot and every instance.
 
 use anyhow::{anyhow, Context};
 use aws_config::SdkConfig;
 use aws_sdk_autoscaling::error::ProvideErrorMetadata;
-use aws_sdk_autoscaling::types::AutoScalingGroup;
+use aws_sdk_autoscaling::types::{AutoScalingGroup, LaunchTemplateSpecification};
 use aws_sdk_ec2::types::{
     LaunchTemplateHttpTokensState, LaunchTemplateInstanceMetadataEndpointState, PermissionGroup,
     ResponseLaunchTemplateData, SnapshotAttributeName,
 };
 
-use crate::ec2::{api_error, tag, target, Ec2};
+use crate::ec2::{api_error, tag, tag_filter, target, Ec2};
 use crate::facts::{Metadata, VolumeChoice, FINGERPRINT_TAG};
-use crate::pool::{PoolFacts, PublicIp, SecretsSnapshot, Template};
+use crate::pool::{Copies, PoolFacts, PublicIp, SecretsSnapshot, Template};
+use crate::ready::SOURCE_VOLUME_TAG;
+use crate::user_data::module_settings;
 
 pub struct AutoScaling {
     client: aws_sdk_autoscaling::Client,
@@ -68,25 +70,28 @@ pub async fn pool_facts(
     autoscaling: &AutoScaling,
     name: &str,
     volume: &VolumeChoice,
+    copy_regions: &[(String, Ec2)],
 ) -> anyhow::Result<PoolFacts> {
     let group = autoscaling.group(name).await?;
-    let template = launch_template(ec2, &group).await?;
-    let snapshot = match &template {
+    let templates = launch_templates(ec2, &group).await?;
+    let snapshot = match &templates {
         Err(_) => Err("there is no launch template to read the snapshot from".to_owned()),
-        Ok((template, snapshot_ids)) => match snapshot_ids.as_slice() {
-            [id] => Ok(secrets_snapshot(ec2, id).await?),
-            [] => Err(format!(
-                "{}'s block device mappings restore no snapshot",
-                template.name
-            )),
-            several => Err(format!(
-                "{}'s block device mappings restore several snapshots ({}): cannot tell which \
-                 holds the secrets",
-                template.name,
-                several.join(", ")
-            )),
+        Ok(templates) => match the_snapshot(templates) {
+            Ok(id) => Ok(secrets_snapshot(ec2, id).await?),
+            Err(reason) => Err(reason),
         },
     };
+    let mut copies = Vec::new();
+    for (region, there) in copy_regions {
+        let found = match &snapshot {
+            Err(_) => Err("there is no secrets snapshot to find the copies of".to_owned()),
+            Ok(snapshot) => find_copies(there, snapshot).await?,
+        };
+        copies.push(Copies {
+            region: region.clone(),
+            found,
+        });
+    }
     let mut instances = Vec::new();
     for instance in group.instances() {
         if let Some(id) = instance.instance_id() {
@@ -95,25 +100,61 @@ pub async fn pool_facts(
     }
     Ok(PoolFacts {
         group: name.to_owned(),
-        template: template.map(|(template, _)| template),
+        templates: templates.map(|templates| templates.into_iter().map(|(t, _)| t).collect()),
         snapshot,
+        copies,
         instances,
     })
 }
 
-/// The template version the group launches and the snapshots its mappings restore,
-/// or why the group has no template to audit.
-async fn launch_template(
+/// The one snapshot every template restores: a pool serves one set of secrets.
+fn the_snapshot(templates: &[(Template, Vec<String>)]) -> Result<&str, String> {
+    let mut found: Option<&str> = None;
+    for (template, snapshot_ids) in templates {
+        let id = match snapshot_ids.as_slice() {
+            [id] => id.as_str(),
+            [] => {
+                return Err(format!(
+                    "{}'s block device mappings restore no snapshot",
+                    template.name
+                ))
+            }
+            several => {
+                return Err(format!(
+                    "{}'s block device mappings restore several snapshots ({}): cannot tell \
+                     which holds the secrets",
+                    template.name,
+                    several.join(", ")
+                ))
+            }
+        };
+        match found {
+            Some(other) if other != id => {
+                return Err(format!(
+                    "the group's templates restore different snapshots ({other}, and {id} in \
+                     {}): a pool serves one set of secrets",
+                    template.name
+                ))
+            }
+            _ => found = Some(id),
+        }
+    }
+    found.ok_or_else(|| "the group has no launch template".to_owned())
+}
+
+/// Every template version the group can launch, each with the snapshots its mappings
+/// restore, or why the group has no template to audit.
+async fn launch_templates(
     ec2: &Ec2,
     group: &AutoScalingGroup,
-) -> anyhow::Result<Result<(Template, Vec<String>), String>> {
-    let spec = group.launch_template().or_else(|| {
-        group
-            .mixed_instances_policy()?
-            .launch_template()?
-            .launch_template_specification()
-    });
-    let Some(spec) = spec else {
+) -> anyhow::Result<Result<Vec<(Template, Vec<String>)>, String>> {
+    let mixed = group
+        .mixed_instances_policy()
+        .and_then(|policy| policy.launch_template());
+    let Some(main) = group
+        .launch_template()
+        .or_else(|| mixed?.launch_template_specification())
+    else {
         return Ok(Err(match group.launch_configuration_name() {
             Some(old) => format!(
                 "the group launches from launch configuration {old}, which cannot require \
@@ -122,6 +163,36 @@ async fn launch_template(
             None => "the group names no launch template".to_owned(),
         }));
     };
+    // An override may name a template of its own, launched for its instance type.
+    let mut specs = vec![main];
+    for spec in mixed
+        .map(|mixed| mixed.overrides())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|instance_type| instance_type.launch_template_specification())
+    {
+        let same = |known: &&LaunchTemplateSpecification| {
+            known.launch_template_id() == spec.launch_template_id()
+                && known.launch_template_name() == spec.launch_template_name()
+                && known.version() == spec.version()
+        };
+        if !specs.iter().any(same) {
+            specs.push(spec);
+        }
+    }
+    let mut templates = Vec::new();
+    for spec in specs {
+        templates.push(launch_template(ec2, group, spec).await?);
+    }
+    Ok(Ok(templates))
+}
+
+/// One template version the group can launch and the snapshots its mappings restore.
+async fn launch_template(
+    ec2: &Ec2,
+    group: &AutoScalingGroup,
+    spec: &LaunchTemplateSpecification,
+) -> anyhow::Result<(Template, Vec<String>)> {
     let version = spec.version().unwrap_or("$Default");
     let described = ec2
         .client
@@ -191,6 +262,8 @@ async fn launch_template(
     });
     let template = Template {
         name,
+        launched_as: version.to_owned(),
+        settings: module_settings(data.user_data()),
         key_name: data.key_name().map(str::to_owned),
         instance_profile: data
             .iam_instance_profile()
@@ -207,7 +280,7 @@ async fn launch_template(
         .iter()
         .filter_map(|mapping| mapping.ebs()?.snapshot_id().map(str::to_owned))
         .collect();
-    Ok(Ok((template, snapshot_ids)))
+    Ok((template, snapshot_ids))
 }
 
 /// The group's subnets that give instances a public IPv4 address unless told otherwise.
@@ -277,5 +350,77 @@ async fn secrets_snapshot(ec2: &Ec2, snapshot_id: &str) -> anyhow::Result<Secret
             .filter_map(|permission| permission.user_id().map(str::to_owned))
             .collect(),
         fingerprint: tag(snapshot.tags(), FINGERPRINT_TAG).map(str::to_owned),
+        source_volume: tag(snapshot.tags(), SOURCE_VOLUME_TAG).map(str::to_owned),
     })
+}
+
+/// This account's snapshots in `there`'s region tagged as copies of `snapshot` (the
+/// tags `cargo xtask snapshot` gives a copy), or why they cannot be sought.
+async fn find_copies(
+    there: &Ec2,
+    snapshot: &SecretsSnapshot,
+) -> anyhow::Result<Result<Vec<SecretsSnapshot>, String>> {
+    let (Some(volume), Some(fingerprint)) = (&snapshot.source_volume, &snapshot.fingerprint) else {
+        return Ok(Err(format!(
+            "{} has no tags {SOURCE_VOLUME_TAG} and {FINGERPRINT_TAG} to find its copies by: \
+             make it with `cargo xtask snapshot`",
+            snapshot.id
+        )));
+    };
+    let described = there
+        .client
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(tag_filter(SOURCE_VOLUME_TAG, volume))
+        .filters(tag_filter(FINGERPRINT_TAG, fingerprint))
+        .send()
+        .await
+        .map_err(|error| there.api_error("DescribeSnapshots", error))?;
+    let mut copies = Vec::new();
+    for id in described
+        .snapshots()
+        .iter()
+        .filter_map(|copy| copy.snapshot_id())
+    {
+        copies.push(secrets_snapshot(there, id).await?);
+    }
+    Ok(Ok(copies))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::tests::sealed_template;
+
+    fn restoring(name: &str, snapshots: &[&str]) -> (Template, Vec<String>) {
+        let snapshots = snapshots.iter().map(|id| (*id).to_owned()).collect();
+        (sealed_template(name), snapshots)
+    }
+
+    #[test]
+    fn every_template_must_restore_the_same_one_snapshot() {
+        let same = [
+            restoring("lt-1", &["snap-1"]),
+            restoring("lt-2", &["snap-1"]),
+        ];
+        assert_eq!(the_snapshot(&same), Ok("snap-1"));
+        let different = [
+            restoring("lt-1", &["snap-1"]),
+            restoring("lt-2", &["snap-2"]),
+        ];
+        assert_eq!(
+            the_snapshot(&different).unwrap_err(),
+            "the group's templates restore different snapshots (snap-1, and snap-2 in lt-2): a \
+             pool serves one set of secrets"
+        );
+        let none = [restoring("lt-1", &["snap-1"]), restoring("lt-2", &[])];
+        assert_eq!(
+            the_snapshot(&none).unwrap_err(),
+            "lt-2's block device mappings restore no snapshot"
+        );
+        let several = [restoring("lt-1", &["snap-1", "snap-2"])];
+        assert!(the_snapshot(&several).unwrap_err().starts_with(
+            "lt-1's block device mappings restore several snapshots (snap-1, snap-2)"
+        ));
+    }
 }

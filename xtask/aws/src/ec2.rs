@@ -5,8 +5,9 @@ use std::error::Error;
 use anyhow::{anyhow, bail, Context};
 use aws_config::SdkConfig;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::primitives::DateTimeFormat;
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, EbsInstanceBlockDeviceSpecification, HttpTokensState, Instance,
+    AttributeBooleanValue, EbsInstanceBlockDeviceSpecification, Filter, HttpTokensState, Instance,
     InstanceAttributeName, InstanceBlockDeviceMappingSpecification, InstanceMetadataEndpointState,
     IpPermission, IpRange, Ipv6Range, PrefixListId, Tag, UserIdGroupPair, Volume,
 };
@@ -189,6 +190,43 @@ impl Ec2 {
             .disable_api_termination()
             .and_then(AttributeBooleanValue::value)
             .unwrap_or(false))
+    }
+
+    /// This account's snapshots of `volume_id` without a `cryptoserver:fingerprint` tag
+    /// (which `snapshot` and the module's backups give a snapshot of complete secrets):
+    /// each id with its start time.
+    pub async fn snapshots_without_fingerprint(
+        &self,
+        volume_id: &str,
+    ) -> anyhow::Result<Vec<(String, String)>> {
+        let described = self
+            .client
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(
+                Filter::builder()
+                    .name("volume-id")
+                    .values(volume_id)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|error| self.api_error("DescribeSnapshots", error))?;
+        Ok(described
+            .snapshots()
+            .iter()
+            .filter(|snapshot| tag(snapshot.tags(), FINGERPRINT_TAG).is_none())
+            .filter_map(|snapshot| {
+                let started = snapshot.start_time().map_or_else(
+                    || "at an unknown time".to_owned(),
+                    |time| {
+                        time.fmt(DateTimeFormat::DateTime)
+                            .unwrap_or_else(|_| time.to_string())
+                    },
+                );
+                Some((snapshot.snapshot_id()?.to_owned(), started))
+            })
+            .collect())
     }
 
     pub async fn describe_volume(&self, volume_id: &str) -> anyhow::Result<Volume> {
@@ -376,6 +414,14 @@ pub fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
     tags.iter()
         .find(|tag| tag.key() == Some(key))
         .map(|tag| tag.value().unwrap_or_default())
+}
+
+/// A DescribeSnapshots filter: the tag `key` is `value`.
+pub fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
 }
 
 /// An error and its sources on one line, each message once.

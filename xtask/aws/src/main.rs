@@ -22,11 +22,12 @@ mod ready;
 mod rules;
 mod snapshot;
 mod status;
+mod user_data;
 
 use asg::AutoScaling;
 use audit::{Check, Role};
 use ec2::Ec2;
-use facts::{HostFacts, VolumeChoice};
+use facts::{HostFacts, VolumeChoice, FINGERPRINT_TAG};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask")]
@@ -46,6 +47,10 @@ enum Command {
         host: HostOptions,
         #[command(flatten)]
         connection: Connection,
+        /// With --asg: a region holding copies of the secrets snapshot (`snapshot
+        /// --copy-to-region`), whose copies are audited too; repeatable
+        #[arg(long, value_name = "REGION", conflicts_with = "instance_id")]
+        copy_region: Vec<String>,
     },
     /// Seal an instance (close TCP port 22, delete its key pair, require IMDSv2 with
     /// hop limit 1, protect it and its secrets volume, tag it), then audit it
@@ -223,9 +228,12 @@ fn main() -> ExitCode {
                 what,
                 host,
                 connection,
+                copy_region,
             } => match (what.instance_id, what.asg) {
                 (Some(instance_id), _) => run_audit(&connection, &instance_id, &host).await,
-                (None, Some(group)) => run_pool_audit(&connection, &group, &host).await,
+                (None, Some(group)) => {
+                    run_pool_audit(&connection, &group, &host, &copy_region).await
+                }
                 (None, None) => unreachable!("clap requires --instance-id or --asg"),
             },
             Command::Seal {
@@ -271,7 +279,20 @@ async fn run_audit(
 ) -> anyhow::Result<ExitCode> {
     let ec2 = connection.ec2().await?;
     let facts = ec2.host_facts(instance_id, &host.volume_choice()).await?;
-    Ok(report_audit(&facts, host.port))
+    let unmarked = match &facts.secrets_volume {
+        Ok(volume) => ec2.snapshots_without_fingerprint(&volume.volume_id).await?,
+        Err(_) => Vec::new(),
+    };
+    let status = report_audit(&facts, host.port);
+    for (snapshot_id, started) in unmarked {
+        println!(
+            "note: snapshot {snapshot_id} of the secrets volume (started {started}) has no tag \
+             {FINGERPRINT_TAG}, so it may predate the first boot's ready line: it is no backup \
+             (the module refuses to restore it), yet a copy of whatever secrets it holds; \
+             delete it, or tag it with the ready line's fingerprint if it was taken after"
+        );
+    }
+    Ok(status)
 }
 
 /// Prints the checks; the exit status says whether all passed.
@@ -314,12 +335,17 @@ async fn run_pool_audit(
     connection: &Connection,
     group: &str,
     host: &HostOptions,
+    copy_regions: &[String],
 ) -> anyhow::Result<ExitCode> {
     let config = connection.config().await?;
     let endpoint = connection.endpoint_url.as_deref();
     let ec2 = Ec2::new(&config, endpoint);
     let autoscaling = AutoScaling::new(&config, endpoint);
-    let pool = asg::pool_facts(&ec2, &autoscaling, group, &host.volume_choice()).await?;
+    let copies: Vec<(String, Ec2)> = copy_regions
+        .iter()
+        .map(|region| (region.clone(), ec2_in(&config, region, endpoint)))
+        .collect();
+    let pool = asg::pool_facts(&ec2, &autoscaling, group, &host.volume_choice(), &copies).await?;
     let mut failing = Vec::new();
     for instance in &pool.instances {
         let (failed, _) = print_host_checks(instance, host.port, Role::PoolReplica);
@@ -368,17 +394,11 @@ async fn run_snapshot(
             "--copy-to-region {copy_region} is the origin's own region: name another region \
              for the disaster-recovery copy"
         ),
-        Some((copy_region, kms_key)) => {
-            let there = config
-                .to_builder()
-                .region(Region::new(copy_region.clone()))
-                .build();
-            Some(snapshot::CopyTo {
-                ec2: Ec2::new(&there, endpoint),
-                region: copy_region,
-                kms_key,
-            })
-        }
+        Some((copy_region, kms_key)) => Some(snapshot::CopyTo {
+            ec2: ec2_in(&config, &copy_region, endpoint),
+            region: copy_region,
+            kms_key,
+        }),
     };
     let ec2 = Ec2::new(&config, endpoint);
     snapshot::run(&ec2, &region, instance_id, copy.as_ref()).await
@@ -407,6 +427,15 @@ async fn run_status(
         (None, None) => unreachable!("clap requires --instance-id or --asg"),
     };
     status::run(&ec2, &instance_ids, probe).await
+}
+
+/// An EC2 client of `region`, otherwise configured as `config`.
+fn ec2_in(config: &SdkConfig, region: &str, endpoint: Option<&str>) -> Ec2 {
+    let there = config
+        .to_builder()
+        .region(Region::new(region.to_owned()))
+        .build();
+    Ec2::new(&there, endpoint)
 }
 
 async fn run_seal(

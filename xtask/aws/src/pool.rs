@@ -1,23 +1,42 @@
 //! The group checks of `audit --asg` (numbered after the seven per-instance
 //! ones), computed from what the EC2 and Auto Scaling APIs say about a pool:
-//! its launch template, the secrets snapshot that template restores, and the
-//! fingerprint tags of its instances.
+//! the launch templates it can launch and their user data, the secrets snapshot
+//! they restore, and the fingerprint tags of its instances.
 
 use crate::audit::{port_22_closed, Check};
 use crate::facts::{HostFacts, Metadata, SecurityGroup, FINGERPRINT_TAG, SEALED_HOP_LIMIT};
+use crate::user_data::{Settings, ENV_FILE};
+
+/// The setting of the user data that names the secrets a replica accepts.
+pub const EXPECTED_FINGERPRINT: &str = "CRYPTOSERVER_SECRETS_EXPECTED_FINGERPRINT";
 
 pub struct PoolFacts {
     pub group: String,
-    /// The launch template version the group launches, or why there is none to audit.
-    pub template: Result<Template, String>,
+    /// Every launch template version the group can launch (its own, then those its
+    /// mixed instances policy's overrides name), or why there is none to audit.
+    pub templates: Result<Vec<Template>, String>,
     /// The snapshot the template's block device mappings restore, or why there is none.
     pub snapshot: Result<SecretsSnapshot, String>,
+    /// The snapshot's copies in each region `--copy-region` names.
+    pub copies: Vec<Copies>,
     pub instances: Vec<HostFacts>,
+}
+
+pub struct Copies {
+    pub region: String,
+    /// This account's snapshots there tagged with the secrets snapshot's source volume
+    /// and fingerprint, as `cargo xtask snapshot` tags its copies; or why none could be sought.
+    pub found: Result<Vec<SecretsSnapshot>, String>,
 }
 
 pub struct Template {
     /// e.g. `lt-0abc (cryptoserver-pool) version 3`
     pub name: String,
+    /// The version as the group names it: a number, or `$Latest` or `$Default`,
+    /// which follow whoever creates a version or changes the default.
+    pub launched_as: String,
+    /// The settings its user data writes, or what in it is not the module's cloud-config.
+    pub settings: Result<Settings, String>,
     pub key_name: Option<String>,
     pub instance_profile: Option<String>,
     /// `None` when the template leaves metadata options to the image and account defaults.
@@ -43,30 +62,27 @@ pub struct SecretsSnapshot {
     /// The accounts createVolumePermission names.
     pub shared_with: Vec<String>,
     pub fingerprint: Option<String>,
+    /// Its tag `cryptoserver:source-volume`, by which its copies are found.
+    pub source_volume: Option<String>,
 }
 
 pub fn pool_checks(pool: &PoolFacts, service_port: u16) -> Vec<Check> {
     let snapshot = |check: &dyn Fn(&SecretsSnapshot) -> Result<String, String>| {
         pool.snapshot.as_ref().map_err(Clone::clone).and_then(check)
     };
-    vec![
+    let mut checks = vec![
         Check {
             number: 8,
             title: "launch template sealed",
-            outcome: pool
-                .template
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(template_sealed),
+            outcome: every_template(pool, template_sealed),
         },
         Check {
             number: 9,
             title: "the launch template's security groups reach no TCP port 22",
-            outcome: pool
-                .template
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|template| port_22_closed(&template.security_groups, service_port)),
+            outcome: every_template(pool, |template| {
+                port_22_closed(&template.security_groups, service_port)
+                    .map_err(|reason| format!("{}: {reason}", template.name))
+            }),
         },
         Check {
             number: 10,
@@ -112,14 +128,104 @@ pub fn pool_checks(pool: &PoolFacts, service_port: u16) -> Vec<Check> {
         },
         Check {
             number: 13,
-            title: "every instance carries the snapshot's fingerprint",
-            outcome: snapshot(&|s| same_fingerprint(s, &pool.instances)),
+            title:
+                "the user data expects the snapshot's fingerprint, and every instance carries it",
+            outcome: snapshot(&|s| same_fingerprint(s, pool)),
         },
-    ]
+    ];
+    if !pool.copies.is_empty() {
+        checks.push(Check {
+            number: 14,
+            title: "the secrets snapshot's copies are encrypted, not public and not shared",
+            outcome: snapshot(&|s| copies_sealed(s, &pool.copies)),
+        });
+    }
+    checks
+}
+
+fn copies_sealed(snapshot: &SecretsSnapshot, copies: &[Copies]) -> Result<String, String> {
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    for Copies {
+        region,
+        found: copies,
+    } in copies
+    {
+        match copies {
+            Err(reason) => problems.push(format!("in {region}: {reason}")),
+            Ok(copies) if copies.is_empty() => problems.push(format!(
+                "{region} holds no copy of {} tagged with its source volume and fingerprint \
+                 (a copy whose tags were changed is not found: look for it by hand)",
+                snapshot.id
+            )),
+            Ok(copies) => {
+                for copy in copies {
+                    let mut wrong = Vec::new();
+                    if !copy.encrypted {
+                        wrong.push("is not encrypted".to_owned());
+                    }
+                    if copy.public {
+                        wrong.push("is public (createVolumePermission group all)".to_owned());
+                    }
+                    if !copy.shared_with.is_empty() {
+                        wrong.push(format!(
+                            "is shared with account {}",
+                            copy.shared_with.join(", ")
+                        ));
+                    }
+                    if wrong.is_empty() {
+                        found.push(format!("{} in {region}", copy.id));
+                    } else {
+                        problems.push(format!("{} in {region} {}", copy.id, wrong.join(" and ")));
+                    }
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(found.join(", "))
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// `check` on every template the group can launch: passes when it passes on all.
+fn every_template(
+    pool: &PoolFacts,
+    check: impl Fn(&Template) -> Result<String, String>,
+) -> Result<String, String> {
+    let templates = pool.templates.as_ref().map_err(Clone::clone)?;
+    let (passed, failed): (Vec<_>, Vec<_>) = templates.iter().map(check).partition(Result::is_ok);
+    if failed.is_empty() {
+        Ok(passed.into_iter().flatten().collect::<Vec<_>>().join("; "))
+    } else {
+        Err(failed
+            .into_iter()
+            .filter_map(Result::err)
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
 }
 
 fn template_sealed(template: &Template) -> Result<String, String> {
     let mut problems = Vec::new();
+    if template.launched_as.parse::<u64>().is_err() {
+        problems.push(format!(
+            "is launched as {}: whoever may create a template version or change the default \
+             decides what the next replica runs; name the version number (the pool module does)",
+            template.launched_as
+        ));
+    }
+    match &template.settings {
+        Err(reason) => problems.push(reason.clone()),
+        Ok(settings) => match settings.get("CRYPTOSERVER_SECRETS_ROLE") {
+            Some("replica") => {}
+            role => problems.push(format!(
+                "sets CRYPTOSERVER_SECRETS_ROLE={} in {ENV_FILE}, not replica",
+                role.unwrap_or("(unset)")
+            )),
+        },
+    }
     if let Some(key) = &template.key_name {
         problems.push(format!("launches with key pair {key:?}"));
     }
@@ -163,7 +269,8 @@ fn template_sealed(template: &Template) -> Result<String, String> {
     if problems.is_empty() {
         Ok(format!(
             "{}: no key pair, no instance profile, IMDSv2 required with hop limit \
-             {SEALED_HOP_LIMIT}, no public IPv4 address",
+             {SEALED_HOP_LIMIT}, no public IPv4 address, user data only the module's \
+             cloud-config",
             template.name
         ))
     } else {
@@ -171,26 +278,52 @@ fn template_sealed(template: &Template) -> Result<String, String> {
     }
 }
 
-fn same_fingerprint(snapshot: &SecretsSnapshot, instances: &[HostFacts]) -> Result<String, String> {
+/// The replicas themselves refuse secrets other than their user data's expected
+/// fingerprint; tags, which anyone allowed `ec2:CreateTags` sets, only report it.
+fn same_fingerprint(snapshot: &SecretsSnapshot, pool: &PoolFacts) -> Result<String, String> {
     let Some(expected) = &snapshot.fingerprint else {
         return Err(format!(
             "{} has no tag {FINGERPRINT_TAG}: make it with `cargo xtask snapshot`",
             snapshot.id
         ));
     };
-    let differing: Vec<String> = instances
+    let templates = pool.templates.as_ref().map_err(Clone::clone)?;
+    let mut differing: Vec<String> = templates
         .iter()
-        .filter(|instance| instance.fingerprint_tag.as_ref() != Some(expected))
-        .map(|instance| match &instance.fingerprint_tag {
-            Some(other) => format!("{} has {other}", instance.instance_id),
-            None => format!("{} has no tag {FINGERPRINT_TAG}", instance.instance_id),
+        .filter_map(|template| match &template.settings {
+            Ok(settings) => match settings.get(EXPECTED_FINGERPRINT) {
+                Some(found) if found == expected => None,
+                Some(other) => Some(format!("{}'s user data expects {other}", template.name)),
+                None => Some(format!(
+                    "{}'s user data sets no {EXPECTED_FINGERPRINT}",
+                    template.name
+                )),
+            },
+            Err(_) => Some(format!(
+                "{}'s user data is not the module's (check 8)",
+                template.name
+            )),
         })
         .collect();
+    differing.extend(
+        pool.instances
+            .iter()
+            .filter(|instance| instance.fingerprint_tag.as_ref() != Some(expected))
+            .map(|instance| match &instance.fingerprint_tag {
+                Some(other) => format!("{} has {other}", instance.instance_id),
+                None => format!("{} has no tag {FINGERPRINT_TAG}", instance.instance_id),
+            }),
+    );
     if differing.is_empty() {
         Ok(format!(
-            "{expected} on {} and on all {} instances",
+            "{expected} on {}, in the user data of {} and on all {} instances",
             snapshot.id,
-            instances.len()
+            templates
+                .iter()
+                .map(|template| template.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            pool.instances.len()
         ))
     } else {
         Err(format!(
@@ -202,12 +335,29 @@ fn same_fingerprint(snapshot: &SecretsSnapshot, instances: &[HostFacts]) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::audit::tests::sealed_host;
     use crate::rules::tests::{ipv4, rule};
+    use crate::user_data::module_settings;
+    use crate::user_data::tests::{encoded, module_user_data, FINGERPRINT};
 
-    const FINGERPRINT: &str = "0123456789abcdef0123456789abcdef";
+    /// A template as the pool module makes it.
+    pub fn sealed_template(name: &str) -> Template {
+        Template {
+            name: name.into(),
+            launched_as: "2".into(),
+            settings: module_settings(Some(&encoded(&module_user_data()))),
+            key_name: None,
+            instance_profile: None,
+            metadata: Some(Metadata::Enabled {
+                tokens_required: true,
+                hop_limit: Some(1),
+            }),
+            public_ip: PublicIp::Template(false),
+            security_groups: sealed_host().security_groups,
+        }
+    }
 
     /// A pool as the Terraform module makes it: every group check passes.
     fn sealed_pool() -> PoolFacts {
@@ -218,24 +368,16 @@ mod tests {
         };
         PoolFacts {
             group: "cryptoserver-pool".into(),
-            template: Ok(Template {
-                name: "lt-1 (pool) version 2".into(),
-                key_name: None,
-                instance_profile: None,
-                metadata: Some(Metadata::Enabled {
-                    tokens_required: true,
-                    hop_limit: Some(1),
-                }),
-                public_ip: PublicIp::Template(false),
-                security_groups: sealed_host().security_groups,
-            }),
+            templates: Ok(vec![sealed_template("lt-1 (pool) version 2")]),
             snapshot: Ok(SecretsSnapshot {
                 id: "snap-1".into(),
                 encrypted: true,
                 public: false,
                 shared_with: vec![],
                 fingerprint: Some(FINGERPRINT.into()),
+                source_volume: Some("vol-1".into()),
             }),
+            copies: vec![],
             instances: vec![replica("i-a"), replica("i-b")],
         }
     }
@@ -249,7 +391,7 @@ mod tests {
     }
 
     fn template(pool: &mut PoolFacts) -> &mut Template {
-        pool.template.as_mut().unwrap()
+        &mut pool.templates.as_mut().unwrap()[0]
     }
 
     fn snapshot(pool: &mut PoolFacts) -> &mut SecretsSnapshot {
@@ -263,9 +405,79 @@ mod tests {
         assert_eq!(
             checks[5].to_string(),
             format!(
-                "PASS 13. every instance carries the snapshot's fingerprint: {FINGERPRINT} on \
-                 snap-1 and on all 2 instances"
+                "PASS 13. the user data expects the snapshot's fingerprint, and every instance \
+                 carries it: {FINGERPRINT} on snap-1, in the user data of lt-1 (pool) version 2 \
+                 and on all 2 instances"
             )
+        );
+    }
+
+    #[test]
+    fn a_template_version_that_follows_its_latest_or_default_fails() {
+        for moving in ["$Latest", "$Default"] {
+            let mut pool = sealed_pool();
+            template(&mut pool).launched_as = moving.into();
+            assert_eq!(failures(&pool), [8]);
+            assert!(pool_checks(&pool, 8080)[0].to_string().contains(&format!(
+                "lt-1 (pool) version 2 is launched as {moving}: whoever may create a template \
+                 version"
+            )));
+        }
+    }
+
+    #[test]
+    fn user_data_other_than_the_modules_fails() {
+        let mut pool = sealed_pool();
+        template(&mut pool).settings =
+            module_settings(Some(&encoded("#cloud-boothook\n#!/bin/sh\nid\n")));
+        assert_eq!(failures(&pool), [8, 13]);
+        let checks = pool_checks(&pool, 8080);
+        assert!(checks[0]
+            .to_string()
+            .contains("lt-1 (pool) version 2 has user data that is not a #cloud-config document"));
+        assert!(checks[5]
+            .to_string()
+            .ends_with("but lt-1 (pool) version 2's user data is not the module's (check 8)"));
+
+        let mut pool = sealed_pool();
+        template(&mut pool).settings = module_settings(Some(&encoded(
+            &module_user_data().replace("ROLE=replica", "ROLE=origin"),
+        )));
+        assert_eq!(failures(&pool), [8]);
+        assert!(pool_checks(&pool, 8080)[0].to_string().contains(
+            "sets CRYPTOSERVER_SECRETS_ROLE=origin in /etc/cryptoserver/env, not replica"
+        ));
+    }
+
+    #[test]
+    fn user_data_expecting_another_fingerprint_fails() {
+        let mut pool = sealed_pool();
+        template(&mut pool).settings = module_settings(Some(&encoded(
+            &module_user_data().replace(FINGERPRINT, &"f".repeat(32)),
+        )));
+        assert_eq!(failures(&pool), [13]);
+        assert_eq!(
+            pool_checks(&pool, 8080)[5].to_string(),
+            format!(
+                "FAIL 13. the user data expects the snapshot's fingerprint, and every instance \
+                 carries it: snap-1 has {FINGERPRINT}, but lt-1 (pool) version 2's user data \
+                 expects {}",
+                "f".repeat(32)
+            )
+        );
+    }
+
+    #[test]
+    fn every_template_the_group_can_launch_is_audited() {
+        let mut pool = sealed_pool();
+        let mut other = sealed_template("lt-2 (override) version 1");
+        other.key_name = Some("admin".into());
+        pool.templates.as_mut().unwrap().push(other);
+        assert_eq!(failures(&pool), [8]);
+        assert_eq!(
+            pool_checks(&pool, 8080)[0].to_string(),
+            "FAIL 8. launch template sealed: lt-2 (override) version 1 launches with key pair \
+             \"admin\""
         );
     }
 
@@ -341,8 +553,8 @@ mod tests {
         assert_eq!(
             pool_checks(&pool, 8080)[5].to_string(),
             format!(
-                "FAIL 13. every instance carries the snapshot's fingerprint: snap-1 has \
-                 {FINGERPRINT}, but i-a has ffffffffffffffffffffffffffffffff, i-b has no tag \
+                "FAIL 13. the user data expects the snapshot's fingerprint, and every instance \
+                 carries it: snap-1 has {FINGERPRINT}, but i-a has ffffffffffffffffffffffffffffffff, i-b has no tag \
                  cryptoserver:fingerprint"
             )
         );
@@ -354,9 +566,45 @@ mod tests {
     }
 
     #[test]
+    fn copies_in_the_regions_named_are_audited() {
+        let mut pool = sealed_pool();
+        let copy = |id: &str| SecretsSnapshot {
+            id: id.into(),
+            ..sealed_pool().snapshot.unwrap()
+        };
+        pool.copies = vec![Copies {
+            region: "eu-west-1".into(),
+            found: Ok(vec![copy("snap-c")]),
+        }];
+        assert_eq!(failures(&pool), [] as [u8; 0]);
+        assert_eq!(
+            pool_checks(&pool, 8080)[6].to_string(),
+            "PASS 14. the secrets snapshot's copies are encrypted, not public and not shared: \
+             snap-c in eu-west-1"
+        );
+
+        let mut weak = copy("snap-d");
+        weak.encrypted = false;
+        weak.shared_with = vec!["111122223333".into()];
+        pool.copies[0].found = Ok(vec![copy("snap-c"), weak]);
+        pool.copies.push(Copies {
+            region: "eu-central-1".into(),
+            found: Ok(vec![]),
+        });
+        assert_eq!(failures(&pool), [14]);
+        assert_eq!(
+            pool_checks(&pool, 8080)[6].to_string(),
+            "FAIL 14. the secrets snapshot's copies are encrypted, not public and not shared: \
+             snap-d in eu-west-1 is not encrypted and is shared with account 111122223333; \
+             eu-central-1 holds no copy of snap-1 tagged with its source volume and fingerprint \
+             (a copy whose tags were changed is not found: look for it by hand)"
+        );
+    }
+
+    #[test]
     fn without_a_template_or_snapshot_the_checks_fail_and_say_why() {
         let mut pool = sealed_pool();
-        pool.template = Err("the group launches from launch configuration old-lc".into());
+        pool.templates = Err("the group launches from launch configuration old-lc".into());
         pool.snapshot = Err("no launch template to read the snapshot from".into());
         assert_eq!(failures(&pool), [8, 9, 10, 11, 12, 13]);
         assert!(pool_checks(&pool, 8080)[1]

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::{Filter, ResourceType, Snapshot, SnapshotState, Tag, TagSpecification};
+use aws_sdk_ec2::types::{ResourceType, Snapshot, SnapshotState, Tag, TagSpecification};
 use base64::Engine;
 
-use crate::ec2::{attachments, Ec2};
+use crate::ec2::{attachments, tag_filter, Ec2};
 use crate::facts::FINGERPRINT_TAG;
 use crate::ready::{self, Found, SOURCE_VOLUME_TAG};
 
@@ -139,12 +139,6 @@ impl Ec2 {
         &self,
         (volume_id, fingerprint): (&str, &str),
     ) -> anyhow::Result<Option<Found>> {
-        let tag_filter = |key: &str, value: &str| {
-            Filter::builder()
-                .name(format!("tag:{key}"))
-                .values(value)
-                .build()
-        };
         let described = self
             .client
             .describe_snapshots()
