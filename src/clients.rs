@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
 
 use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
@@ -380,14 +382,17 @@ impl Clients {
 #[derive(Debug)]
 pub struct LiveClients {
     path: PathBuf,
-    current: RwLock<Arc<Clients>>,
+    /// Read on every request: an `ArcSwap` loads without writing to a
+    /// shared counter, where a lock's or an `Arc`'s count would bounce
+    /// between the cores.
+    current: ArcSwap<Clients>,
 }
 
 impl LiveClients {
     pub fn load(path: &Path) -> Result<LiveClients, ClientsError> {
         Ok(LiveClients {
             path: path.to_owned(),
-            current: RwLock::new(Arc::new(Clients::load(path)?)),
+            current: ArcSwap::from_pointee(Clients::load(path)?),
         })
     }
 
@@ -396,8 +401,8 @@ impl LiveClients {
     }
 
     /// The set in force now; a request keeps the one it started with.
-    pub fn current(&self) -> Arc<Clients> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    pub fn current(&self) -> Guard<Arc<Clients>> {
+        self.current.load()
     }
 
     /// Puts `new` in force for every request from now on. A client of both
@@ -414,7 +419,7 @@ impl LiveClients {
                 }
             }
         }
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+        self.current.store(Arc::new(new));
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! - [`state`]: what every request shares.
 //! - [`observe`]: every request's span, metrics and `x-request-id`, and load shedding.
-//! - [`guard`]: bearer tokens and per-client rate limits.
+//! - [`guard`]: bearer tokens, the routes a client may call, and rate limits.
 //! - [`handlers`]: the routes themselves.
 //! - [`body`]: reading a request body within its size and time limits.
 //! - [`leftover`]: the rest of a body the app answered without reading.
@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use axum::extract::Request;
-use axum::middleware::from_fn_with_state;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -37,41 +36,44 @@ pub use state::AppState;
 
 /// The application as a connection serves it. Every request is observed
 /// (span, metrics, `x-request-id`) and, but for the health checks, refused at
-/// once beyond the concurrency limit, then routed; on every route but `/healthz` and `/readyz` it is then
-/// authorized and rate-limited. Those two are for health checkers, which send
-/// no token (an AWS Network Load Balancer cannot), and cost next to nothing:
-/// a 401 or 429 there would take a healthy server out of its load balancer.
+/// once beyond the concurrency limit; on every route but `/healthz` and
+/// `/readyz` it is then authorized and rate-limited; then routed. Those two
+/// are for health checkers, which send no token (an AWS Network Load Balancer
+/// cannot), and cost next to nothing: a 401 or 429 there would take a healthy
+/// server out of its load balancer.
 ///
-/// Observing wraps the router once instead of each route (as `Router::layer`
-/// would, boxing and cloning the layer per request), and the authorization
-/// layer is left out when there are neither tokens nor rate limits, as it would
-/// let everything through: on the hot path each layer costs a noticeable share
-/// of what axum and hyper spend on a whole request.
+/// Observing and authorizing wrap the router once, in plain code, instead of
+/// as layers (`Router::layer` boxes and clones a layer per request, a
+/// middleware boxes its service and future): on the hot path each layer costs
+/// a noticeable share of what axum and hyper spend on a whole request.
 #[derive(Clone)]
 pub struct App {
     router: Router,
     state: Arc<AppState>,
+    /// Whether requests pass the guard: not without tokens or rate limits,
+    /// as it would let everything through.
+    guarded: bool,
 }
 
 impl App {
     pub fn new(state: Arc<AppState>) -> App {
-        let mut guarded = Router::new()
+        let router = Router::new()
             .route("/hmac", post(handlers::hmac))
             .route("/hmac/batch", post(handlers::hmac_batch))
             .route("/verify", post(handlers::verify))
             .route("/whoami", get(handlers::whoami))
-            .route("/metrics", get(handlers::metrics));
-        if state.clients.is_some() || state.rate_limiter.is_some() {
-            guarded = guarded.route_layer(from_fn_with_state(Arc::clone(&state), guard::authorize));
-        }
-        let router = Router::new()
-            .merge(guarded)
+            .route("/metrics", get(handlers::metrics))
             .route("/healthz", get(handlers::healthz))
             .route("/readyz", get(handlers::readyz))
             .fallback(|| async { ApiError::NotFound })
             .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
             .with_state(Arc::clone(&state));
-        App { router, state }
+        let guarded = state.clients.is_some() || state.rate_limiter.is_some();
+        App {
+            router,
+            state,
+            guarded,
+        }
     }
 }
 
@@ -85,7 +87,7 @@ impl Service<Request> for App {
     }
 
     fn call(&mut self, request: Request) -> Observed {
-        Observed::start(&self.state, &mut self.router, request)
+        Observed::start(&self.state, &mut self.router, self.guarded, request)
     }
 }
 

@@ -133,7 +133,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let batch_reads = config.batch_reads().map_err(ServerError::BatchReads)?;
     let clients = config.clients_file().map(LiveClients::load).transpose()?;
     let current = clients.as_ref().map(LiveClients::current);
-    let namespaces = current.as_deref().map_or(Vec::new(), Clients::namespaces);
+    let namespaces = current
+        .as_ref()
+        .map_or(Vec::new(), |current| current.namespaces());
     let concurrency = Arc::new(ConcurrencyLimit::new(config.max_concurrent));
     let keys = KeyStore::load(
         config.mode,

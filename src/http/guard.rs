@@ -7,73 +7,79 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
+use super::error::{ApiError, ROUTES};
 use super::state::AppState;
 use crate::clients::{Client, Route};
 use crate::limits::{client_address, ClientId};
 use crate::metrics;
 
 /// Finds the client (by its token, else its address), checks it may call
-/// this route and takes one request from its rate limit. The handlers find
-/// the [`ClientId`] and, with a clients file, the [`Client`] in the
-/// request's extensions, and the response carries the [`Client`] out to be
-/// counted.
-pub(super) async fn authorize(
-    State(state): State<Arc<AppState>>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+/// this route and takes one request from its rate limit, before the request
+/// is routed. The handlers find the [`Client`] in the request's extensions
+/// with a clients file, else the [`ClientId`]; the client is returned to be
+/// counted with the response's status. A plain function the observing
+/// service calls, rather than a middleware: on the hot path a middleware's
+/// boxed service and future cost a noticeable share of a whole request.
+/// A refused request's response, and its client when its token named one.
+pub(super) type Refused = (Response, Option<Arc<Client>>);
+
+/// Whether a request must pass [`authorize`]: every route but the health
+/// checks, and only a route the router will serve with this method (a wrong
+/// method gets its 405 without a token, as an unknown path gets its 404).
+pub(super) fn guards(method: &Method, path: &str) -> bool {
+    ROUTES
+        .iter()
+        .any(|(route_method, route_path)| *route_path == path && method.as_str() == *route_method)
+        && !metrics::Route::of_path(path).is_health()
+}
+
+pub(super) fn authorize(
+    state: &AppState,
+    request: &mut Request,
+    label: metrics::Route,
+) -> Result<Option<Arc<Client>>, Refused> {
     let Some(clients) = &state.clients else {
         let client = by_address(request.extensions().get::<ConnectInfo<SocketAddr>>());
-        take_rate(&state, None, client, 1)?;
+        take_rate(state, None, client, 1).map_err(|refusal| (refusal.into_response(), None))?;
         request.extensions_mut().insert(client);
-        return Ok(next.run(request).await);
+        return Ok(None);
     };
     let authorization = request
         .headers()
         .get(AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    let label = metrics::Route::of_path(request.uri().path());
-    let route = Route::of_path(request.uri().path());
     let Some(client) = clients.current().check(authorization).cloned() else {
         state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-        audit(&state, None, label, StatusCode::UNAUTHORIZED);
-        return Err(ApiError::Unauthorized);
+        audit(state, None, label, StatusCode::UNAUTHORIZED);
+        return Err((ApiError::Unauthorized.into_response(), None));
     };
-    let allowed = match route {
+    let allowed = match Route::of_path(request.uri().path()) {
         Some(route) if !client.routes.allows(route) => Err(ApiError::RouteNotAllowed(route)),
-        _ => take_rate(&state, Some(&client), client.id, 1),
+        _ => take_rate(state, Some(&client), client.id, 1),
     };
-    let mut response = match allowed {
-        Ok(()) => {
-            request.extensions_mut().insert(client.id);
-            request.extensions_mut().insert(Arc::clone(&client));
-            let response = next.run(request).await;
-            if response.status() == StatusCode::TOO_MANY_REQUESTS {
-                audit(&state, Some(&client), label, response.status());
-            }
-            response
-        }
-        Err(refusal) => {
-            let response = refusal.into_response();
-            audit(&state, Some(&client), label, response.status());
-            response
-        }
-    };
-    response.extensions_mut().insert(client);
-    Ok(response)
+    if let Err(refusal) = allowed {
+        let response = refusal.into_response();
+        audit(state, Some(&client), label, response.status());
+        return Err((response, Some(client)));
+    }
+    request.extensions_mut().insert(Arc::clone(&client));
+    Ok(Some(client))
 }
 
 /// One line at `info` for a refused request, as many a second as
 /// [`metrics::AuditThrottle`] lets through. The route is its label: a path a
 /// client chose never reaches the log.
-fn audit(state: &AppState, client: Option<&Client>, route: metrics::Route, status: StatusCode) {
+pub(super) fn audit(
+    state: &AppState,
+    client: Option<&Client>,
+    route: metrics::Route,
+    status: StatusCode,
+) {
     if let Some(held_back) = state.metrics.audit.admit() {
         tracing::info!(
             client = client.map_or("unknown token", |client| &client.label),

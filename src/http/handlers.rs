@@ -93,8 +93,9 @@ pub(super) async fn hmac_batch(
 ) -> Result<Response, ApiError> {
     let body = read_message(body, &state).await?;
     let frames = parse_frames(&body).map_err(ApiError::MalformedBatch)?;
-    let client = match client {
-        Some(Extension(client)) => {
+    let own_id = caller.as_ref().map(|Extension(caller)| caller.id);
+    let client = match own_id.or(client.map(|Extension(client)| client)) {
+        Some(client) => {
             let cost = frames.len().saturating_sub(1) as u32;
             let own = caller.as_ref().map(|Extension(caller)| &**caller);
             take_rate(&state, own, client, cost)?;

@@ -13,13 +13,14 @@ use std::task::{ready, Context as TaskContext, Poll};
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use axum::Router;
 use tower_service::Service;
 
 use super::error::ApiError;
+use super::guard;
 use super::state::AppState;
 use crate::clients::Client;
 use crate::metrics::Route;
@@ -33,7 +34,9 @@ enum Stage {
         response: RouteFuture<Infallible>,
         counted: bool,
     },
-    Shed(Response),
+    /// Answered without routing: shed at the concurrency limit, or refused
+    /// by the guard.
+    Answered(Response),
 }
 
 /// A request being observed; it holds its place under the concurrency limit
@@ -44,32 +47,59 @@ pub struct Observed {
     state: Arc<AppState>,
     span: tracing::Span,
     route: Route,
+    /// The client the token named, counted with the response's status.
+    client: Option<Arc<Client>>,
     id: u64,
     started: Instant,
 }
 
 impl Observed {
-    /// Counts the request in and routes it, or refuses it at the concurrency limit.
-    pub(super) fn start(state: &Arc<AppState>, router: &mut Router, request: Request) -> Observed {
+    /// Counts the request in, authorizes it and routes it, or refuses it at
+    /// the concurrency limit or the guard.
+    pub(super) fn start(
+        state: &Arc<AppState>,
+        router: &mut Router,
+        guarded: bool,
+        mut request: Request,
+    ) -> Observed {
         let route = Route::of_path(request.uri().path());
         let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
         let span =
             tracing::info_span!("request", id, method = %request.method(), route = route.label());
         let counted = !route.is_health();
-        let stage = if !counted || state.concurrency.try_enter() {
-            Stage::Serving {
-                response: span.in_scope(|| router.call(request)),
-                counted,
-            }
-        } else {
+        let mut client = None;
+        let stage = if counted && !state.concurrency.try_enter() {
             state.metrics.shed.fetch_add(1, Ordering::Relaxed);
-            Stage::Shed(ApiError::Shed.into_response())
+            Stage::Answered(ApiError::Shed.into_response())
+        } else {
+            let admitted = if guarded && guard::guards(request.method(), request.uri().path()) {
+                span.in_scope(|| guard::authorize(state, &mut request, route))
+            } else {
+                Ok(None)
+            };
+            match admitted {
+                Ok(admitted) => {
+                    client = admitted;
+                    Stage::Serving {
+                        response: span.in_scope(|| router.call(request)),
+                        counted,
+                    }
+                }
+                Err((refusal, refused)) => {
+                    if counted {
+                        state.concurrency.leave();
+                    }
+                    client = refused;
+                    Stage::Answered(refusal)
+                }
+            }
         };
         Observed {
             stage: Some(stage),
             state: Arc::clone(state),
             span,
             route,
+            client,
             id,
             started: Instant::now(),
         }
@@ -81,26 +111,30 @@ impl Future for Observed {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut response = match this.stage.as_mut().expect("polled after completion") {
+        let (mut response, served) = match this.stage.as_mut().expect("polled after completion") {
             Stage::Serving { response, counted } => {
                 let _entered = this.span.enter();
                 let Ok(response) = ready!(Pin::new(response).poll(cx));
                 if *counted {
                     this.state.concurrency.leave();
                 }
-                response
+                (response, true)
             }
-            Stage::Shed(response) => std::mem::take(response),
+            Stage::Answered(response) => (std::mem::take(response), false),
         };
         this.stage = None;
         let metrics = &this.state.metrics;
         let elapsed = this.started.elapsed();
         metrics.request_latency.observe(elapsed);
         metrics.count_request(this.route, response.status().as_u16());
-        if let Some(client) = response.extensions_mut().remove::<Arc<Client>>() {
-            client
-                .counters
-                .count_request(this.route, response.status().as_u16());
+        if let Some(client) = &this.client {
+            let status = response.status();
+            client.counters.count_request(this.route, status.as_u16());
+            // The guard logged its own refusals; a batch's handler takes its
+            // messages beyond the first from the rate limit, and may refuse.
+            if served && status == StatusCode::TOO_MANY_REQUESTS {
+                guard::audit(&this.state, Some(client), this.route, status);
+            }
         }
         this.span.in_scope(|| {
             tracing::debug!(
