@@ -56,7 +56,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             ApiError::UnknownEncoding
             | ApiError::MissingMacHeader

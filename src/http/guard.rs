@@ -10,7 +10,6 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ROUTES};
 use super::state::AppState;
@@ -18,15 +17,11 @@ use crate::clients::{Client, Route};
 use crate::limits::{client_address, ClientId};
 use crate::metrics;
 
-/// Finds the client (by its token, else its address), checks it may call
-/// this route and takes one request from its rate limit, before the request
-/// is routed. The handlers find the [`Client`] in the request's extensions
-/// with a clients file, else the [`ClientId`]; the client is returned to be
-/// counted with the response's status. A plain function the observing
-/// service calls, rather than a middleware: on the hot path a middleware's
-/// boxed service and future cost a noticeable share of a whole request.
-/// A refused request's response, and its client when its token named one.
-pub(super) type Refused = (Response, Option<Arc<Client>>);
+/// Why a request was refused, and its client when its token named one.
+pub(super) struct Refused {
+    pub error: ApiError,
+    pub client: Option<Arc<Client>>,
+}
 
 /// Whether a request must pass [`authorize`]: every route but the health
 /// checks, and only a route the router will serve with this method (a wrong
@@ -38,6 +33,13 @@ pub(super) fn guards(method: &Method, path: &str) -> bool {
         && !metrics::Route::of_path(path).is_health()
 }
 
+/// Finds the client (by its token, else its address), checks it may call
+/// this route and takes one request from its rate limit, before the request
+/// is routed. The handlers find the [`Client`] in the request's extensions
+/// with a clients file, else the [`ClientId`]; the client is returned to be
+/// counted with the response's status. A plain function the observing
+/// service calls, rather than a middleware: on the hot path a middleware's
+/// boxed service and future cost a noticeable share of a whole request.
 pub(super) fn authorize(
     state: &AppState,
     request: &mut Request,
@@ -45,7 +47,10 @@ pub(super) fn authorize(
 ) -> Result<Option<Arc<Client>>, Refused> {
     let Some(clients) = &state.clients else {
         let client = by_address(request.extensions().get::<ConnectInfo<SocketAddr>>());
-        take_rate(state, None, client, 1).map_err(|refusal| (refusal.into_response(), None))?;
+        take_rate(state, None, client, 1).map_err(|error| Refused {
+            error,
+            client: None,
+        })?;
         request.extensions_mut().insert(client);
         return Ok(None);
     };
@@ -56,16 +61,21 @@ pub(super) fn authorize(
     let Some(client) = clients.current().check(authorization).cloned() else {
         state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
         audit(state, None, label, StatusCode::UNAUTHORIZED);
-        return Err((ApiError::Unauthorized.into_response(), None));
+        return Err(Refused {
+            error: ApiError::Unauthorized,
+            client: None,
+        });
     };
     let allowed = match Route::of_path(request.uri().path()) {
         Some(route) if !client.routes.allows(route) => Err(ApiError::RouteNotAllowed(route)),
         _ => take_rate(state, Some(&client), client.id, 1),
     };
-    if let Err(refusal) = allowed {
-        let response = refusal.into_response();
-        audit(state, Some(&client), label, response.status());
-        return Err((response, Some(client)));
+    if let Err(error) = allowed {
+        audit(state, Some(&client), label, error.status());
+        return Err(Refused {
+            error,
+            client: Some(client),
+        });
     }
     request.extensions_mut().insert(Arc::clone(&client));
     Ok(Some(client))

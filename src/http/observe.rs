@@ -85,12 +85,12 @@ impl Observed {
                         counted,
                     }
                 }
-                Err((refusal, refused)) => {
+                Err(refused) => {
                     if counted {
                         state.concurrency.leave();
                     }
-                    client = refused;
-                    Stage::Answered(refusal)
+                    client = refused.client;
+                    Stage::Answered(refused.error.into_response())
                 }
             }
         };
