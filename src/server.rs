@@ -131,7 +131,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     harden_process();
     // Everything that can be wrong with the inputs is found before the port is bound.
     let batch_reads = config.batch_reads().map_err(ServerError::BatchReads)?;
-    let clients = config.clients_file().map(LiveClients::load).transpose()?;
+    let clients = config
+        .clients_file()
+        .map(|path| Clients::load(path).map(|clients| LiveClients::new(path, clients)))
+        .transpose()?;
     let current = clients.as_ref().map(LiveClients::current);
     let namespaces = current.as_deref().map_or(Vec::new(), Clients::namespaces);
     let concurrency = Arc::new(ConcurrencyLimit::new(config.max_concurrent));

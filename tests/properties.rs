@@ -20,7 +20,7 @@ use axum::body::{to_bytes, Body, Bytes};
 use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
 use base64::Engine as _;
 use cryptoserver::batch::{encode_frames, parse_frames};
-use cryptoserver::clients::LiveClients;
+use cryptoserver::clients::{Clients, LiveClients};
 use cryptoserver::http::{App, AppState, MAC_HEADER};
 use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
@@ -218,7 +218,10 @@ impl Server {
         )
         .unwrap();
         Server::new(AppState {
-            clients: Some(LiveClients::load(tokens_file.path()).unwrap()),
+            clients: Some(LiveClients::new(
+                tokens_file.path(),
+                Clients::load(tokens_file.path()).unwrap(),
+            )),
             rate_limiter: Some(RateLimiter::new(RateLimit {
                 per_second: 50.0,
                 burst: 20.0,
