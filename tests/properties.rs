@@ -190,6 +190,7 @@ fn open_state(secrets: &Secrets) -> AppState {
         max_body: MAX_BODY,
         body_timeout: std::time::Duration::from_secs(30),
         clients: None,
+        updates: None,
         rate_limiter: None,
         concurrency: Arc::new(ConcurrencyLimit::new(usize::MAX)),
         connections: Arc::new(ConnectionLimit::new(usize::MAX, usize::MAX)),
@@ -222,6 +223,7 @@ impl Server {
                 tokens_file.path(),
                 Clients::load(tokens_file.path()).unwrap(),
             )),
+            updates: None,
             rate_limiter: Some(RateLimiter::new(RateLimit {
                 per_second: 50.0,
                 burst: 20.0,
