@@ -280,6 +280,11 @@ fn split(document: &[u8]) -> Result<(&[u8], &[u8]), DocumentError> {
                 ))?;
         end += line_end + 1;
     }
+    if end == document.len() {
+        return Err(DocumentError::NotADocument(
+            "nothing after the signature's four lines: append the clients file",
+        ));
+    }
     Ok(document.split_at(end))
 }
 
@@ -385,6 +390,7 @@ mod tests {
         let file = SIGNED.splitn(5, '\n').last().unwrap();
         for not_a_document in [
             "",
+            &SIGNED[..SIGNED.len() - file.len()],
             file,
             &SIGNED
                 .splitn(4, '\n')
