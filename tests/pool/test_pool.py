@@ -211,7 +211,7 @@ def test_a_pool_behind_haproxy_survives_a_killed_and_a_broken_replica(tmp_path):
         wait_for(lambda: all(row["check_status"] == "L7OK" for row in stats().values()), "every replica to pass GET /readyz")
         for replica in [*(server.url for server in servers.values()), url]:
             ready = requests.get(f"{replica}/readyz", timeout=5)
-            assert ready.json() == {"ready": True, "mode": "MODE32", "fingerprint": expected_fingerprint}
+            assert ready.json() == {"ready": True, "mode": "MODE32", "fingerprint": expected_fingerprint, "clients_serial": 0}
 
         with Load(url, token, expected) as load:
             wait_for(lambda: load.answered >= 200, "the load to start")
@@ -247,4 +247,4 @@ def test_a_pool_behind_haproxy_survives_a_killed_and_a_broken_replica(tmp_path):
         assert all(int(stats()[name]["wredis"]) > 0 for name in ["a", "b"])
         for name in ["b", "c"]:
             ready = requests.get(f"{servers[name].url}/readyz", timeout=5)
-            assert ready.json() == {"ready": True, "mode": "MODE32", "fingerprint": expected_fingerprint}
+            assert ready.json() == {"ready": True, "mode": "MODE32", "fingerprint": expected_fingerprint, "clients_serial": 0}

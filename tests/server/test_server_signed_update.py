@@ -12,9 +12,12 @@ import time
 
 import pytest
 import requests
+import yaml
 
 import reference
-from conftest import binary, free_port, running_server
+from conftest import REPO, binary, free_port, running_server
+
+OPERATION = yaml.safe_load((REPO / "api" / "openapi.yaml").read_text())["paths"]["/admin/clients"]["put"]
 
 
 
@@ -88,7 +91,14 @@ def setup(tmp_path):
 
 
 def put(server, document):
-    return requests.put(f"{server.url}/admin/clients", data=document, timeout=30)
+    """PUT /admin/clients; its status and JSON fields are api/openapi.yaml's."""
+    response = requests.put(f"{server.url}/admin/clients", data=document, timeout=30)
+    documented = OPERATION["responses"].get(str(response.status_code))
+    assert documented is not None, f"{response.status_code} is not documented for PUT /admin/clients"
+    schema = documented.get("content", {}).get("application/json", {}).get("schema", {})
+    if "properties" in schema:
+        assert set(response.json()) == set(schema["properties"]), response.text
+    return response
 
 
 def serial_of(server):
