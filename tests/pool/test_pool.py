@@ -21,7 +21,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,7 +31,7 @@ import pytest
 import requests
 
 import reference
-from conftest import free_port, running_server, stop, wait_until_ready, write_tokens
+from conftest import free_port, program, running_server, stop, wait_until_ready, write_tokens
 
 REPLICAS = ["a", "b", "c"]
 MESSAGES = [f"pool message {number}".encode() for number in range(64)]
@@ -44,10 +43,7 @@ WAIT = 10
 
 
 def haproxy():
-    path = shutil.which("haproxy")
-    if path is None:
-        pytest.fail("haproxy is missing: `cargo xtask ci` installs Debian's haproxy package (or: apt-get install haproxy)")
-    return path
+    return program("haproxy", "haproxy")
 
 
 def write_origin(secret_dir):
