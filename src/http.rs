@@ -3,7 +3,7 @@
 //! - [`state`]: what every request shares.
 //! - [`observe`]: every request's span, metrics and `x-request-id`, and load shedding.
 //! - [`guard`]: bearer tokens, the routes a client may call, and rate limits.
-//! - [`handlers`]: the routes themselves.
+//! - [`handlers`]: the routes themselves; [`admin`]: signed clients updates.
 //! - [`body`]: reading a request body within its size and time limits.
 //! - [`leftover`]: the rest of a body the app answered without reading.
 //! - [`error`]: every failure as a response, in one place.
@@ -16,10 +16,11 @@ use std::task::{Context as TaskContext, Poll};
 
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tower_service::Service;
 
+mod admin;
 mod body;
 mod error;
 mod guard;
@@ -40,7 +41,8 @@ pub use state::AppState;
 /// `/readyz` it is then authorized and rate-limited; then routed. Those two
 /// are for health checkers, which send no token (an AWS Network Load Balancer
 /// cannot), and cost next to nothing: a 401 or 429 there would take a healthy
-/// server out of its load balancer.
+/// server out of its load balancer. With a signer, `PUT /admin/clients` is not
+/// guarded either: its document's signature is what authorizes it.
 ///
 /// Observing and authorizing wrap the router once, in plain code, instead of
 /// as layers (`Router::layer` boxes and clones a layer per request, a
@@ -57,12 +59,16 @@ pub struct App {
 
 impl App {
     pub fn new(state: Arc<AppState>) -> App {
-        let router = Router::new()
+        let mut router = Router::new()
             .route("/hmac", post(handlers::hmac))
             .route("/hmac/batch", post(handlers::hmac_batch))
             .route("/verify", post(handlers::verify))
             .route("/whoami", get(handlers::whoami))
-            .route("/metrics", get(handlers::metrics))
+            .route("/metrics", get(handlers::metrics));
+        if state.updates.is_some() {
+            router = router.route("/admin/clients", put(admin::put_clients));
+        }
+        let router = router
             .route("/healthz", get(handlers::healthz))
             .route("/readyz", get(handlers::readyz))
             .fallback(|| async { ApiError::NotFound })

@@ -46,6 +46,9 @@ pub fn run_ci() -> anyhow::Result<()> {
     // runs a real Prometheus against a real server; the package brings both.
     ensure_installed("prometheus", "prometheus")?;
     ensure_installed("promtool", "prometheus")?;
+    // tests/server/test_server_signed_update.py makes the signer's keys and the
+    // signed clients files with minisign itself, as an operator does.
+    ensure_installed("minisign", "minisign")?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     if has_nextest() {
         run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
