@@ -18,7 +18,7 @@ use std::task::{Context as TaskContext, Poll};
 use axum::extract::Request;
 use axum::middleware::from_fn_with_state;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use tower_service::Service;
 
@@ -68,7 +68,7 @@ impl App {
         }
         let router = Router::new()
             .merge(guarded)
-            .nest("/v1", vault_router(&state))
+            .merge(vault_router(&state))
             .route("/healthz", get(handlers::healthz))
             .route("/readyz", get(handlers::readyz))
             .fallback(|| async { ApiError::NotFound })
@@ -95,29 +95,30 @@ impl Service<Request> for App {
 /// Vault's routes, guarded as the others but with Vault's token header and
 /// errors; `/v1/sys/health` needs no token, as in Vault.
 fn vault_router(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    let hmac = || {
+        post(vault::hmac)
+            .put(vault::hmac)
+            .fallback(vault::method_not_allowed)
+    };
+    let verify = || {
+        post(vault::verify)
+            .put(vault::verify)
+            .fallback(vault::method_not_allowed)
+    };
     let mut guarded = Router::new()
-        .route("/transit/hmac/{name}", post(vault::hmac).put(vault::hmac))
-        .route(
-            "/transit/hmac/{name}/{algorithm}",
-            post(vault::hmac).put(vault::hmac),
-        )
-        .route(
-            "/transit/verify/{name}",
-            post(vault::verify).put(vault::verify),
-        )
-        .route(
-            "/transit/verify/{name}/{algorithm}",
-            post(vault::verify).put(vault::verify),
-        );
+        .route("/v1/transit/hmac/{name}", hmac())
+        .route("/v1/transit/hmac/{name}/{algorithm}", hmac())
+        .route("/v1/transit/verify/{name}", verify())
+        .route("/v1/transit/verify/{name}/{algorithm}", verify());
     if state.clients.is_some() || state.rate_limiter.is_some() {
         guarded = guarded.route_layer(from_fn_with_state(Arc::clone(state), vault::authorize));
     }
     guarded
-        .route("/sys/health", get(vault::health))
-        .fallback(|| async { vault::VaultError::from(ApiError::NotFound) })
-        .method_not_allowed_fallback(|| async {
-            vault::VaultError::from(ApiError::MethodNotAllowed)
-        })
+        .route(
+            "/v1/sys/health",
+            get(vault::health).fallback(vault::method_not_allowed),
+        )
+        .route("/v1/{*path}", any(vault::not_found))
 }
 
 /// Only `GET /metrics`, for CRYPTOSERVER_METRICS_BIND. Not observed: a scrape

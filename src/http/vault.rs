@@ -125,6 +125,12 @@ impl IntoResponse for VaultError {
                     .to_owned(),
                 None,
             ),
+            VaultError::Api(ApiError::MethodNotAllowed) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "unsupported operation: the transit routes take POST or PUT, /v1/sys/health GET"
+                    .to_owned(),
+                None,
+            ),
             VaultError::Api(error) => (error.status(), error.message(), error.header()),
             VaultError::BadRequest(message) => (StatusCode::BAD_REQUEST, message, None),
             VaultError::Denied(why) => (
@@ -140,6 +146,15 @@ impl IntoResponse for VaultError {
         }
         response
     }
+}
+
+/// Any other path under `/v1/`.
+pub(super) async fn not_found() -> VaultError {
+    ApiError::NotFound.into()
+}
+
+pub(super) async fn method_not_allowed() -> VaultError {
+    ApiError::MethodNotAllowed.into()
 }
 
 fn json(value: &impl Serialize) -> Response {
