@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use axum::extract::Request;
+use axum::http::Uri;
 use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use axum::Router;
 use tower_service::Service;
 
@@ -71,8 +73,10 @@ impl App {
             .merge(vault_router(&state))
             .route("/healthz", get(handlers::healthz))
             .route("/readyz", get(handlers::readyz))
-            .fallback(|| async { ApiError::NotFound })
-            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+            .fallback(|uri: Uri| async move { refuse(&uri, ApiError::NotFound) })
+            .method_not_allowed_fallback(|uri: Uri| async move {
+                refuse(&uri, ApiError::MethodNotAllowed)
+            })
             .with_state(Arc::clone(&state));
         App { router, state }
     }
@@ -92,33 +96,39 @@ impl Service<Request> for App {
     }
 }
 
+/// A refusal in the shape of the API the path is under: Vault's below `/v1/`.
+fn refuse(uri: &Uri, error: ApiError) -> Response {
+    if uri.path().starts_with("/v1/") {
+        vault::VaultError::from(error).into_response()
+    } else {
+        error.into_response()
+    }
+}
+
 /// Vault's routes, guarded as the others but with Vault's token header and
 /// errors; `/v1/sys/health` needs no token, as in Vault.
 fn vault_router(state: &Arc<AppState>) -> Router<Arc<AppState>> {
-    let hmac = || {
-        post(vault::hmac)
-            .put(vault::hmac)
-            .fallback(vault::method_not_allowed)
-    };
-    let verify = || {
-        post(vault::verify)
-            .put(vault::verify)
-            .fallback(vault::method_not_allowed)
-    };
     let mut guarded = Router::new()
-        .route("/v1/transit/hmac/{name}", hmac())
-        .route("/v1/transit/hmac/{name}/{algorithm}", hmac())
-        .route("/v1/transit/verify/{name}", verify())
-        .route("/v1/transit/verify/{name}/{algorithm}", verify());
+        .route(
+            "/v1/transit/hmac/{name}",
+            post(vault::hmac).put(vault::hmac),
+        )
+        .route(
+            "/v1/transit/hmac/{name}/{algorithm}",
+            post(vault::hmac).put(vault::hmac),
+        )
+        .route(
+            "/v1/transit/verify/{name}",
+            post(vault::verify).put(vault::verify),
+        )
+        .route(
+            "/v1/transit/verify/{name}/{algorithm}",
+            post(vault::verify).put(vault::verify),
+        );
     if state.clients.is_some() || state.rate_limiter.is_some() {
         guarded = guarded.route_layer(from_fn_with_state(Arc::clone(state), vault::authorize));
     }
-    guarded
-        .route(
-            "/v1/sys/health",
-            get(vault::health).fallback(vault::method_not_allowed),
-        )
-        .route("/v1/{*path}", any(vault::not_found))
+    guarded.route("/v1/sys/health", get(vault::health))
 }
 
 /// Only `GET /metrics`, for CRYPTOSERVER_METRICS_BIND. Not observed: a scrape

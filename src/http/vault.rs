@@ -148,15 +148,6 @@ impl IntoResponse for VaultError {
     }
 }
 
-/// Any other path under `/v1/`.
-pub(super) async fn not_found() -> VaultError {
-    ApiError::NotFound.into()
-}
-
-pub(super) async fn method_not_allowed() -> VaultError {
-    ApiError::MethodNotAllowed.into()
-}
-
 fn json(value: &impl Serialize) -> Response {
     let body = serde_json::to_vec(value).expect("Vault's responses serialize");
     ([(CONTENT_TYPE, "application/json")], body).into_response()
