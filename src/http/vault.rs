@@ -29,7 +29,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::body::read_message;
-use super::error::ApiError;
+use super::error::{routes_under, ApiError};
 use super::guard::{admit, Dialect};
 use super::handlers::{batch_macs, mac_of, Caller};
 use super::state::AppState;
@@ -119,10 +119,10 @@ impl IntoResponse for VaultError {
             ),
             VaultError::Api(ApiError::NotFound) => (
                 StatusCode::NOT_FOUND,
-                "unsupported path: cryptoserver serves Vault's POST or PUT \
-                 /v1/transit/hmac/:name[/:algorithm] and /v1/transit/verify/:name[/:algorithm], \
-                 and GET /v1/sys/health"
-                    .to_owned(),
+                format!(
+                    "unsupported path: cryptoserver serves Vault's {}",
+                    routes_under("/v1/")
+                ),
                 None,
             ),
             VaultError::Api(ApiError::MethodNotAllowed) => (
@@ -716,9 +716,16 @@ pub(super) async fn health(
             "bad query: activecode and sealedcode are HTTP status codes (standbyok and the other codes are accepted and never apply)",
         ));
     };
+    // A 1xx status cannot end a response.
     let code = |code: u16| {
         StatusCode::from_u16(code)
-            .map_err(|_| VaultError::bad("activecode and sealedcode must be HTTP status codes"))
+            .ok()
+            .filter(|code| (200..600).contains(&code.as_u16()))
+            .ok_or_else(|| {
+                VaultError::bad(
+                    "activecode and sealedcode must be HTTP status codes from 200 to 599",
+                )
+            })
     };
     let (active, sealed) = (code(query.activecode)?, code(query.sealedcode)?);
     let ready = state.keys.is_ready().await;
