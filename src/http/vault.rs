@@ -419,9 +419,9 @@ pub(super) async fn hmac(
     };
     check_batch_size(&items)?;
     transit.allows(Route::Batch)?;
-    let checked = Checked::of(&items, |item| match &item.input {
+    let checked = Checked::of(&items, |item, buffer| match &item.input {
         None => Err("missing input for HMAC".to_owned()),
-        Some(input) => Ok((decode_input(Some(input))?, ())),
+        Some(input) => decode_input_into(input, buffer),
     });
     checked
         .finish(&transit, |result, mac, ()| {
@@ -466,9 +466,11 @@ pub(super) async fn verify(
             "some elements of batch_input are missing 'hmac': give every item its MAC",
         ));
     }
-    let checked = Checked::of(&items, |item| match (&item.input, &item.hmac) {
+    let checked = Checked::of(&items, |item, buffer| match (&item.input, &item.hmac) {
         (Some(input), Some(presented)) => {
-            Ok((decode_input(Some(input))?, parse_prefixed(presented)?))
+            let start = buffer.len();
+            decode_input_into(input, buffer)?;
+            parse_prefixed(presented).inspect_err(|_| buffer.truncate(start))
         }
         _ => Err("missing input".to_owned()),
     });
@@ -489,10 +491,12 @@ struct Checked<'a, T> {
 }
 
 impl<'a, T> Checked<'a, T> {
-    /// `check` gives an item's message, or the error its result carries.
+    /// `check` appends an item's message to the buffer and gives what its MAC
+    /// is to meet, or leaves the buffer as it was and gives the error its
+    /// result carries.
     fn of(
         items: &[BatchItem<'a>],
-        check: impl Fn(&BatchItem<'a>) -> Result<(Vec<u8>, T), String>,
+        check: impl Fn(&BatchItem<'a>, &mut Vec<u8>) -> Result<T, String>,
     ) -> Checked<'a, T> {
         let mut checked = Checked {
             results: Vec::with_capacity(items.len()),
@@ -505,10 +509,9 @@ impl<'a, T> Checked<'a, T> {
                 reference: reference(item),
                 ..ItemResult::default()
             };
-            match check(item) {
-                Ok((message, presented)) => {
-                    let start = checked.buffer.len();
-                    checked.buffer.extend_from_slice(&message);
+            let start = checked.buffer.len();
+            match check(item, &mut checked.buffer) {
+                Ok(presented) => {
                     checked.messages.push(start..checked.buffer.len());
                     checked.presented.push(presented);
                 }
@@ -626,23 +629,42 @@ fn check_batch_size<T>(items: &[T]) -> Result<(), VaultError> {
 
 /// An `input`: standard base64, as Vault reads it; absent is the empty message.
 fn decode_input(input: Option<&Text>) -> Result<Vec<u8>, String> {
-    let Some(Text(text)) = input else {
-        return Ok(Vec::new());
-    };
-    decode_base64(text).map_err(|why| format!("unable to decode input as base64: {why}"))
+    let mut message = Vec::new();
+    if let Some(input) = input {
+        decode_input_into(input, &mut message)?;
+    }
+    Ok(message)
+}
+
+/// An `input` decoded onto the end of `buffer` (a batch's messages share one).
+fn decode_input_into(Text(text): &Text, buffer: &mut Vec<u8>) -> Result<(), String> {
+    decode_base64_into(text, buffer)
+        .map_err(|why| format!("unable to decode input as base64: {why}"))
 }
 
 /// Go's standard base64, which skips line breaks. The error gives the offset,
 /// never the bytes.
 fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
-    let text: Cow<str> = if text.contains(['\r', '\n']) {
-        Cow::Owned(text.replace(['\r', '\n'], ""))
+    let mut bytes = Vec::new();
+    decode_base64_into(text, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`decode_base64`] onto the end of `out`, which a failure leaves as it was.
+fn decode_base64_into(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let text: Cow<[u8]> = if text.bytes().any(|byte| byte == b'\r' || byte == b'\n') {
+        Cow::Owned(
+            text.bytes()
+                .filter(|byte| !matches!(byte, b'\r' | b'\n'))
+                .collect(),
+        )
     } else {
-        Cow::Borrowed(text)
+        Cow::Borrowed(text.as_bytes())
     };
-    GO_BASE64
-        .decode(text.as_bytes())
-        .map_err(|error| match error {
+    let start = out.len();
+    GO_BASE64.decode_vec(&*text, out).map_err(|error| {
+        out.truncate(start);
+        match error {
             base64::DecodeError::InvalidByte(offset, _)
             | base64::DecodeError::InvalidLastSymbol(offset, _) => {
                 format!("illegal base64 data at input byte {offset}")
@@ -651,7 +673,8 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
                 "its length or '=' padding is wrong (standard base64 with padding expected)"
                     .to_owned()
             }
-        })
+        }
+    })
 }
 
 /// `vault:v1:` and the MAC in base64.
