@@ -7,6 +7,7 @@
 //! - [`body`]: reading a request body within its size and time limits.
 //! - [`leftover`]: the rest of a body the app answered without reading.
 //! - [`error`]: every failure as a response, in one place.
+//! - [`vault`]: Vault's transit HMAC API over the same keys and limits.
 //!
 //! No response or log line ever carries a message body, a MAC or key material.
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use axum::extract::Request;
+use axum::http::Uri;
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -28,6 +30,7 @@ mod handlers;
 mod leftover;
 mod observe;
 mod state;
+mod vault;
 
 pub use error::{ApiError, ROUTES};
 pub use handlers::MAC_HEADER;
@@ -69,10 +72,13 @@ impl App {
             router = router.route("/admin/clients", put(admin::put_clients));
         }
         let router = router
+            .merge(vault_router())
             .route("/healthz", get(handlers::healthz))
             .route("/readyz", get(handlers::readyz))
-            .fallback(|| async { ApiError::NotFound })
-            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+            .fallback(|uri: Uri| async move { vault::refusal(uri.path(), ApiError::NotFound) })
+            .method_not_allowed_fallback(|uri: Uri| async move {
+                vault::refusal(uri.path(), ApiError::MethodNotAllowed)
+            })
             .with_state(Arc::clone(&state));
         let guarded = state.clients.is_some() || state.rate_limiter.is_some();
         App {
@@ -95,6 +101,29 @@ impl Service<Request> for App {
     fn call(&mut self, request: Request) -> Observed {
         Observed::start(&self.state, &mut self.router, self.guarded, request)
     }
+}
+
+/// Vault's routes, guarded as the others but with Vault's token header and
+/// errors; `/v1/sys/health` needs no token, as in Vault.
+fn vault_router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/v1/transit/hmac/{name}",
+            post(vault::hmac).put(vault::hmac),
+        )
+        .route(
+            "/v1/transit/hmac/{name}/{algorithm}",
+            post(vault::hmac).put(vault::hmac),
+        )
+        .route(
+            "/v1/transit/verify/{name}",
+            post(vault::verify).put(vault::verify),
+        )
+        .route(
+            "/v1/transit/verify/{name}/{algorithm}",
+            post(vault::verify).put(vault::verify),
+        )
+        .route("/v1/sys/health", get(vault::health))
 }
 
 /// Only `GET /metrics`, for CRYPTOSERVER_METRICS_BIND. Not observed: a scrape

@@ -290,6 +290,7 @@ fn split(document: &[u8]) -> Result<(&[u8], &[u8]), DocumentError> {
 
 #[cfg(test)]
 mod tests {
+    use crate::access::token_digest;
     use sha2::{Digest, Sha256};
 
     use super::*;
@@ -363,7 +364,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clients = updates(SIGNER, dir.path()).open(SIGNED.as_bytes()).unwrap();
         assert_eq!(clients.serial(), 7);
-        let client = clients.check(Some(b"Bearer tok")).unwrap();
+        let client = clients.check_digest(token_digest(b"tok").unwrap()).unwrap();
         assert_eq!(
             (client.label.as_str(), client.namespace.as_deref()),
             ("billing", Some("billing"))
@@ -430,7 +431,7 @@ mod tests {
         assert_eq!(updates.newest(file_of_serial(8)).serial(), 8);
         // On a tie, the file: both are the operator's, the file the one at hand.
         let tie = updates.newest(file_of_serial(7));
-        assert!(tie.check(Some(b"Bearer other")).is_some());
+        assert!(tie.check_digest(token_digest(b"other").unwrap()).is_some());
         std::fs::write(
             updates.kept_path(),
             SIGNED.replace("billing\n", "billing rate=1\n"),

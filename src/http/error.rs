@@ -18,7 +18,7 @@ use crate::signed_clients::DocumentError;
 
 /// Every route a client calls, as the 404 text lists them. The operator's
 /// `PUT /admin/clients` is left out: it exists only with a signer.
-pub const ROUTES: [(&str, &str); 7] = [
+pub const ROUTES: [(&str, &str); 16] = [
     ("POST", "/hmac"),
     ("POST", "/hmac/batch"),
     ("POST", "/verify"),
@@ -26,6 +26,15 @@ pub const ROUTES: [(&str, &str); 7] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("POST", "/v1/transit/hmac/{name}"),
+    ("PUT", "/v1/transit/hmac/{name}"),
+    ("POST", "/v1/transit/hmac/{name}/{algorithm}"),
+    ("PUT", "/v1/transit/hmac/{name}/{algorithm}"),
+    ("POST", "/v1/transit/verify/{name}"),
+    ("PUT", "/v1/transit/verify/{name}"),
+    ("POST", "/v1/transit/verify/{name}/{algorithm}"),
+    ("PUT", "/v1/transit/verify/{name}/{algorithm}"),
+    ("GET", "/v1/sys/health"),
 ];
 
 #[derive(Debug)]
@@ -106,7 +115,7 @@ impl ApiError {
     }
 
     /// What the client reads: what went wrong and what to do, never its data.
-    fn message(&self) -> String {
+    pub(super) fn message(&self) -> String {
         match self {
             ApiError::UnknownEncoding => {
                 "unknown encoding: use ?encoding=hex or ?encoding=base64".into()
@@ -157,13 +166,7 @@ impl ApiError {
                 "server is at its concurrency limit (CRYPTOSERVER_MAX_CONCURRENT); retry shortly"
                     .into()
             }
-            ApiError::NotFound => {
-                let routes: Vec<String> = ROUTES
-                    .iter()
-                    .map(|(method, path)| format!("{method} {path}"))
-                    .collect();
-                format!("no such route: use {}", routes.join(", "))
-            }
+            ApiError::NotFound => format!("no such route: use {}", routes_under("/")),
             ApiError::MethodNotAllowed => {
                 "method not allowed on this route (see the Allow header)".into()
             }
@@ -188,7 +191,7 @@ impl ApiError {
         }
     }
 
-    fn header(&self) -> Option<(HeaderName, HeaderValue)> {
+    pub(super) fn header(&self) -> Option<(HeaderName, HeaderValue)> {
         match self {
             // The client may still be sending, and closing is the only way to
             // stop it; or the body's framing broke, and nothing after it on the
@@ -211,6 +214,16 @@ impl ApiError {
             _ => None,
         }
     }
+}
+
+/// The routes whose path starts with `prefix`, as `METHOD /path, ...`.
+pub(super) fn routes_under(prefix: &str) -> String {
+    let routes: Vec<String> = ROUTES
+        .iter()
+        .filter(|(_, path)| path.starts_with(prefix))
+        .map(|(method, path)| format!("{method} {path}"))
+        .collect();
+    routes.join(", ")
 }
 
 impl fmt::Display for ApiError {

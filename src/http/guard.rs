@@ -1,18 +1,19 @@
 //! Who may call, and how often: the client its bearer token names (when there
 //! is a clients file), the routes it may call, and its rate limit, on every
-//! route but `/healthz` and `/readyz`. Each refusal (401, 403, 429) is logged,
-//! naming the client or "unknown token" and the route, never the token.
+//! route but the health checks. Each refusal (401, 403, 429) is logged, naming
+//! the client or "unknown token" and the route, never the token.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::{ConnectInfo, Request};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 
 use super::error::{ApiError, ROUTES};
 use super::state::AppState;
+use crate::access::{presented_digest, TokenDigest};
 use crate::clients::{Client, Route};
 use crate::limits::{client_address, ClientId};
 use crate::metrics;
@@ -23,27 +24,55 @@ pub(super) struct Refused {
     pub client: Option<Arc<Client>>,
 }
 
-/// Whether a request must pass [`authorize`]: every route but the health
-/// checks, and only a route the router will serve with this method (a wrong
-/// method gets its 405 without a token, as an unknown path gets its 404).
-pub(super) fn guards(method: &Method, path: &str) -> bool {
+/// Where a route's callers present their token: cryptoserver's own routes
+/// and Vault's differ in that, and in the shape of their refusals, which the
+/// observing service gives them.
+pub(super) trait Dialect {
+    /// The SHA-256 of the token the request presents, if it presents one.
+    fn presented(request: &Request) -> Option<TokenDigest>;
+}
+
+/// cryptoserver's routes: `Authorization: Bearer`.
+pub(super) struct Native;
+
+impl Dialect for Native {
+    fn presented(request: &Request) -> Option<TokenDigest> {
+        presented_digest(request.headers().get(AUTHORIZATION)?.as_bytes())
+    }
+}
+
+/// The method and route label of every route the guard admits requests to:
+/// every route but the health checks. A wrong method gets its 405 without a
+/// token, as an unknown path gets its 404.
+static GUARDED: LazyLock<Vec<(Method, metrics::Route)>> = LazyLock::new(|| {
     ROUTES
         .iter()
-        .any(|(route_method, route_path)| *route_path == path && method.as_str() == *route_method)
-        && !metrics::Route::of_path(path).is_health()
+        .map(|(method, path)| {
+            let method = Method::from_bytes(method.as_bytes()).expect("ROUTES names methods");
+            (method, metrics::Route::of_path(path))
+        })
+        .filter(|(_, route)| !route.is_health())
+        .collect()
+});
+
+/// Whether a request to `route` with `method` must pass [`authorize`].
+pub(super) fn guards(method: &Method, route: metrics::Route) -> bool {
+    GUARDED
+        .iter()
+        .any(|(guarded_method, guarded)| *guarded == route && guarded_method == method)
 }
 
 /// Finds the client (by its token, else its address), checks it may call
 /// this route and takes one request from its rate limit, before the request
 /// is routed. The handlers find the [`Client`] in the request's extensions
 /// with a clients file, else the [`ClientId`]; the client is returned to be
-/// counted with the response's status. A plain function the observing
+/// counted with the response's status; the observing service answers and
+/// logs a refusal ([`audit`]). A plain function the observing
 /// service calls, rather than a middleware: on the hot path a middleware's
 /// boxed service and future cost a noticeable share of a whole request.
-pub(super) fn authorize(
+pub(super) fn authorize<D: Dialect>(
     state: &AppState,
     request: &mut Request,
-    label: metrics::Route,
 ) -> Result<Option<Arc<Client>>, Refused> {
     let Some(clients) = &state.clients else {
         let client = by_address(request.extensions().get::<ConnectInfo<SocketAddr>>());
@@ -54,13 +83,11 @@ pub(super) fn authorize(
         request.extensions_mut().insert(client);
         return Ok(None);
     };
-    let authorization = request
-        .headers()
-        .get(AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    let Some(client) = clients.current().check(authorization).cloned() else {
+    let current = clients.current();
+    let Some(client) =
+        D::presented(request).and_then(|digest| current.check_digest(digest).cloned())
+    else {
         state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-        audit(state, None, label, StatusCode::UNAUTHORIZED);
         return Err(Refused {
             error: ApiError::Unauthorized,
             client: None,
@@ -71,7 +98,6 @@ pub(super) fn authorize(
         _ => take_rate(state, Some(&client), client.id, 1),
     };
     if let Err(error) = allowed {
-        audit(state, Some(&client), label, error.status());
         return Err(Refused {
             error,
             client: Some(client),

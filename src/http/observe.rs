@@ -14,14 +14,15 @@ use std::time::Instant;
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use axum::Router;
 use tower_service::Service;
 
 use super::error::ApiError;
-use super::guard;
+use super::guard::{self, Native};
 use super::state::AppState;
+use super::vault::{self, Vault};
 use crate::clients::Client;
 use crate::metrics::Route;
 
@@ -70,10 +71,17 @@ impl Observed {
         let mut client = None;
         let stage = if counted && !state.concurrency.try_enter() {
             state.metrics.shed.fetch_add(1, Ordering::Relaxed);
-            Stage::Answered(ApiError::Shed.into_response())
+            Stage::Answered(vault::refusal(request.uri().path(), ApiError::Shed))
         } else {
-            let admitted = if guarded && guard::guards(request.method(), request.uri().path()) {
-                span.in_scope(|| guard::authorize(state, &mut request, route))
+            let admitted = if guarded && guard::guards(request.method(), route) {
+                let speaks_vault = vault::speaks_vault(request.uri().path());
+                span.in_scope(|| {
+                    if speaks_vault {
+                        guard::authorize::<Vault>(state, &mut request)
+                    } else {
+                        guard::authorize::<Native>(state, &mut request)
+                    }
+                })
             } else {
                 Ok(None)
             };
@@ -89,8 +97,10 @@ impl Observed {
                     if counted {
                         state.concurrency.leave();
                     }
+                    let response = vault::refusal(request.uri().path(), refused.error);
+                    guard::audit(state, refused.client.as_deref(), route, response.status());
                     client = refused.client;
-                    Stage::Answered(refused.error.into_response())
+                    Stage::Answered(response)
                 }
             }
         };
