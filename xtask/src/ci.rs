@@ -46,6 +46,9 @@ pub fn run_ci() -> anyhow::Result<()> {
     // runs a real Prometheus against a real server; the package brings both.
     ensure_installed("prometheus", "prometheus")?;
     ensure_installed("promtool", "prometheus")?;
+    // Signed clients updates (tests/server, tests/aws, tests/infra) are signed with
+    // minisign's own tool, as an operator signs them.
+    ensure_installed("minisign", "minisign")?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     if has_nextest() {
         run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
