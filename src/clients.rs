@@ -8,8 +8,11 @@
 //!   `hmac`, `batch`, `verify`, `rate=RATE[:BURST]`.
 //!
 //! A line with a digest alone is an unnamed client with no option. `#` starts a
-//! comment line; blank lines are ignored. [`LiveClients`] holds the set in
-//! force, which a new reading of the file replaces whole.
+//! comment line; blank lines are ignored. One line `serial=N` (N from 0 to
+//! 2^63-1, alone on its line) numbers the file, so that a signed update can be
+//! told newer than the set in force; a file without it has serial 0.
+//! [`LiveClients`] holds the set in force, which a new reading of the file (or a
+//! signed update) replaces whole.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,6 +30,11 @@ use crate::metrics::ClientCounters;
 const MAX_NAME_LEN: usize = 63;
 /// Hex digits of the digest that label an unnamed client's metrics.
 const DIGEST_LABEL_LEN: usize = 8;
+/// The largest serial: what a signed 64-bit integer holds, so that every
+/// language an operator's tools are written in reads it exactly.
+pub const MAX_SERIAL: u64 = i64::MAX as u64;
+/// The key of the line that numbers the file.
+const SERIAL_KEY: &str = "serial";
 
 /// A route a client may be allowed or refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +159,15 @@ pub enum LineProblem {
         name: String,
         first_line: usize,
     },
+    /// `serial=` without a whole number from 0 to [`MAX_SERIAL`]. The value
+    /// is not held: it is the line's first field.
+    BadSerial,
+    /// Something after `serial=N` on its line.
+    SerialNotAlone,
+    /// A second `serial=` line.
+    DuplicateSerial {
+        first_line: usize,
+    },
 }
 
 impl fmt::Display for LineProblem {
@@ -200,6 +217,17 @@ impl fmt::Display for LineProblem {
                 "client '{name}' has other options on line {first_line}: the lines of one client \
                  (its tokens while it rotates) must have identical options"
             ),
+            LineProblem::BadSerial => write!(
+                f,
+                "bad serial: write serial=N with N a whole number from 0 to {MAX_SERIAL} in decimal digits"
+            ),
+            LineProblem::SerialNotAlone => f.write_str(
+                "the serial=N line holds nothing else: put each client on a line of its own",
+            ),
+            LineProblem::DuplicateSerial { first_line } => write!(
+                f,
+                "a second serial line (the first is line {first_line}): a file has one serial"
+            ),
         }
     }
 }
@@ -241,6 +269,8 @@ pub struct Clients {
     /// Every allowed digest and the index of its client.
     digests: Vec<(TokenDigest, u32)>,
     clients: Vec<Arc<Client>>,
+    /// The file's `serial=`, else 0.
+    serial: u64,
 }
 
 impl Clients {
@@ -270,6 +300,8 @@ impl Clients {
         let mut digest_lines: HashMap<TokenDigest, usize> = HashMap::new();
         // A name's client index and the line that first gave it.
         let mut names: HashMap<String, (u32, usize)> = HashMap::new();
+        // The serial and its line.
+        let mut serial: Option<(u64, usize)> = None;
         for (index, line) in text.lines().enumerate() {
             let number = index + 1;
             let line = line.trim();
@@ -278,6 +310,19 @@ impl Clients {
             }
             let fail = |problem| (number, Some(problem));
             let mut fields = line.split_ascii_whitespace();
+            if let Some(value) = fields.clone().next().and_then(serial_value) {
+                if fields.nth(1).is_some() {
+                    return Err(fail(LineProblem::SerialNotAlone));
+                }
+                if let Some((_, first_line)) = serial {
+                    return Err(fail(LineProblem::DuplicateSerial { first_line }));
+                }
+                serial = Some((
+                    parse_serial(value).ok_or(fail(LineProblem::BadSerial))?,
+                    number,
+                ));
+                continue;
+            }
             let digest = fields
                 .next()
                 .and_then(|field| hex::decode(field).ok())
@@ -342,7 +387,16 @@ impl Clients {
         if digests.is_empty() {
             return Err((0, None));
         }
-        Ok(Clients { digests, clients })
+        Ok(Clients {
+            digests,
+            clients,
+            serial: serial.map_or(0, |(serial, _)| serial),
+        })
+    }
+
+    /// The file's serial: its `serial=` line, else 0.
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     /// The client whose token the `Authorization` header presents. Every
@@ -384,11 +438,12 @@ pub struct LiveClients {
 }
 
 impl LiveClients {
-    pub fn load(path: &Path) -> Result<LiveClients, ClientsError> {
-        Ok(LiveClients {
+    /// `clients` in force; `path` is the clients file a SIGHUP reads again.
+    pub fn new(path: &Path, clients: Clients) -> LiveClients {
+        LiveClients {
             path: path.to_owned(),
-            current: RwLock::new(Arc::new(Clients::load(path)?)),
-        })
+            current: RwLock::new(Arc::new(clients)),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -426,6 +481,24 @@ pub fn is_name(text: &str) -> bool {
         .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
         && text.len() <= MAX_NAME_LEN
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// The value of a line's first field when it is the serial's, well formed or
+/// not: `serial` alone has an empty one.
+fn serial_value(first_field: &str) -> Option<&str> {
+    let rest = first_field.strip_prefix(SERIAL_KEY)?;
+    match rest.strip_prefix('=') {
+        Some(value) => Some(value),
+        None => rest.is_empty().then_some(rest),
+    }
+}
+
+/// Decimal digits alone (no sign), at most [`MAX_SERIAL`].
+fn parse_serial(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|serial| *serial <= MAX_SERIAL)
 }
 
 type Options = (Option<String>, Routes, Option<RateLimit>);
@@ -619,11 +692,53 @@ mod tests {
     }
 
     #[test]
+    fn a_serial_line_numbers_the_file_anywhere_a_client_line_may_be() {
+        let d = digest_of("a");
+        assert_eq!(Clients::parse(&format!("{d}\n")).unwrap().serial(), 0);
+        for text in [
+            format!("serial=42\n{d} app\n"),
+            format!("# v42\n{d} app\n\n  serial=42  \n"),
+            format!("{d}\nserial=0042\n"),
+        ] {
+            assert_eq!(Clients::parse(&text).unwrap().serial(), 42, "{text}");
+        }
+        let max = format!("serial={MAX_SERIAL}\n{d}\n");
+        assert_eq!(Clients::parse(&max).unwrap().serial(), MAX_SERIAL);
+        for bad in [
+            "serial=",
+            "serial",
+            "serial=-1",
+            "serial=+1",
+            "serial=1.0",
+            "serial=0x10",
+            "serial=9223372036854775808",
+            "serial=99999999999999999999999",
+        ] {
+            assert_eq!(
+                problem(&format!("{d}\n{bad}\n")),
+                (2, LineProblem::BadSerial),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            problem(&format!("serial=1 {d}\n")),
+            (1, LineProblem::SerialNotAlone)
+        );
+        assert_eq!(
+            problem(&format!("serial=1\n{d}\nserial=1\n")),
+            (3, LineProblem::DuplicateSerial { first_line: 1 })
+        );
+        assert!(matches!(Clients::parse("serial=3\n"), Err((0, None))));
+        let error = LineProblem::BadSerial.to_string();
+        assert!(error.contains("0 to 9223372036854775807"), "{error}");
+    }
+
+    #[test]
     fn a_replaced_set_keeps_the_counters_and_buckets_of_the_clients_it_shares() {
         let file = tempfile::NamedTempFile::new().unwrap();
         let line = |token: &str, rest: &str| format!("{} {rest}\n", digest_of(token));
         std::fs::write(file.path(), line("a", "app rate=1:1") + &line("b", "gone")).unwrap();
-        let live = LiveClients::load(file.path()).unwrap();
+        let live = LiveClients::new(file.path(), Clients::load(file.path()).unwrap());
         let app = Arc::clone(live.current().check(Some(&bearer("a"))).unwrap());
         app.counters
             .macs
@@ -709,26 +824,201 @@ mod tests {
         }
 
         #[test]
-        fn any_text_parses_or_names_a_line_of_it(text in "[ -~\n]{0,300}") {
+        fn any_text_parses_or_names_a_line_of_it(
+            text in prop_oneof!["[ -~\n]{0,300}", "((serial=[0-9]{0,3}|#|[a-f0-9 ]{0,66})\n){0,6}"],
+        ) {
             match Clients::parse(&text) {
                 Ok(clients) => prop_assert!(clients.iter().count() > 0),
                 Err((line, Some(_))) => prop_assert!((1..=text.lines().count()).contains(&line)),
                 Err((_, None)) => {
-                    let no_digest = text.lines().map(str::trim).all(|l| l.is_empty() || l.starts_with('#'));
+                    let no_digest = text
+                        .lines()
+                        .map(str::trim)
+                        .all(|l| l.is_empty() || l.starts_with('#') || l.starts_with("serial="));
                     prop_assert!(no_digest);
                 }
             }
         }
 
+        /// A tokens file of before the clients file (digests, comments, blank
+        /// lines) still lets exactly its tokens in, each an unnamed client
+        /// with every route, no namespace and the server's rate limit.
         #[test]
-        fn only_the_allowed_tokens_pass(tokens in proptest::collection::hash_set("[a-z]{1,8}", 1..6), other in "[A-Z]{1,8}") {
-            let text: String = tokens.iter().map(|token| digest_of(token) + "\n").collect();
-            let clients = Clients::parse(&text).unwrap();
+        fn old_tokens_files_keep_their_behaviour(
+            tokens in proptest::collection::hash_set("[a-z]{1,8}", 1..6),
+            other in "[A-Z]{1,8}",
+            comments in proptest::collection::vec(prop_oneof![Just(String::new()), "#[ -~]{0,20}", Just("   ".to_string())], 0..6),
+            uppercase: bool,
+        ) {
+            let mut lines: Vec<String> = tokens
+                .iter()
+                .map(|token| if uppercase { digest_of(token).to_uppercase() } else { digest_of(token) })
+                .collect();
+            for (at, comment) in comments.into_iter().enumerate() {
+                lines.insert(at % (lines.len() + 1), comment);
+            }
+            let clients = Clients::parse(&(lines.join("\n") + "\n")).unwrap();
+            prop_assert_eq!(clients.serial(), 0);
+            prop_assert_eq!(clients.iter().count(), tokens.len());
+            prop_assert!(clients.namespaces().is_empty());
             for token in &tokens {
                 let client = clients.check(Some(&bearer(token))).unwrap();
                 prop_assert_eq!(&client.label, &digest_of(token)[..8]);
+                prop_assert!(!client.named);
+                prop_assert_eq!((&client.namespace, client.routes, client.rate), (&None, Routes::ALL, None));
             }
             prop_assert!(clients.check(Some(&bearer(&other))).is_none());
+        }
+
+        /// A first field that is not 64 hex digits is refused at its line.
+        #[test]
+        fn a_first_field_that_is_no_digest_is_refused(
+            field in prop_oneof!["[!-~&&[^#]][!-~]{0,69}", "[0-9a-f]{1,63}", "[0-9a-f]{65,70}", "[0-9a-f]{63}[g-z]"],
+            comments in 0usize..3,
+        ) {
+            prop_assume!(hex::decode(&field).map_or(true, |bytes| bytes.len() != 32));
+            prop_assume!(serial_value(&field).is_none());
+            let text = format!("{}\n{}{field} app\n", digest_of("x"), "#\n".repeat(comments));
+            prop_assert_eq!(problem(&text), (comments + 2, LineProblem::NotADigest));
+        }
+
+        /// A name is accepted exactly when it follows its pattern.
+        #[test]
+        fn a_line_is_refused_for_a_bad_name_alone(name in "[!-~]{1,70}") {
+            prop_assume!(!name.starts_with('#'));
+            let result = Clients::parse(&format!("{} {name}\n", digest_of("t")));
+            if is_name(&name) {
+                let clients = result.unwrap();
+                prop_assert_eq!(&clients.check(Some(&bearer("t"))).unwrap().label, &name);
+            } else {
+                prop_assert_eq!(result.err(), Some((1, Some(LineProblem::BadName(name)))));
+            }
+        }
+
+        /// Any key but namespace, routes and rate, or a field without `=`, is
+        /// refused; each of the three given twice is refused.
+        #[test]
+        fn unknown_and_repeated_options_are_refused(
+            key in "[a-z_]{1,12}",
+            value in "[a-z0-9,:.]{0,12}",
+            repeated in prop::sample::select(vec!["namespace=a", "routes=hmac", "rate=5"]),
+            equals: bool,
+        ) {
+            let d = digest_of("t");
+            let field = if equals { format!("{key}={value}") } else { key.clone() };
+            let result = Clients::parse(&format!("{d} app {field}\n"));
+            if !equals || !["namespace", "routes", "rate"].contains(&key.as_str()) {
+                prop_assert_eq!(result.err(), Some((1, Some(LineProblem::UnknownOption(field)))));
+            }
+            let option = repeated.split('=').next().unwrap();
+            prop_assert_eq!(
+                Clients::parse(&format!("{d} app {repeated} routes=verify,batch {repeated}\n")).err(),
+                Some((1, Some(LineProblem::DuplicateOption(option))))
+            );
+        }
+
+        /// A bad value of each option is refused naming the option and the value.
+        #[test]
+        fn bad_option_values_are_refused(
+            option in prop::sample::select(vec!["namespace", "routes", "rate"]),
+            value in "[ -~&&[^ ]]{0,20}",
+        ) {
+            let valid = match option {
+                "namespace" => is_name(&value),
+                "routes" => Routes::parse(&value).is_some(),
+                _ => RateLimit::parse(&value).is_some(),
+            };
+            let result = Clients::parse(&format!("{} app {option}={value}\n", digest_of("t")));
+            if valid {
+                prop_assert!(result.is_ok());
+            } else {
+                prop_assert_eq!(result.err(), Some((1, Some(LineProblem::BadValue { option, value }))));
+            }
+        }
+
+        /// The lines of one name are one client when their options are the
+        /// same (in any order), and refused at the second line otherwise.
+        #[test]
+        fn a_name_on_two_lines_needs_identical_options(
+            first in (proptest::option::of("[a-c]"), 1u8..8, proptest::option::of(1u32..3)),
+            second in (proptest::option::of("[a-c]"), 1u8..8, proptest::option::of(1u32..3)),
+            comments in 0usize..3,
+        ) {
+            let line = |token: &str, (namespace, routes, rate): &(Option<String>, u8, Option<u32>), reversed: bool| {
+                let mut options: Vec<String> = namespace.iter().map(|n| format!("namespace={n}")).collect();
+                options.push(format!("routes={}", Routes(*routes).names().collect::<Vec<_>>().join(",")));
+                options.extend(rate.map(|rate| format!("rate={rate}")));
+                if reversed {
+                    options.reverse();
+                }
+                format!("{} app {}\n", digest_of(token), options.join(" "))
+            };
+            let text = line("one", &first, false) + &"# rotating\n".repeat(comments) + &line("two", &second, true);
+            let result = Clients::parse(&text);
+            if first == second {
+                let clients = result.unwrap();
+                let (one, two) = (clients.check(Some(&bearer("one"))).unwrap(), clients.check(Some(&bearer("two"))).unwrap());
+                prop_assert!(Arc::ptr_eq(one, two));
+            } else {
+                prop_assert_eq!(
+                    result.err(),
+                    Some((comments + 2, Some(LineProblem::DifferentOptions { name: "app".into(), first_line: 1 })))
+                );
+            }
+        }
+
+        /// A digest given again, on any later line, is refused naming the first.
+        #[test]
+        fn a_repeated_digest_is_refused_naming_its_first_line(
+            others in proptest::collection::hash_set("[a-z]{1,6}", 0..4),
+            first in 0usize..4,
+            gap in 0usize..4,
+            named: bool,
+        ) {
+            let mut lines: Vec<String> = others.iter().filter(|t| *t != "dup").map(|t| digest_of(t)).collect();
+            let first = first.min(lines.len());
+            lines.insert(first, digest_of("dup"));
+            let again = (first + 1 + gap).min(lines.len());
+            lines.insert(again, digest_of("dup") + if named { " app" } else { "" });
+            prop_assert_eq!(
+                Clients::parse(&lines.join("\n")).err(),
+                Some((again + 1, Some(LineProblem::DuplicateDigest { first_line: first + 1 })))
+            );
+        }
+
+        /// Any serial from 0 to 2^63-1, on any line among the clients', is the
+        /// file's; a larger one, a second one or one with company is refused.
+        #[test]
+        fn serials_parse_back_wherever_they_stand(
+            serial in prop_oneof![0..=MAX_SERIAL, Just(MAX_SERIAL), Just(0)],
+            too_large in (MAX_SERIAL + 1)..=u64::MAX,
+            tokens in proptest::collection::hash_set("[a-z]{1,6}", 1..4),
+            at in 0usize..5,
+            zeros in 0usize..3,
+        ) {
+            let mut lines: Vec<String> = tokens.iter().map(|t| digest_of(t)).collect();
+            let at = at.min(lines.len());
+            let with = |lines: &[String], line: String| {
+                let mut lines = lines.to_vec();
+                lines.insert(at, line);
+                lines.join("\n")
+            };
+            let clients = Clients::parse(&with(&lines, format!("serial={}{serial}", "0".repeat(zeros)))).unwrap();
+            prop_assert_eq!(clients.serial(), serial);
+            prop_assert_eq!(clients.iter().count(), tokens.len());
+            prop_assert_eq!(
+                Clients::parse(&with(&lines, format!("serial={too_large}"))).err(),
+                Some((at + 1, Some(LineProblem::BadSerial)))
+            );
+            prop_assert_eq!(
+                Clients::parse(&with(&lines, format!("serial={serial} app"))).err(),
+                Some((at + 1, Some(LineProblem::SerialNotAlone)))
+            );
+            lines.insert(at, format!("serial={serial}"));
+            prop_assert_eq!(
+                Clients::parse(&with(&lines, format!("serial={serial}"))).err(),
+                Some((at + 2, Some(LineProblem::DuplicateSerial { first_line: at + 1 })))
+            );
         }
     }
 }

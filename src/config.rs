@@ -13,6 +13,7 @@ use clap::Parser;
 use crate::keystore::KeyReads;
 use crate::layout::Mode;
 use crate::limits::{BatchReads, BatchReadsError, RateLimit, ReadLimits};
+use crate::signed_clients::{Signer, SignerError};
 
 // The values each numeric setting accepts. They are checked as the settings
 // are parsed, so a value outside its range stops the server before the port is
@@ -78,6 +79,22 @@ pub struct Config {
         conflicts_with = "tokens_file"
     )]
     pub clients_file: Option<PathBuf>,
+
+    /// The operator's minisign public key (the base64 line minisign writes second in
+    /// minisign.pub, starting with RW): serve PUT /admin/clients, which takes a clients file
+    /// signed with its secret key (docs/clients.md). Needs a clients file.
+    // A string, checked by `clients_signer`: clap would echo a bad value, and a
+    // secret key pasted here by mistake must not reach a log.
+    #[arg(long, env = "CRYPTOSERVER_CLIENTS_SIGNER", hide_env_values = true)]
+    pub clients_signer: Option<String>,
+
+    /// Where the newest signed clients update is kept (clients.signed), for the next start.
+    #[arg(
+        long = "state-dir",
+        env = "CRYPTOSERVER_STATE_DIR",
+        default_value = "/var/lib/cryptoserver"
+    )]
+    pub state_dir: PathBuf,
 
     /// PEM certificate chain: serve HTTPS (needs --tls-key).
     #[arg(long, env = "CRYPTOSERVER_TLS_CERT", requires = "tls_key")]
@@ -320,13 +337,25 @@ fn seconds(
 }
 
 impl Config {
-    /// The batches' key reads: as configured, checked against the mode and
-    /// the concurrency limit, or the default that fits them.
     /// The clients file, by either of its names.
     pub fn clients_file(&self) -> Option<&Path> {
         self.tokens_file.as_deref().or(self.clients_file.as_deref())
     }
 
+    /// The signer of clients updates, if one is set; it needs a clients file.
+    pub fn clients_signer(&self) -> Result<Option<Signer>, SignerError> {
+        let Some(text) = &self.clients_signer else {
+            return Ok(None);
+        };
+        let signer = Signer::parse(text)?;
+        match self.clients_file() {
+            Some(_) => Ok(Some(signer)),
+            None => Err(SignerError::NoClientsFile),
+        }
+    }
+
+    /// The batches' key reads: as configured, checked against the mode and
+    /// the concurrency limit, or the default that fits them.
     pub fn batch_reads(&self) -> Result<BatchReads, BatchReadsError> {
         let per_message = self.mode.keys_per_mac();
         match self.batch_reads {
@@ -469,6 +498,25 @@ mod tests {
         assert_eq!(
             parse(&["--shutdown-grace", "0"]).unwrap().shutdown_grace,
             Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_signer_is_checked_and_needs_a_clients_file() {
+        let key = "RWRgWJPvorhPZTm6sw6UC3T/1lJz5MajAUCIqXCqj2DwCH8ft7HWaAGo";
+        let config = parse(&["--clients-signer", key, "--clients-file", "/c"]).unwrap();
+        assert!(config.clients_signer().unwrap().is_some());
+        assert_eq!(config.state_dir, Path::new("/var/lib/cryptoserver"));
+        assert!(parse(&[]).unwrap().clients_signer().unwrap().is_none());
+        let error = parse(&["--clients-signer", key]).unwrap().clients_signer();
+        assert!(matches!(error, Err(SignerError::NoClientsFile)));
+        let config = parse(&["--clients-signer", "RWQAAEIysecret", "--tokens-file", "/c"]).unwrap();
+        let error = config.clients_signer().unwrap_err().to_string();
+        assert!(
+            error.starts_with("CRYPTOSERVER_CLIENTS_SIGNER is not a minisign public key")
+                && error.contains("SECRET key")
+                && !error.contains("RWQAAEIysecret"),
+            "{error}"
         );
     }
 

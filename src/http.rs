@@ -3,7 +3,7 @@
 //! - [`state`]: what every request shares.
 //! - [`observe`]: every request's span, metrics and `x-request-id`, and load shedding.
 //! - [`guard`]: bearer tokens and per-client rate limits.
-//! - [`handlers`]: the routes themselves.
+//! - [`handlers`]: the routes themselves; [`admin`]: signed clients updates.
 //! - [`body`]: reading a request body within its size and time limits.
 //! - [`leftover`]: the rest of a body the app answered without reading.
 //! - [`error`]: every failure as a response, in one place.
@@ -17,10 +17,11 @@ use std::task::{Context as TaskContext, Poll};
 use axum::extract::Request;
 use axum::middleware::from_fn_with_state;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tower_service::Service;
 
+mod admin;
 mod body;
 mod error;
 mod guard;
@@ -41,6 +42,8 @@ pub use state::AppState;
 /// authorized and rate-limited. Those two are for health checkers, which send
 /// no token (an AWS Network Load Balancer cannot), and cost next to nothing:
 /// a 401 or 429 there would take a healthy server out of its load balancer.
+/// With a signer, `PUT /admin/clients` is not guarded either: its document's
+/// signature is what authorizes it.
 ///
 /// Observing wraps the router once instead of each route (as `Router::layer`
 /// would, boxing and cloning the layer per request), and the authorization
@@ -64,8 +67,11 @@ impl App {
         if state.clients.is_some() || state.rate_limiter.is_some() {
             guarded = guarded.route_layer(from_fn_with_state(Arc::clone(&state), guard::authorize));
         }
-        let router = Router::new()
-            .merge(guarded)
+        let mut router = Router::new().merge(guarded);
+        if state.updates.is_some() {
+            router = router.route("/admin/clients", put(admin::put_clients));
+        }
+        let router = router
             .route("/healthz", get(handlers::healthz))
             .route("/readyz", get(handlers::readyz))
             .fallback(|| async { ApiError::NotFound })

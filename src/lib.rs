@@ -10,7 +10,8 @@
 //! - [`config`]: its flags and environment variables (the only place they are parsed).
 //! - [`keystore`]: the secrets as the server holds them, checked at startup.
 //! - [`access`]: bearer tokens; [`clients`]: the clients file (who may call, in
-//!   which namespace, on which routes, how often); [`limits`]: rate and concurrency limits.
+//!   which namespace, on which routes, how often); [`signed_clients`]: its signed
+//!   updates; [`limits`]: rate and concurrency limits.
 //! - [`batch`]: the `/hmac/batch` frame format.
 //! - [`http`]: the routes, their guards and their errors.
 //! - [`metrics`]: Prometheus metrics; [`tls`]: HTTPS and mTLS with rustls.
@@ -32,5 +33,6 @@ pub mod manifest;
 pub mod metrics;
 pub mod secrets;
 pub mod server;
+pub mod signed_clients;
 pub mod sys;
 pub mod tls;

@@ -53,7 +53,7 @@ impl Histogram {
 
 /// Route patterns, the only values the `route` label takes: a path a client
 /// chose never becomes a label.
-const ROUTES: [&str; 8] = [
+const ROUTES: [&str; 9] = [
     "/hmac",
     "/hmac/batch",
     "/verify",
@@ -61,6 +61,7 @@ const ROUTES: [&str; 8] = [
     "/healthz",
     "/readyz",
     "/metrics",
+    "/admin/clients",
     "unmatched",
 ];
 
@@ -215,6 +216,9 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// SIGHUPs whose clients file had an error.
     pub clients_reload_failures: AtomicU64,
+    /// Signed clients updates applied, and refused.
+    pub clients_updates: AtomicU64,
+    pub clients_updates_refused: AtomicU64,
     pub audit: AuditThrottle,
 }
 
@@ -326,6 +330,16 @@ impl Metrics {
                 "cryptoserver_clients_reload_failures_total",
                 "SIGHUPs whose clients file had an error (the clients in force stayed as they were).",
                 &self.clients_reload_failures,
+            ),
+            counter(
+                "cryptoserver_clients_updates_total",
+                "Signed clients updates (PUT /admin/clients) applied.",
+                &self.clients_updates,
+            ),
+            counter(
+                "cryptoserver_clients_updates_refused_total",
+                "Signed clients updates refused (the clients in force stayed as they were).",
+                &self.clients_updates_refused,
             ),
         ];
         for (name, kind, help, value) in gauges_and_counters {

@@ -35,6 +35,7 @@ use crate::limits::{
     ReadLimits,
 };
 use crate::metrics::Metrics;
+use crate::signed_clients::{SignedUpdates, SignerError};
 use crate::sys;
 use crate::tls::TlsError;
 
@@ -68,6 +69,7 @@ pub enum ServerError {
     BatchReads(BatchReadsError),
     Secrets(LoadError),
     Clients(ClientsError),
+    Signer(SignerError),
     Tls(TlsError),
     Runtime(io::Error),
     /// The address cannot be listened on; `variable` is the setting that named it.
@@ -84,6 +86,7 @@ impl fmt::Display for ServerError {
             ServerError::BatchReads(error) => error.fmt(f),
             ServerError::Secrets(error) => error.fmt(f),
             ServerError::Clients(error) => error.fmt(f),
+            ServerError::Signer(error) => error.fmt(f),
             ServerError::Tls(error) => error.fmt(f),
             ServerError::Runtime(error) => write!(f, "cannot start the async runtime: {error}"),
             ServerError::Bind {
@@ -101,6 +104,7 @@ impl std::error::Error for ServerError {
             ServerError::BatchReads(error) => Some(error),
             ServerError::Secrets(error) => Some(error),
             ServerError::Clients(error) => Some(error),
+            ServerError::Signer(error) => Some(error),
             ServerError::Tls(error) => Some(error),
             ServerError::Runtime(error) => Some(error),
             ServerError::Bind { source, .. } => Some(source),
@@ -120,6 +124,12 @@ impl From<ClientsError> for ServerError {
     }
 }
 
+impl From<SignerError> for ServerError {
+    fn from(error: SignerError) -> Self {
+        ServerError::Signer(error)
+    }
+}
+
 impl From<TlsError> for ServerError {
     fn from(error: TlsError) -> Self {
         ServerError::Tls(error)
@@ -131,7 +141,23 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     harden_process();
     // Everything that can be wrong with the inputs is found before the port is bound.
     let batch_reads = config.batch_reads().map_err(ServerError::BatchReads)?;
-    let clients = config.clients_file().map(LiveClients::load).transpose()?;
+    let updates = config
+        .clients_signer()?
+        .map(|signer| SignedUpdates::new(signer, &config.state_dir))
+        .transpose()?;
+    let clients = match config.clients_file() {
+        Some(path) => {
+            let in_force = newest(updates.as_ref(), Clients::load(path)?);
+            tracing::info!(
+                clients = in_force.iter().count(),
+                serial = in_force.serial(),
+                signed_updates = updates.is_some(),
+                "clients in force"
+            );
+            Some(LiveClients::new(path, in_force))
+        }
+        None => None,
+    };
     let current = clients.as_ref().map(LiveClients::current);
     let namespaces = current.as_deref().map_or(Vec::new(), Clients::namespaces);
     let concurrency = Arc::new(ConcurrencyLimit::new(config.max_concurrent));
@@ -173,6 +199,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         max_body: config.max_body,
         body_timeout: config.body_timeout,
         clients,
+        updates,
         rate_limiter: config.rate_limit.map(RateLimiter::new),
         concurrency,
         connections: Arc::new(connections),
@@ -553,20 +580,23 @@ impl<S: AppService> Connection<S> {
 }
 
 /// Each SIGHUP reads the clients file again: a file without error is in force
-/// for every request from then on; one with any error leaves the set in force
-/// as it was, and is logged and counted.
+/// for every request from then on (with a signer, unless the kept signed
+/// document is newer); one with any error leaves the set in force as it was,
+/// and is logged and counted.
 async fn reload_clients_on(mut hangup: Signal, state: Arc<AppState>) {
     while hangup.recv().await.is_some() {
         let Some(clients) = &state.clients else {
             tracing::info!("SIGHUP: no clients file (CRYPTOSERVER_TOKENS_FILE) to read again");
             continue;
         };
+        let _no_signed_update_meanwhile = state.updates.as_ref().map(SignedUpdates::changing);
         match read_clients_again(&state, clients) {
             Ok(new) => {
-                let count = new.iter().count();
+                let (count, serial) = (new.iter().count(), new.serial());
                 clients.replace(new);
                 tracing::info!(
                     clients = count,
+                    serial,
                     "SIGHUP: clients file read again; the new set is in force"
                 );
             }
@@ -584,15 +614,12 @@ async fn reload_clients_on(mut hangup: Signal, state: Arc<AppState>) {
     }
 }
 
-/// The clients file as it is now, if it has no error and the keys serve every
-/// namespace it names.
+/// The clients file as it is now (or the kept signed document, if newer), if
+/// it has no error and the keys serve every namespace it names.
 fn read_clients_again(state: &AppState, clients: &LiveClients) -> Result<Clients, String> {
-    let new = Clients::load(clients.path()).map_err(|error| error.to_string())?;
-    if let Some(namespace) = new
-        .namespaces()
-        .into_iter()
-        .find(|namespace| !state.keys.derives(namespace))
-    {
+    let file = Clients::load(clients.path()).map_err(|error| error.to_string())?;
+    let new = newest(state.updates.as_ref(), file);
+    if let Some(namespace) = state.namespace_not_served(&new) {
         return Err(format!(
             "{}: namespace '{namespace}' is new, and {} derives the namespaces' keys at startup: \
              restart the server to add it",
@@ -601,6 +628,14 @@ fn read_clients_again(state: &AppState, clients: &LiveClients) -> Result<Clients
         ));
     }
     Ok(new)
+}
+
+/// The clients file's set, or with a signer the kept signed document's when it is newer.
+fn newest(updates: Option<&SignedUpdates>, file: Clients) -> Clients {
+    match updates {
+        Some(updates) => updates.newest(file),
+        None => file,
+    }
 }
 
 async fn termination_signal() {

@@ -20,7 +20,7 @@ use axum::body::{to_bytes, Body, Bytes};
 use axum::http::{HeaderValue, Method, Request, StatusCode, Uri};
 use base64::Engine as _;
 use cryptoserver::batch::{encode_frames, parse_frames};
-use cryptoserver::clients::LiveClients;
+use cryptoserver::clients::{Clients, LiveClients};
 use cryptoserver::http::{App, AppState, MAC_HEADER};
 use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
@@ -190,6 +190,7 @@ fn open_state(secrets: &Secrets) -> AppState {
         max_body: MAX_BODY,
         body_timeout: std::time::Duration::from_secs(30),
         clients: None,
+        updates: None,
         rate_limiter: None,
         concurrency: Arc::new(ConcurrencyLimit::new(usize::MAX)),
         connections: Arc::new(ConnectionLimit::new(usize::MAX, usize::MAX)),
@@ -218,7 +219,11 @@ impl Server {
         )
         .unwrap();
         Server::new(AppState {
-            clients: Some(LiveClients::load(tokens_file.path()).unwrap()),
+            clients: Some(LiveClients::new(
+                tokens_file.path(),
+                Clients::load(tokens_file.path()).unwrap(),
+            )),
+            updates: None,
             rate_limiter: Some(RateLimiter::new(RateLimit {
                 per_second: 50.0,
                 burst: 20.0,

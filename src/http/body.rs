@@ -22,11 +22,20 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// trickling bytes cannot hold a connection and a worker for long. A body that
 /// came with the head is complete at the first poll and needs no timer.
 pub(super) async fn read_message(body: Body, state: &AppState) -> Result<Bytes, ApiError> {
-    let mut reading = pin!(read_limited(body, state.max_body));
+    read_body(body, state.max_body, state.body_timeout).await
+}
+
+/// Reads the whole body, at most `limit` bytes, within `timeout`.
+pub(super) async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let mut reading = pin!(read_limited(body, limit));
     if let Poll::Ready(read) = poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await {
         return read;
     }
-    tokio::time::timeout(state.body_timeout, reading)
+    tokio::time::timeout(timeout, reading)
         .await
         .unwrap_or(Err(ApiError::BodyTimeout))
 }

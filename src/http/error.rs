@@ -14,8 +14,10 @@ use crate::batch::FrameError;
 use crate::clients::Route;
 use crate::keystore::KeyError;
 use crate::limits::Refusal;
+use crate::signed_clients::DocumentError;
 
-/// Every route the server answers, as the 404 text lists them.
+/// Every route a client calls, as the 404 text lists them. The operator's
+/// `PUT /admin/clients` is left out: it exists only with a signer.
 pub const ROUTES: [(&str, &str); 7] = [
     ("POST", "/hmac"),
     ("POST", "/hmac/batch"),
@@ -53,6 +55,24 @@ pub enum ApiError {
     Shed,
     NotFound,
     MethodNotAllowed,
+    /// A signed clients update that is refused for what it is.
+    Document(DocumentError),
+    /// A signed clients update larger than this.
+    DocumentTooLarge {
+        limit: usize,
+    },
+    /// A signed clients update naming a namespace the keys do not serve.
+    NamespaceNotServed {
+        namespace: String,
+        mode: &'static str,
+    },
+    /// A signed clients update whose serial is not above the one in force.
+    StaleSerial {
+        serial: u64,
+        in_force: u64,
+    },
+    /// A signed clients update that could not be kept in the state directory.
+    NotKept(String),
 }
 
 impl ApiError {
@@ -62,7 +82,15 @@ impl ApiError {
             | ApiError::MissingMacHeader
             | ApiError::UndecodableMacHeader
             | ApiError::MalformedBatch(_)
-            | ApiError::UnreadableBody => StatusCode::BAD_REQUEST,
+            | ApiError::UnreadableBody
+            | ApiError::NamespaceNotServed { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Document(DocumentError::OtherKey | DocumentError::Altered) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::Document(_) => StatusCode::BAD_REQUEST,
+            ApiError::StaleSerial { .. } => StatusCode::CONFLICT,
+            ApiError::NotKept(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::DocumentTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::KeyUnavailable
@@ -139,6 +167,24 @@ impl ApiError {
             ApiError::MethodNotAllowed => {
                 "method not allowed on this route (see the Allow header)".into()
             }
+            ApiError::Document(error) => error.to_string(),
+            ApiError::DocumentTooLarge { limit } => format!(
+                "a signed clients document is at most {limit} bytes; nothing changed"
+            ),
+            ApiError::NamespaceNotServed { namespace, mode } => format!(
+                "namespace '{namespace}' is new, and {mode} derives the namespaces' keys at \
+                 startup: put it in the clients file (CRYPTOSERVER_TOKENS_FILE) and restart or \
+                 replace the server; nothing changed"
+            ),
+            ApiError::StaleSerial { serial, in_force } => format!(
+                "serial {serial} is not above the serial in force, {in_force}: an older document \
+                 cannot be replayed; sign the file again with serial={} or more",
+                in_force + 1
+            ),
+            ApiError::NotKept(error) => format!(
+                "cannot keep the signed clients document in the state directory \
+                 (CRYPTOSERVER_STATE_DIR): {error}; nothing changed"
+            ),
         }
     }
 
@@ -147,9 +193,10 @@ impl ApiError {
             // The client may still be sending, and closing is the only way to
             // stop it; or the body's framing broke, and nothing after it on the
             // connection can be read.
-            ApiError::BodyTimeout | ApiError::TooLarge { .. } | ApiError::UnreadableBody => {
-                Some((CONNECTION, HeaderValue::from_static("close")))
-            }
+            ApiError::BodyTimeout
+            | ApiError::TooLarge { .. }
+            | ApiError::DocumentTooLarge { .. }
+            | ApiError::UnreadableBody => Some((CONNECTION, HeaderValue::from_static("close"))),
             ApiError::Unauthorized => Some((
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"cryptoserver\""),
@@ -176,6 +223,7 @@ impl std::error::Error for ApiError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ApiError::MalformedBatch(error) => Some(error),
+            ApiError::Document(error) => Some(error),
             _ => None,
         }
     }
@@ -193,11 +241,11 @@ impl From<KeyError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status(),
-            Json(serde_json::json!({ "error": self.message() })),
-        )
-            .into_response();
+        let mut body = serde_json::json!({ "error": self.message() });
+        if let ApiError::StaleSerial { in_force, .. } = self {
+            body["serial_in_force"] = in_force.into();
+        }
+        let mut response = (self.status(), Json(body)).into_response();
         if let Some((name, value)) = self.header() {
             response.headers_mut().insert(name, value);
         }

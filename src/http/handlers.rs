@@ -186,8 +186,9 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 while no key file is known to fail, naming the mode and the secrets'
-/// fingerprint, so replicas can be checked to serve the same secrets.
+/// 200 while no key file is known to fail, naming the mode, the secrets'
+/// fingerprint and the clients' serial, so replicas can be checked to serve
+/// the same secrets to the same clients.
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     if !state.keys.is_ready().await {
         return Err(ApiError::KeyUnavailable);
@@ -196,6 +197,7 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Respons
         "ready": true,
         "mode": state.keys.mode().name(),
         "fingerprint": state.keys.fingerprint().map(|fingerprint| fingerprint.to_string()),
+        "clients_serial": state.clients.as_ref().map(|clients| clients.current().serial()),
     }))
     .into_response())
 }
