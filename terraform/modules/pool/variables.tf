@@ -183,7 +183,7 @@ variable "clients" {
     error_message = "A client's routes are some of hmac, batch and verify (leave routes out for all three)."
   }
   validation {
-    condition     = alltrue([for client in var.clients : client.rate == null || try(client.rate.per_second >= 0.001 && client.rate.per_second <= 1e9 && coalesce(client.rate.burst, client.rate.per_second) >= 1 && coalesce(client.rate.burst, client.rate.per_second) <= 4294967295, false)])
+    condition     = alltrue([for client in var.clients : client.rate == null || try(client.rate.per_second >= 0.001 && client.rate.per_second <= 1000000000 && coalesce(client.rate.burst, client.rate.per_second) >= 1 && coalesce(client.rate.burst, client.rate.per_second) <= 4294967295, false)])
     error_message = "A client's rate has per_second from 0.001 to 1e9 and burst from 1 to 4294967295 (burst defaults to per_second: below 1 request/s, give a burst)."
   }
   validation {
