@@ -14,11 +14,10 @@ import subprocess
 
 import pytest
 import requests
-import trustme
 
 pytest.register_assert_rewrite("aws_emulators")
 
-from aws_emulators import run_aws
+from aws_emulators import pinned_certificates, run_aws
 from conftest import REPO, binary, free_port, running_server
 from signed_clients import Signer, bearer, clients_text
 from test_aws_snapshot_pool import NO_AUTO_SCALING, Pool
@@ -146,14 +145,7 @@ def test_what_is_not_a_signed_document_is_never_sent(tmp_path, secret_dir, signe
 
 
 def test_https_urls_need_the_pinned_certificate(tmp_path, secret_dir, signer):
-    ca, stranger = trustme.CA(), trustme.CA()
-    pinned, cert, key, other = (tmp_path / name for name in ["pinned.pem", "cert.pem", "key.pem", "other.pem"])
-    ca.cert_pem.write_to_path(str(pinned))
-    stranger.cert_pem.write_to_path(str(other))
-    issued = ca.issue_cert("cryptoserver.internal", "localhost")
-    issued.private_key_pem.write_to_path(str(key))
-    for blob in issued.cert_chain_pems:
-        blob.write_to_path(str(cert), append=True)
+    pinned, cert, key, other = pinned_certificates(tmp_path)
     document = tmp_path / "F.signed"
     document.write_bytes(signer.sign(tmp_path / "F", clients_text(2, SECOND)))
     env = {"CRYPTOSERVER_TLS_CERT": str(cert), "CRYPTOSERVER_TLS_KEY": str(key)}
