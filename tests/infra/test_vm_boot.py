@@ -142,8 +142,10 @@ class Boot:
 
 
 def pinned_certificate(vm, directory):
-    """The PEM certificate the first boot printed on the console, as an operator pins it."""
-    found = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", vm.console().replace("\r", ""), re.DOTALL)
+    """The PEM certificate the first boot printed on the console (each line behind the
+    kernel's time and the script's name), as an operator pins it."""
+    lines = [re.sub(r"^\[[ 0-9.]+\] [^:]+: ", "", line) for line in vm.console().replace("\r", "").splitlines()]
+    found = re.search(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----", "\n".join(lines), re.DOTALL)
     assert found, vm.tail()
     path = directory / "pinned.pem"
     path.write_text(found.group(0) + "\n")

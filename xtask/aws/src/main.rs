@@ -1,9 +1,10 @@
-//! `cargo xtask audit`, `seal`, `snapshot` and `status`: prove an EC2 instance or an
-//! Auto Scaling pool is sealed, seal an instance, snapshot a verified origin's
-//! secrets, show every host's state, through the EC2 and Auto Scaling APIs. Exit
-//! status: 0 when every audit check passes (or the snapshot is done, or every host
-//! is ready with one fingerprint), 1 when one fails (or the origin is refused, or a
-//! host is not well), 2 when the task could not run.
+//! `cargo xtask audit`, `seal`, `snapshot`, `status` and `clients push`: prove an EC2
+//! instance or an Auto Scaling pool is sealed, seal an instance, snapshot a verified
+//! origin's secrets, show every host's state, push a signed clients document to every
+//! host, through the EC2 and Auto Scaling APIs. Exit status: 0 when every audit check
+//! passes (or the snapshot is done, or every host is ready with one fingerprint, or
+//! took the document), 1 when one fails (or the origin is refused, or a host is not
+//! well or refused the document), 2 when the task could not run.
 
 use std::process::ExitCode;
 
