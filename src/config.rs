@@ -85,7 +85,7 @@ pub struct Config {
     /// signed with its secret key (docs/clients.md). Needs a clients file.
     // A string, checked by `clients_signer`: clap would echo a bad value, and a
     // secret key pasted here by mistake must not reach a log.
-    #[arg(long, env = "CRYPTOSERVER_CLIENTS_SIGNER", hide_env_values = true)]
+    #[arg(long, env = "CRYPTOSERVER_CLIENTS_SIGNER")]
     pub clients_signer: Option<String>,
 
     /// Where the newest signed clients update is kept (clients.signed), for the next start.

@@ -7,6 +7,7 @@ import hashlib
 import os
 import pathlib
 import platform
+import shutil
 import socket
 import struct
 import subprocess
@@ -35,10 +36,23 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def program(name, package):
+    """Path of the program `name`; the test fails without it, as `cargo xtask ci` installs it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing: `cargo xtask ci` installs Debian's {package} package (or: apt-get install {package})")
+    return path
+
+
+def token_digest(token):
+    """What a clients file holds for `token`: its SHA-256 in hex."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def write_tokens(directory, *tokens):
     """A tokens file in `directory` allowing `tokens` (it holds their SHA-256 digests)."""
     path = directory / "tokens"
-    path.write_text("# allowed clients\n" + "".join(hashlib.sha256(t.encode()).hexdigest() + "\n" for t in tokens))
+    path.write_text("# allowed clients\n" + "".join(token_digest(t) + "\n" for t in tokens))
     return path
 
 

@@ -10,6 +10,9 @@
 //!   and body bytes) panics a handler or gets a 5xx, every error is a JSON body
 //!   that does not echo the message, and every 200 from `/hmac` or `/hmac/batch`
 //!   carries the right MACs.
+//! - no body sent to `PUT /admin/clients` without the signer's signature (any
+//!   bytes, or minisign's lines in their shapes over any file) changes the
+//!   clients or keeps anything, panics or gets a 5xx.
 
 use std::collections::HashMap;
 use std::fs;
@@ -26,6 +29,7 @@ use cryptoserver::keystore::{KeyReads, KeyStore};
 use cryptoserver::layout::Mode;
 use cryptoserver::limits::{ConcurrencyLimit, ConnectionLimit, RateLimit, RateLimiter};
 use cryptoserver::metrics::Metrics;
+use cryptoserver::signed_clients::{SignedUpdates, Signer};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::TestRunner;
@@ -198,10 +202,37 @@ fn open_state(secrets: &Secrets) -> AppState {
     }
 }
 
+/// With bearer tokens and a tight rate limit, so 401 and 429 happen too.
+fn guarded_state(secrets: &Secrets) -> AppState {
+    let tokens_file = tempfile::NamedTempFile::new().unwrap();
+    fs::write(
+        tokens_file.path(),
+        hex::encode(Sha256::digest(TOKEN.as_bytes())),
+    )
+    .unwrap();
+    AppState {
+        clients: Some(LiveClients::new(
+            tokens_file.path(),
+            Clients::load(tokens_file.path()).unwrap(),
+        )),
+        rate_limiter: Some(RateLimiter::new(RateLimit {
+            per_second: 50.0,
+            burst: 20.0,
+        })),
+        ..open_state(secrets)
+    }
+}
+
+/// A minisign public key (made with `minisign -G`; its secret key was not
+/// kept): nothing the tests send is signed by it.
+const SIGNER: &str = "RWRgWJPvorhPZTm6sw6UC3T/1lJz5MajAUCIqXCqj2DwCH8ft7HWaAGo";
+
 /// The real application on its own runtime, called without a socket.
 struct Server {
     runtime: tokio::runtime::Runtime,
     app: App,
+    /// Where a server with a signer keeps documents, while it lives.
+    state_dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -212,24 +243,20 @@ impl Server {
 
     /// With bearer tokens and a tight rate limit, so 401 and 429 happen too.
     fn guarded(secrets: &Secrets) -> Server {
-        let tokens_file = tempfile::NamedTempFile::new().unwrap();
-        fs::write(
-            tokens_file.path(),
-            hex::encode(Sha256::digest(TOKEN.as_bytes())),
-        )
-        .unwrap();
-        Server::new(AppState {
-            clients: Some(LiveClients::new(
-                tokens_file.path(),
-                Clients::load(tokens_file.path()).unwrap(),
-            )),
-            updates: None,
-            rate_limiter: Some(RateLimiter::new(RateLimit {
-                per_second: 50.0,
-                burst: 20.0,
-            })),
-            ..open_state(secrets)
-        })
+        Server::new(guarded_state(secrets))
+    }
+
+    /// Guarded, and with a signer: `PUT /admin/clients` is served.
+    fn with_signer(secrets: &Secrets) -> Server {
+        let state_dir = tempfile::tempdir().unwrap();
+        let updates = SignedUpdates::new(Signer::parse(SIGNER).unwrap(), state_dir.path());
+        Server {
+            state_dir: Some(state_dir),
+            ..Server::new(AppState {
+                updates: Some(updates.unwrap()),
+                ..guarded_state(secrets)
+            })
+        }
     }
 
     fn new(state: AppState) -> Server {
@@ -239,6 +266,7 @@ impl Server {
                 .build()
                 .unwrap(),
             app: App::new(Arc::new(state)),
+            state_dir: None,
         }
     }
 
@@ -589,6 +617,72 @@ fn check_any_request(
         }
     }
     Ok(())
+}
+
+/// What anyone may send `PUT /admin/clients`: any body, and minisign's four
+/// lines in their shapes (some naming the signer's key, so the signature is
+/// checked) over any file.
+fn document() -> impl Strategy<Value = Vec<u8>> {
+    let key_id = BASE64.decode(SIGNER).unwrap()[2..10].to_vec();
+    let signature = (
+        select(vec![b"ED".to_vec(), b"Ed".to_vec(), b"XX".to_vec()]),
+        prop_oneof![Just(key_id), prop::collection::vec(any::<u8>(), 8)],
+        prop::collection::vec(any::<u8>(), 64),
+    )
+        .prop_map(|(algorithm, key_id, signature)| [algorithm, key_id, signature].concat());
+    let signed = (
+        signature,
+        "[ -~]{0,40}",
+        prop::collection::vec(any::<u8>(), 64),
+        prop_oneof![
+            body(),
+            "(serial=[0-9]{1,3}\n)?([0-9a-f]{64}( [a-z]{1,5})?\n){0,3}".prop_map(String::into_bytes),
+        ],
+    )
+        .prop_map(|(signature, comment, global, file)| {
+            let lines = format!(
+                "untrusted comment: signature from minisign secret key\n{}\ntrusted comment: {comment}\n{}\n",
+                BASE64.encode(signature),
+                BASE64.encode(global)
+            );
+            [lines.into_bytes(), file].concat()
+        });
+    prop_oneof![body(), signed]
+}
+
+/// No document changes the clients, panics or gets a 5xx; each refusal is
+/// a JSON error that does not echo it.
+#[test]
+fn no_document_without_the_signers_signature_changes_anything() {
+    let server = Server::with_signer(&MODE16);
+    let state_dir = server.state_dir.as_ref().unwrap().path().to_owned();
+    check_cases(512, document(), |document| {
+        let (status, body) = server.call(
+            Request::put("/admin/clients")
+                .body(Body::from(document.clone()))
+                .unwrap(),
+        );
+        prop_assert!(
+            [
+                StatusCode::BAD_REQUEST,
+                StatusCode::FORBIDDEN,
+                StatusCode::PAYLOAD_TOO_LARGE
+            ]
+            .contains(&status),
+            "{status}: {body:?}"
+        );
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        prop_assert!(error["error"].is_string(), "{error}");
+        if document.len() >= 16 {
+            prop_assert!(!body.windows(document.len()).any(|w| w == &document[..]));
+        }
+        prop_assert_eq!(fs::read_dir(&state_dir).unwrap().count(), 0);
+        let (status, ready) = server.call(Request::get("/readyz").body(Body::empty()).unwrap());
+        prop_assert_eq!(status, StatusCode::OK);
+        let ready: serde_json::Value = serde_json::from_slice(&ready).unwrap();
+        prop_assert_eq!(&ready["clients_serial"], &serde_json::json!(0));
+        Ok(())
+    });
 }
 
 #[test]

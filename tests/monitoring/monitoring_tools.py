@@ -2,12 +2,9 @@
 deploy/monitoring, and Debian's Prometheus and promtool (`cargo xtask ci`
 installs the prometheus package)."""
 
-import shutil
-
-import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, program
 
 MONITORING = REPO / "deploy/monitoring"
 RULES = MONITORING / "cryptoserver.rules.yml"
@@ -17,11 +14,8 @@ RUNBOOK = REPO / "docs/operations.md"
 
 
 def tool(name):
-    """Path of `prometheus` or `promtool`; the test fails without it, as CI installs it."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is missing: install Debian's prometheus package (`cargo xtask ci` does)")
-    return path
+    """Path of `prometheus` or `promtool`."""
+    return program(name, "prometheus")
 
 
 def rule_groups():

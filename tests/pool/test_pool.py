@@ -21,7 +21,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,7 +31,7 @@ import pytest
 import requests
 
 import reference
-from conftest import free_port, running_server, stop, wait_until_ready, write_tokens
+from conftest import free_port, program, running_server, stop, wait_until_ready, write_tokens
 
 REPLICAS = ["a", "b", "c"]
 MESSAGES = [f"pool message {number}".encode() for number in range(64)]
@@ -44,10 +43,7 @@ WAIT = 10
 
 
 def haproxy():
-    path = shutil.which("haproxy")
-    if path is None:
-        pytest.fail("haproxy is missing: `cargo xtask ci` installs Debian's haproxy package (or: apt-get install haproxy)")
-    return path
+    return program("haproxy", "haproxy")
 
 
 def write_origin(secret_dir):
@@ -211,7 +207,7 @@ def test_a_pool_behind_haproxy_survives_a_killed_and_a_broken_replica(tmp_path):
         wait_for(lambda: all(row["check_status"] == "L7OK" for row in stats().values()), "every replica to pass GET /readyz")
         for replica in [*(server.url for server in servers.values()), url]:
             ready = requests.get(f"{replica}/readyz", timeout=5)
-            assert ready.json() == {"ready": True, "mode": "MODE32", "fingerprint": expected_fingerprint}
+            assert ready.json() == {"ready": True, "mode": "MODE32", "fingerprint": expected_fingerprint, "clients_serial": 0}
 
         with Load(url, token, expected) as load:
             wait_for(lambda: load.answered >= 200, "the load to start")
@@ -247,4 +243,4 @@ def test_a_pool_behind_haproxy_survives_a_killed_and_a_broken_replica(tmp_path):
         assert all(int(stats()[name]["wredis"]) > 0 for name in ["a", "b"])
         for name in ["b", "c"]:
             ready = requests.get(f"{servers[name].url}/readyz", timeout=5)
-            assert ready.json() == {"ready": True, "mode": "MODE32", "fingerprint": expected_fingerprint}
+            assert ready.json() == {"ready": True, "mode": "MODE32", "fingerprint": expected_fingerprint, "clients_serial": 0}

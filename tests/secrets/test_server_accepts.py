@@ -44,7 +44,7 @@ def test_every_tool_reports_the_same_fingerprint(tmp_path):
     with running_server(tmp_path, "MODE16", secret_dir, extra_env={"RUST_LOG": "info"}) as server:
         ready = requests.get(f"{server.url}/readyz", timeout=10)
         assert ready.status_code == 200
-        assert ready.json() == {"ready": True, "mode": "MODE16", "fingerprint": expected}
+        assert ready.json() == {"ready": True, "mode": "MODE16", "fingerprint": expected, "clients_serial": None}
         metrics = requests.get(f"{server.url}/metrics", timeout=10).text
         assert f'mode="MODE16",fingerprint="{expected}"' in metrics
     assert expected in server.log()
@@ -62,6 +62,7 @@ def test_secrets_made_by_hand_have_no_fingerprint(tmp_path):
             "ready": True,
             "mode": "MODE0",
             "fingerprint": None,
+            "clients_serial": None,
         }
 
 

@@ -3,7 +3,6 @@ reference in every mode, isolation between namespaces through every route,
 routes refused with 403, GET /whoami, per-client rate limits, and files the
 server refuses to start with."""
 
-import hashlib
 import json
 import os
 import random
@@ -17,13 +16,10 @@ import requests
 
 import reference
 from conftest import binary, free_port, running_server
+from conftest import token_digest as digest
 
 TOKENS = {"billing": "token-billing", "billing-new": "token-billing-new", "auth": "token-auth", "plain": "token-plain"}
 NAMESPACES = ["billing", "auth"]
-
-
-def digest(token):
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def bearer(client):

@@ -54,7 +54,7 @@ def test_readiness_needs_no_token_and_no_rate(tmp_path, mode0):
         for _ in range(10):
             response = session.get(f"{server.url}/readyz")
             assert response.status_code == 200
-            assert response.json() == {"ready": True, "mode": "MODE0", "fingerprint": None}
+            assert response.json() == {"ready": True, "mode": "MODE0", "fingerprint": None, "clients_serial": 0}
         # The token's own rate limit is untouched by them.
         auth = {"Authorization": "Bearer token-one"}
         assert [session.post(f"{server.url}/hmac", data=b"x", headers=auth).status_code for _ in range(3)] == [200, 200, 429]

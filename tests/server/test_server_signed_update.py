@@ -3,6 +3,7 @@ and signatures made by minisign itself, as an operator makes them; a good update
 in force at once, every refusal changing nothing, the kept document across a
 restart, and the settings the server refuses to start with."""
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -10,11 +11,13 @@ import time
 
 import pytest
 import requests
+import yaml
 
 import reference
-from conftest import binary, free_port, running_server
+from conftest import REPO, binary, free_port, running_server
 from signed_clients import Signer, bearer, clients_text
 
+OPERATION = yaml.safe_load((REPO / "api" / "openapi.yaml").read_text())["paths"]["/admin/clients"]["put"]
 
 
 FIRST = [("token-billing", "billing namespace=billing"), ("token-plain", "plain")]
@@ -40,7 +43,14 @@ def setup(tmp_path):
 
 
 def put(server, document):
-    return requests.put(f"{server.url}/admin/clients", data=document, timeout=30)
+    """PUT /admin/clients; its status and JSON fields are api/openapi.yaml's."""
+    response = requests.put(f"{server.url}/admin/clients", data=document, timeout=30)
+    documented = OPERATION["responses"].get(str(response.status_code))
+    assert documented is not None, f"{response.status_code} is not documented for PUT /admin/clients"
+    schema = documented.get("content", {}).get("application/json", {}).get("schema", {})
+    if "properties" in schema:
+        assert set(response.json()) == set(schema["properties"]), response.text
+    return response
 
 
 def serial_of(server):
@@ -227,3 +237,23 @@ def test_the_server_refuses_to_start_with_a_bad_signer_setting(setup):
         assert code != 0, (change, output)
         assert expected in output, (change, output)
         assert secret_line not in output and "cryptoserver started" not in output
+
+
+def test_updates_sent_at_once_end_with_the_highest_serial_in_force_and_kept(setup):
+    """Each update compares its serial with the set it replaces while no other
+    changes it: whatever order concurrent updates land in, a lower serial never
+    replaces a higher one, in force or kept."""
+    tmp_path, secret_dir, signer, state_dir, _, env = setup
+    documents = {
+        serial: signer.sign(tmp_path / f"F{serial}", clients_text(serial, [(f"token-{serial}", "app")]))
+        for serial in range(2, 10)
+    }
+    with running_server(tmp_path, "MODE16", secret_dir, env) as server:
+        with concurrent.futures.ThreadPoolExecutor(len(documents)) as pool:
+            answers = dict(zip(documents, pool.map(lambda document: put(server, document), documents.values())))
+        assert {answer.status_code for answer in answers.values()} <= {200, 409}
+        assert answers[9].status_code == 200
+        assert serial_of(server) == 9
+        assert mac(server, "token-9", b"x")[0] == 200
+        assert mac(server, "token-2", b"x")[0] == 401
+    assert (state_dir / "clients.signed").read_bytes() == documents[9]
