@@ -59,6 +59,9 @@ module "user_data" {
   mode                 = local.mode
   settings             = local.settings
   token_sha256_digests = var.token_sha256_digests
+  clients              = var.clients
+  clients_serial       = var.clients_serial
+  clients_signer       = var.clients_signer
   tls_server_name      = var.tls ? var.name : null
   hot_copy             = var.hot_copy
   instance_type        = var.instance_type
@@ -150,9 +153,11 @@ resource "aws_instance" "this" {
   instance_initiated_shutdown_behavior = "stop"
   ebs_optimized                        = true
   monitoring                           = var.detailed_monitoring
-  user_data                            = module.user_data.user_data
-  # cloud-init writes the files once per instance: new settings take a new instance.
-  user_data_replace_on_change = true
+  # cloud-init writes the files once per instance: new settings take a new instance
+  # (replace_triggered_by below). A signed update changes a running host's clients, so
+  # with a signer a change of the clients alone leaves the instance and its user data
+  # as they are; a replacing instance starts with the user data of the day.
+  user_data = module.user_data.user_data
 
   metadata_options {
     http_endpoint               = "enabled"
@@ -176,12 +181,21 @@ resource "aws_instance" "this" {
   })
 
   lifecycle {
+    ignore_changes       = [user_data]
+    replace_triggered_by = [terraform_data.replacement_user_data]
+
     precondition {
       # null or "" when the subnet has no IPv6 block; both compare safely.
       condition     = !local.ipv6 || (data.aws_subnet.this.ipv6_cidr_block != null && data.aws_subnet.this.ipv6_cidr_block != "")
       error_message = "allowed_ipv6_cidr_blocks is set but subnet ${var.subnet_id} has no IPv6 CIDR block, so the instance could get no IPv6 address: associate one with the subnet (and its VPC), or leave allowed_ipv6_cidr_blocks empty."
     }
   }
+}
+
+# Its change (an update of its input) replaces the instance: every change of the user
+# data, less the clients file once a signer is set.
+resource "terraform_data" "replacement_user_data" {
+  input = module.user_data.replacement_user_data
 }
 
 # Attached after the instance starts; the first-boot script waits for it. Being a

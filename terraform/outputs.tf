@@ -55,3 +55,8 @@ output "alarm_arns" {
     instance_check = aws_cloudwatch_metric_alarm.instance_check.arn
   }
 }
+
+output "clients_file" {
+  description = "The clients file the user data writes (serial line first), or null without clients: what to sign for a signed update (`terraform output -raw clients_file > F`; docs/operations.md)."
+  value       = module.user_data.clients_file
+}

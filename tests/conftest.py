@@ -128,17 +128,18 @@ def server_over_random_secrets(tmp_path_factory, mode, name):
 
 
 @contextlib.contextmanager
-def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_timeout=30, https_ca=None, client_cert=None, preexec_fn=None):
-    """Starts cryptoserver on a free loopback port, waits until /healthz answers,
-    and stops it (SIGTERM, then SIGKILL) afterwards. With `https_ca` (a CA bundle
-    path) the server is expected to speak HTTPS for the name localhost; `client_cert`
-    is the (cert, key) pair to present when it requires one."""
-    port = free_port()
+def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_timeout=30, https_ca=None, client_cert=None, preexec_fn=None, bind=None):
+    """Starts cryptoserver on a free loopback port (or at `bind`, a loopback
+    (address, port)), waits until /healthz answers, and stops it (SIGTERM, then
+    SIGKILL) afterwards. With `https_ca` (a CA bundle path) the server is expected
+    to speak HTTPS for the name localhost; `client_cert` is the (cert, key) pair to
+    present when it requires one."""
+    host, port = bind or ("127.0.0.1", free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOSERVER_")}
     env.update(
         CRYPTOSERVER_MODE=mode,
         CRYPTOSERVER_SECRETDIR=str(secret_dir),
-        CRYPTOSERVER_BIND=f"127.0.0.1:{port}",
+        CRYPTOSERVER_BIND=f"{host}:{port}",
     )
     env.update(extra_env or {})
     log_path = tmp_path / f"server-{port}.log"
@@ -146,7 +147,7 @@ def running_server(tmp_path, mode, secret_dir, extra_env=None, args=(), startup_
         process = subprocess.Popen(
             [binary("cryptoserver"), *args], env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
         )
-    url = f"https://localhost:{port}" if https_ca else f"http://127.0.0.1:{port}"
+    url = f"https://localhost:{port}" if https_ca else f"http://{host}:{port}"
     server = Server(process, url, log_path)
     try:
         wait_until_ready(

@@ -21,6 +21,7 @@ import urllib.parse
 import boto3
 import pytest
 import requests
+import trustme
 
 from conftest import REPO, binary, free_port, stop, wait_until_ready
 
@@ -282,3 +283,18 @@ def console_proxy(url, consoles):
         ).encode()
 
     return proxy(url, answer)
+
+
+def pinned_certificates(directory, name="cryptoserver.internal"):
+    """Files in `directory`: a certificate for `name` (and localhost, for
+    running_server's own /healthz check) with its key, the CA to pin it by, and a
+    stranger CA that pins nothing: (pinned, cert, key, other) paths."""
+    ca, stranger = trustme.CA(), trustme.CA()
+    pinned, cert, key, other = (directory / name for name in ["pinned.pem", "cert.pem", "key.pem", "other.pem"])
+    ca.cert_pem.write_to_path(str(pinned))
+    stranger.cert_pem.write_to_path(str(other))
+    issued = ca.issue_cert(name, "localhost")
+    issued.private_key_pem.write_to_path(str(key))
+    for blob in issued.cert_chain_pems:
+        blob.write_to_path(str(cert), append=True)
+    return pinned, cert, key, other

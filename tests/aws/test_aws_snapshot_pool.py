@@ -212,12 +212,12 @@ class Pool:
 
     GROUP = "cryptoserver-pool"
 
-    def __init__(self, emulator):
+    def __init__(self, emulator, vpc_cidr="10.0.0.0/16", subnet_cidr="10.0.1.0/24"):
         self.ec2 = emulator.client()
         self.autoscaling = emulator.client("autoscaling")
         ec2 = self.ec2
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+        vpc = ec2.create_vpc(CidrBlock=vpc_cidr)["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=subnet_cidr)["Subnet"]["SubnetId"]
         self.group_id = ec2.create_security_group(GroupName="pool", Description="clients", VpcId=vpc)["GroupId"]
         ec2.authorize_security_group_ingress(
             GroupId=self.group_id,
@@ -226,7 +226,7 @@ class Pool:
                     "IpProtocol": "tcp",
                     "FromPort": SERVICE_PORT,
                     "ToPort": SERVICE_PORT,
-                    "IpRanges": [{"CidrIp": "10.0.0.0/16"}],
+                    "IpRanges": [{"CidrIp": vpc_cidr}],
                 }
             ],
         )

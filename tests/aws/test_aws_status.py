@@ -11,11 +11,10 @@ import os
 import subprocess
 
 import pytest
-import trustme
 
 pytest.register_assert_rewrite("aws_emulators")
 
-from aws_emulators import console_proxy, run_aws
+from aws_emulators import console_proxy, pinned_certificates, run_aws
 from conftest import REPO, binary, running_server
 from test_aws_snapshot_pool import FINGERPRINT, NO_AUTO_SCALING, Pool, boot_log, ready_line
 
@@ -136,15 +135,7 @@ def test_probe_over_https_verifies_the_pinned_certificate(tmp_path, emulator, ec
     host = instance(ec2, cidr="127.0.0.0/16", private_ip="127.0.0.1")
     address = ec2.describe_instances(InstanceIds=[host])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
     assert ipaddress.ip_address(address).is_loopback, address
-    ca, stranger = trustme.CA(), trustme.CA()
-    pinned, cert, key, other = (tmp_path / name for name in ["pinned.pem", "cert.pem", "key.pem", "other.pem"])
-    ca.cert_pem.write_to_path(str(pinned))
-    stranger.cert_pem.write_to_path(str(other))
-    # localhost too, for running_server's own /healthz check.
-    issued = ca.issue_cert("cryptoserver.internal", "localhost")
-    issued.private_key_pem.write_to_path(str(key))
-    for blob in issued.cert_chain_pems:
-        blob.write_to_path(str(cert), append=True)
+    pinned, cert, key, other = pinned_certificates(tmp_path)
     served = reference.fingerprint(served_secrets)
     consoles = {host: boot_log(ready_line("vol-0123456789abcdef0", mode="MODE16", fingerprint=served))}
     env = {"CRYPTOSERVER_TLS_CERT": str(cert), "CRYPTOSERVER_TLS_KEY": str(key)}

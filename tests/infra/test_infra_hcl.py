@@ -8,6 +8,7 @@ import subprocess
 import pytest
 import yaml
 
+from conftest import binary
 from infra_tools import (
     DEPLOY,
     PACKER,
@@ -82,7 +83,13 @@ def test_the_instance_is_sealed(module):
     assert metadata["http_tokens"] == "required"
     assert metadata["http_put_response_hop_limit"] == 1
     assert "ebs_block_device" not in instance, "the secrets volume is a separate attachment"
-    assert instance["user_data_replace_on_change"] is True
+    # cloud-init writes the files once per instance: a change of the user data replaces
+    # it, through terraform_data (less the clients file with a signer: modules/user-data).
+    [lifecycle] = instance["lifecycle"]
+    assert lifecycle["ignore_changes"] == ["user_data"]
+    assert lifecycle["replace_triggered_by"] == ["${terraform_data.replacement_user_data}"]
+    assert resources(module, "terraform_data")["replacement_user_data"] == {"input": "${module.user_data.replacement_user_data}"}
+    assert "user_data_replace_on_change" not in instance
 
 
 def test_volumes_are_encrypted_and_the_secrets_cannot_be_destroyed(module):
@@ -111,7 +118,7 @@ def test_user_data_passes_mode_port_and_volume_id(module, user_data):
     assert instance["user_data"] == "${module.user_data.user_data}"
     shared = local_values(user_data)
     assert "CRYPTOSERVER_MODE = local.mode" in shared["environment"]
-    assert "/etc/cryptoserver/env" in shared["config_files"]
+    assert shared["env_file"]["path"] == "/etc/cryptoserver/env"
     assert shared["user_data"].startswith("#cloud-config") and "write_files" in shared["user_data"]
 
 
@@ -301,6 +308,10 @@ def test_units_run_what_the_installer_installs():
                    "RestrictAddressFamilies=AF_INET AF_INET6", "SystemCallFilter=@system-service",
                    "MemoryDenyWriteExecute=yes"):
         assert needed in server, needed
+    # A signed clients update is kept in the state directory: the server's default is the unit's.
+    assert "\nStateDirectory=cryptoserver\n" in server
+    help_text = subprocess.run([binary("cryptoserver"), "--help"], capture_output=True, text=True, timeout=30).stdout
+    assert "[env: CRYPTOSERVER_STATE_DIR=] [default: /var/lib/cryptoserver]" in help_text
     # MODE32 keeps 65,536 files open plus room for connections.
     limit = int(re.search(r"^LimitNOFILE=(\d+)$", server, re.MULTILINE).group(1))
     assert limit >= 65536 + 4096
@@ -374,8 +385,10 @@ def test_tls_keys_are_made_on_the_host_never_sent_in_user_data(module, user_data
     setup = (DEPLOY / "cryptoserver-secrets-setup.sh").read_text()
     assert "dir=${CRYPTOSERVER_SECRETDIR:-/secrets}" in setup and "local tls_dir=$dir/tls " in setup
     assert "-keyout \"$pending/key.pem\" -out \"$pending/cert.pem\"" in setup
-    # User data writes the settings file and the token digests, nothing else.
-    assert local["config_files"].count("path =") == 2
+    # User data writes the settings file and the clients file, nothing else.
+    assert local["env_file"]["path"] == "/etc/cryptoserver/env"
+    assert local["clients_files"].count("path =") == 1
+    assert "write_files = concat([local.env_file], local.clients_files)" in local["user_data"]
     assert "PRIVATE KEY" not in "".join(path.read_text() for path in terraform_files())
     assert blocks(module, "variable")["tls"]["default"] is True
     outputs = blocks(module, "output")

@@ -69,6 +69,36 @@ def pool_variables(tmp_path_factory):
     return variables_only(tmp_path_factory, TERRAFORM / "modules" / "pool")
 
 
+# The clients variables, the same in the root module and the pool.
+CLIENTS_ACCEPTED = [
+    ['clients=[{name="billing",token_sha256_digests=["abababababababababababababababababababababababababababababababab","cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"],namespace="billing",routes=["hmac","verify"],rate={per_second=50,burst=200}},{name="auth",token_sha256_digests=["efefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefef"]}]',
+     "clients_serial=7", "clients_signer=RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"],
+    ['token_sha256_digests=["abababababababababababababababababababababababababababababababab"]', 'clients=[{name="auth",token_sha256_digests=["cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"],rate={per_second=0.5,burst=1}}]'],
+]
+
+
+def clients_refused(who):
+    """(settings, message) of clients variables the root module (`who` = "module") or the pool refuses."""
+    return [
+        (['clients=[{name="Billing",token_sha256_digests=["abababababababababababababababababababababababababababababababab"]}]'], "name and namespace match"),
+        (['clients=[{name="a",token_sha256_digests=["abababababababababababababababababababababababababababababababab"],namespace="b c"}]'], "name and namespace match"),
+        (['clients=[{name="a",token_sha256_digests=[]}]'], "one or two token_sha256_digests"),
+        (['clients=[{name="a",token_sha256_digests=["abababababababababababababababababababababababababababababababab","cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd","efefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefef"]}]'], "one or two token_sha256_digests"),
+        (['clients=[{name="a",token_sha256_digests=["abababababababababababababababababababababababababababababababab"]},{name="a",token_sha256_digests=["cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"]}]'], "Two clients have one name"),
+        (['clients=[{name="a",token_sha256_digests=["abababababababababababababababababababababababababababababababab"],routes=["hmac","admin"]}]'], "some of hmac, batch and verify"),
+        (['clients=[{name="a",token_sha256_digests=["abababababababababababababababababababababababababababababababab"],routes=[]}]'], "some of hmac, batch and verify"),
+        (['clients=[{name="a",token_sha256_digests=["abababababababababababababababababababababababababababababababab"],rate={per_second=0}}]'], "per_second from 0.001 to 1e9"),
+        (['clients=[{name="a",token_sha256_digests=["abababababababababababababababababababababababababababababababab"],rate={per_second=5,burst=0.5}}]'], "burst from 1 to 4294967295"),
+        (['clients=[{name="a",token_sha256_digests=["abababababababababababababababababababababababababababababababab"],rate={per_second=0.5}}]'], "below 1 request/s, give a burst"),
+        (['token_sha256_digests=["abababababababababababababababababababababababababababababababab"]', 'clients=[{name="a",token_sha256_digests=["abababababababababababababababababababababababababababababababab"]}]'], "A token digest is given twice"),
+        (["clients_serial=-1"], "whole number from 0 to 2^63-1"),
+        (["clients_serial=1.5"], "whole number from 0 to 2^63-1"),
+        (['token_sha256_digests=["abababababababababababababababababababababababababababababababab"]', "clients_signer=untrusted comment: minisign public key"], "the second line of minisign.pub"),
+        (["clients_signer=RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"], "clients_signer needs at least one client"),
+        (['environment={CRYPTOSERVER_CLIENTS_SIGNER="RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"}'], f"cannot set what the {who} manages"),
+    ]
+
+
 def plan(scratch, *settings, required=REQUIRED):
     return terraform("plan", "-no-color", "-lock=false", *required, *[arg for setting in settings for arg in ("-var", setting)], cwd=scratch)
 
@@ -88,6 +118,7 @@ def plan(scratch, *settings, required=REQUIRED):
         ['environment={CRYPTOSERVER_RATE_LIMIT="200:1000"}', 'tags={team="payments"}'],
         ["tls=false"],
         ["hot_copy=true", "instance_type=i4i.large"],
+        *CLIENTS_ACCEPTED,
         ["alarm_sns_topic_arn=arn:aws:sns:eu-west-1:123456789012:cryptoserver-alerts"],
     ],
 )
@@ -121,6 +152,7 @@ def test_valid_settings_are_accepted(root_variables, settings):
         (["snapshot_interval_hours=5"], "what DLM supports"),
         (['environment={CRYPTOSERVER_SECRETS_ROLE="replica"}'], "a replica comes from modules/pool"),
         (['environment={CRYPTOSERVER_SECRETS_HOT_COPY="instance-store"}'], "tls and hot_copy instead"),
+        *clients_refused("module"),
         (["alarm_sns_topic_arn=arn:aws:sns:eu-west-1:123456789012:alerts.fifo"], "the ARN of a standard SNS topic"),
     ],
 )
@@ -143,6 +175,7 @@ def test_invalid_settings_are_refused_with_a_clear_message(root_variables, setti
         ["health_check_grace_period=1800", "instance_refresh_min_healthy_percentage=50"],
         ['environment={CRYPTOSERVER_RATE_LIMIT="200:1000"}'],
         ["tls=false", "hot_copy=true", "instance_type=i4i.large"],
+        *CLIENTS_ACCEPTED,
         ["alarm_sns_topic_arn=arn:aws:sns:eu-west-1:123456789012:cryptoserver-alerts"],
     ],
 )
@@ -179,6 +212,7 @@ def test_valid_pool_settings_are_accepted(pool_variables, settings):
         (['environment={CRYPTOSERVER_SECRETS_DEVICE="/dev/nvme1n1"}'], "cannot set what the pool manages"),
         (['environment={CRYPTOSERVER_TLS_KEY="/etc/key.pem"}'], "cannot set what the pool manages"),
         (['tags={"cryptoserver:role"="origin"}'], "cryptoserver: the module's own"),
+        *clients_refused("pool"),
         (["alarm_sns_topic_arn=arn:aws:sqs:eu-west-1:123456789012:alerts"], "the ARN of a standard SNS topic"),
     ],
 )

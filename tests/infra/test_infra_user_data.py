@@ -9,7 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
+import reference
+from conftest import running_server
 from infra_tools import DEPLOY
 from vm import origin_settings, rendered_user_data
 
@@ -93,3 +96,56 @@ def test_refuses_user_data_without_the_module_s_settings(tmp_path, root, text, s
     assert result.returncode == 1
     assert "cryptoserver-user-data: error: " in result.stderr and says in result.stderr, result.stderr
     assert not (root / "etc/cryptoserver/env").exists()
+
+
+SIGNER = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"
+UNNAMED, BILLING, BILLING_NEXT, AUTH = "cd" * 32, "ab" * 32, "ef" * 32, "01" * 32
+CLIENTS = [
+    {"name": "billing", "token_sha256_digests": [BILLING, BILLING_NEXT], "namespace": "billing",
+     "routes": ["hmac", "verify"], "rate": {"per_second": 50, "burst": 200}},
+    {"name": "auth", "token_sha256_digests": [AUTH], "rate": {"per_second": 0.5, "burst": 1}},
+]
+
+
+def signed_user_data(tmp_path, clients=CLIENTS, serial=7, signer=SIGNER, output="user_data"):
+    return rendered_user_data(tmp_path, mode="MODE0", settings=origin_settings("vol-0123456789abcdef0"),
+                              token_sha256_digests=[UNNAMED], clients=clients, clients_serial=serial,
+                              clients_signer=signer, output=output)
+
+
+@needs_root
+def test_writes_named_clients_after_the_serial_line_and_the_signer_the_server_accepts(tmp_path, root):
+    result = read_user_data(tmp_path, root, signed_user_data(tmp_path))
+    assert result.returncode == 0, result.stderr
+    env, clients = root / "etc/cryptoserver/env", root / "etc/cryptoserver/tokens"
+    assert clients.read_text() == (
+        "serial=7\n"
+        f"{UNNAMED}\n"
+        f"{BILLING} billing namespace=billing routes=hmac,verify rate=50:200\n"
+        f"{BILLING_NEXT} billing namespace=billing routes=hmac,verify rate=50:200\n"
+        f"{AUTH} auth rate=0.5:1\n"
+    )
+    settings = env.read_text().splitlines()
+    assert f"CRYPTOSERVER_CLIENTS_SIGNER={SIGNER}" in settings
+    assert "CRYPTOSERVER_TOKENS_FILE=/etc/cryptoserver/tokens" in settings
+    # The server reads the file the module writes, serial included.
+    secret_dir = reference.write_random_secrets("MODE0", tmp_path / "secrets")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    server_env = {"CRYPTOSERVER_TOKENS_FILE": str(clients), "CRYPTOSERVER_CLIENTS_SIGNER": SIGNER,
+                  "CRYPTOSERVER_STATE_DIR": str(state_dir)}
+    with running_server(tmp_path, "MODE0", secret_dir, server_env) as server:
+        assert requests.get(f"{server.url}/readyz", timeout=5).json()["clients_serial"] == 7
+
+
+def test_with_a_signer_only_what_is_not_the_clients_file_replaces_a_host(tmp_path):
+    before = signed_user_data(tmp_path, output="replacement_user_data")
+    after = signed_user_data(tmp_path, clients=CLIENTS[:1], serial=8, output="replacement_user_data")
+    assert before == after
+    assert signed_user_data(tmp_path, clients=CLIENTS[:1], serial=8) != signed_user_data(tmp_path)
+    assert '"path": "/etc/cryptoserver/tokens"' not in before and f"CRYPTOSERVER_CLIENTS_SIGNER={SIGNER}" in before
+    # A new signer, or no signer at all: every change of the user data replaces the host.
+    other = signed_user_data(tmp_path, signer="RW" + "A" * 54, output="replacement_user_data")
+    assert other != before
+    unsigned = signed_user_data(tmp_path, signer=None, output="replacement_user_data")
+    assert unsigned == signed_user_data(tmp_path, signer=None)

@@ -22,6 +22,8 @@ import pytest
 import requests
 
 import reference
+from conftest import binary
+from signed_clients import Signer, clients_text
 from vm import (
     Vm,
     blank_disk,
@@ -139,17 +141,51 @@ class Boot:
         self.__dict__.update(fields)
 
 
+def pinned_certificate(vm, directory):
+    """The PEM certificate the first boot printed on the console (each line behind the
+    kernel's time and the script's name), as an operator pins it."""
+    lines = [re.sub(r"^\[[ 0-9.]+\] [^:]+: ", "", line) for line in vm.console().replace("\r", "").splitlines()]
+    found = re.search(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----", "\n".join(lines), re.DOTALL)
+    assert found, vm.tail()
+    path = directory / "pinned.pem"
+    path.write_text(found.group(0) + "\n")
+    return path
+
+
+def push_signed_update(vm, signer, directory, serial, clients):
+    """`cargo xtask clients push --url` of a document of `clients` at `serial`, over
+    HTTPS with the certificate pinned; its output."""
+    document = directory / f"clients-{serial}.signed"
+    document.write_bytes(signer.sign(directory / f"clients-{serial}", clients_text(serial, clients)))
+    result = subprocess.run(
+        [binary("xtask-aws"), "clients", "push", "--file", document, "--url", vm.url("https"),
+         "--ca", pinned_certificate(vm, directory), "--tls-server-name", TLS_NAME],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 @pytest.fixture(scope="module")
-def origin(image, token, tmp_path_factory):
+def pushed_token():
+    """A client added by a signed update during the first boot, not by user data."""
+    return secrets.token_urlsafe(32)
+
+
+@pytest.fixture(scope="module")
+def origin(image, token, pushed_token, tmp_path_factory):
     """An origin's first boot as `terraform apply` makes it: user data rendered by the
-    root module's user-data module, a blank secrets volume, tokens and TLS. Keys are
-    typed at the serial console from power-on until the kernel starts (the boot
-    loader), and again once the host is up."""
+    root module's user-data module, a blank secrets volume, tokens, a clients signer
+    and TLS. Keys are typed at the serial console from power-on until the kernel starts
+    (the boot loader), and again once the host is up. Once it serves, a signed update
+    (serial 2) adds a client."""
     work = tmp_path_factory.mktemp("origin")
     root = overlay(image, work / "root.qcow2")
     volume = blank_disk(work / "secrets.raw")
+    signer = Signer(work / "keys")
     user_data = rendered_user_data(work, mode=MODE, settings=origin_settings(VOLUME_ID),
-                                   token_sha256_digests=[sha256_hex(token)], tls_server_name=TLS_NAME)
+                                   token_sha256_digests=[sha256_hex(token)], tls_server_name=TLS_NAME,
+                                   clients_serial=1, clients_signer=signer.public_key)
     seed = seed_iso(work / "seed", user_data, "i-0000000000000001a")
     vm = Vm(work / "vm", root, [(volume, VOLUME_ID.replace("-", ""))], seed=seed)
     with running(vm):
@@ -162,10 +198,11 @@ def origin(image, token, tmp_path_factory):
         presented = certificate_fingerprint(vm)
         banner = vm.ssh_banner()
         typed = console_after_typing(vm, LOGIN_ATTEMPT)
+        pushed = push_signed_update(vm, signer, work, 2, [(token, "origin-client"), (pushed_token, "pushed-client")])
         vm.power_off()
     return Boot(work=work, root=root, volume=volume, user_data=user_data, seed=seed, ready=ready, readyz=readyz,
                 macs=served, unauthorized=unauthorized, presented=presented, banner=banner, typed=typed,
-                console=vm.console())
+                pushed=pushed, console=vm.console())
 
 
 @pytest.fixture(scope="module")
@@ -249,17 +286,19 @@ def test_the_root_disk_has_every_door_shut_and_no_secret_in_its_logs(origin, tok
 
 
 @pytest.fixture(scope="module")
-def second_boot(origin, origin_files, token):
+def second_boot(origin, origin_files, token, pushed_token):
     """The same instance booted again: same root disk, same volume, same user data."""
     vm = Vm(origin.work / "vm-again", origin.root, [(origin.volume, VOLUME_ID.replace("-", ""))], seed=origin.seed)
     with running(vm):
         ready = vm.ready_line()
         readyz = wait_until_serving(vm)
         served = macs(vm, token)
+        served_to_pushed = macs(vm, pushed_token)
         vm.power_off()
     with mounted_read_only(origin.volume) as mountpoint:
         files = secret_files(mountpoint)
-    return Boot(ready=ready, readyz=readyz, macs=served, files=files, console=vm.console())
+    return Boot(ready=ready, readyz=readyz, macs=served, served_to_pushed=served_to_pushed, files=files,
+                console=vm.console())
 
 
 def test_a_second_boot_changes_nothing_and_serves_the_same_macs(origin, origin_files, second_boot):
@@ -268,6 +307,12 @@ def test_a_second_boot_changes_nothing_and_serves_the_same_macs(origin, origin_f
     assert second_boot.ready["fingerprint"] == origin.ready["fingerprint"] == second_boot.readyz["fingerprint"]
     assert second_boot.ready["mount"] == "ro"
     assert second_boot.macs == origin.macs
+    # The signed update pushed at the first boot (user data has serial 1) is kept on the
+    # root disk: after the reboot its serial and its new client are still in force.
+    assert origin.readyz["clients_serial"] == 1
+    assert origin.pushed.splitlines()[-1] == "all 1 host(s) hold serial 2"
+    assert second_boot.readyz["clients_serial"] == 2
+    assert second_boot.served_to_pushed == origin.macs
     assert "making an ext4 filesystem" not in second_boot.console
     assert "making a TLS key" not in second_boot.console
 

@@ -42,11 +42,17 @@ def build_image():
     return pathlib.Path(result.stdout.strip().splitlines()[-1])
 
 
-def rendered_user_data(tmp_path, *, mode, settings, token_sha256_digests=(), tls_server_name=None, hot_copy=False):
-    """The user data terraform/modules/user-data renders for these inputs, rendered by
-    Terraform itself: the module's locals, with the instance-type data source (which
-    needs the AWS provider) and the variables' validations (which Terraform 1.0 cannot
-    read, and which change no value) left out."""
+CLIENT_OPTIONAL_ATTRIBUTES = ("namespace", "routes", "rate")
+
+
+def rendered_user_data(tmp_path, *, mode, settings, token_sha256_digests=(), tls_server_name=None, hot_copy=False,
+                       clients=(), clients_serial=0, clients_signer=None, output="user_data"):
+    """The user data terraform/modules/user-data renders for these inputs (or another
+    of its locals, `output`), rendered by Terraform itself: the module's locals, with
+    the instance-type data source (which needs the AWS provider) and the variables'
+    validations (which Terraform 1.0 cannot read, and which change no value) left out.
+    Terraform 1.0 has no optional() attributes either: `clients` is typed `any` there,
+    each client given every attribute, null where left out, as the type would make it."""
     module = TERRAFORM / "modules" / "user-data"
     tmp_path.mkdir(parents=True, exist_ok=True)
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="user-data-module-", dir=tmp_path))
@@ -55,6 +61,12 @@ def rendered_user_data(tmp_path, *, mode, settings, token_sha256_digests=(), tls
     assert removed == 1, "the user-data module's instance-type data source moved: update rendered_user_data"
     (scratch / "main.tf").write_text(main)
     variables = re.sub(r"(?m)^  validation \{.*?\n  \}\n", "", (module / "variables.tf").read_text(), flags=re.DOTALL)
+    variables, retyped = re.subn(r'(?ms)(^variable "clients" \{\n  type = ).*?^  \}\)\)\n', r"\1any\n", variables)
+    assert retyped == 1, "the user-data module's clients type moved: update rendered_user_data"
+    complete = [{**dict.fromkeys(CLIENT_OPTIONAL_ATTRIBUTES), **client} for client in clients]
+    for client in complete:
+        if client["rate"] is not None:
+            client["rate"] = {"burst": None, **client["rate"]}
     (scratch / "variables.tf").write_text(variables)
     (scratch / "terraform.tfvars.json").write_text(json.dumps({
         "mode": mode,
@@ -63,9 +75,12 @@ def rendered_user_data(tmp_path, *, mode, settings, token_sha256_digests=(), tls
         "tls_server_name": tls_server_name,
         "hot_copy": hot_copy,
         "instance_type": "m7i.large",
+        "clients": complete,
+        "clients_serial": clients_serial,
+        "clients_signer": clients_signer,
     }))
     env = {**os.environ, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1", "TF_INPUT": "0"}
-    result = subprocess.run([terraform_for_fmt(), "console"], input="jsonencode(local.user_data)\n", cwd=scratch,
+    result = subprocess.run([terraform_for_fmt(), "console"], input=f"jsonencode(local.{output})\n", cwd=scratch,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(json.loads(result.stdout.strip()))

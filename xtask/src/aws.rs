@@ -1,4 +1,4 @@
-//! `cargo xtask seal`, `audit`, `snapshot` and `status` run the `xtask-aws` crate, so the AWS
+//! `cargo xtask seal`, `audit`, `snapshot`, `status` and `clients` run the `xtask-aws` crate, so the AWS
 //! SDK (minutes to compile) is built only by the commands that need it.
 
 use std::ffi::OsString;
@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::process::{cargo, target_dir};
 
-/// Everything after `seal`, `audit`, `snapshot` or `status`, `--help` included, goes to xtask-aws as is.
+/// Everything after `seal`, `audit`, `snapshot`, `status` or `clients`, `--help` included, goes to xtask-aws as is.
 #[derive(clap::Args)]
 #[command(disable_help_flag = true)]
 pub struct AwsArgs {

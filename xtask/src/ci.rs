@@ -46,8 +46,8 @@ pub fn run_ci() -> anyhow::Result<()> {
     // runs a real Prometheus against a real server; the package brings both.
     ensure_installed("prometheus", "prometheus")?;
     ensure_installed("promtool", "prometheus")?;
-    // tests/server/test_server_signed_update.py makes the signer's keys and the
-    // signed clients files with minisign itself, as an operator does.
+    // The signer's keys and signed clients documents in tests/server, tests/aws and
+    // tests/infra are made with minisign itself, as an operator makes them.
     ensure_installed("minisign", "minisign")?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     if has_nextest() {

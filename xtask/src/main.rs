@@ -44,6 +44,8 @@ enum Task {
     Snapshot(aws::AwsArgs),
     /// One row per host of an instance or Auto Scaling pool: state, status checks, console ready line, /readyz (runs xtask-aws; see `cargo xtask status --help`)
     Status(aws::AwsArgs),
+    /// Push a signed clients document to hosts or to every InService replica of a pool: `clients push` (runs xtask-aws; see `cargo xtask clients push --help`)
+    Clients(aws::AwsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Task::Seal(args) => aws::forward("seal", &args),
         Task::Snapshot(args) => aws::forward("snapshot", &args),
         Task::Status(args) => aws::forward("status", &args),
+        Task::Clients(args) => aws::forward("clients", &args),
         Task::GenToken => {
             let (token, line) = cryptoserver::access::generate_token()
                 .map_err(|error| anyhow::anyhow!("the OS random generator failed: {error}"))?;

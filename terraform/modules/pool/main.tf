@@ -76,6 +76,9 @@ module "user_data" {
   mode                 = local.mode
   settings             = local.settings
   token_sha256_digests = var.token_sha256_digests
+  clients              = var.clients
+  clients_serial       = var.clients_serial
+  clients_signer       = var.clients_signer
   # The TLS pair is the origin's, restored with the secrets: its name is the origin's.
   tls_server_name = var.tls ? var.tls_server_name : null
   hot_copy        = var.hot_copy

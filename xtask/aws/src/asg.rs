@@ -56,11 +56,27 @@ impl AutoScaling {
 impl AutoScaling {
     /// The ids of the group's instances, in the order Auto Scaling lists them.
     pub async fn instance_ids(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .lifecycle_states(name)
+            .await?
+            .into_iter()
+            .map(|(instance_id, _)| instance_id)
+            .collect())
+    }
+
+    /// (instance id, lifecycle state such as `InService` or `Pending`) of each of
+    /// the group's instances, in the order Auto Scaling lists them.
+    pub async fn lifecycle_states(&self, name: &str) -> anyhow::Result<Vec<(String, String)>> {
         let group = self.group(name).await?;
         Ok(group
             .instances()
             .iter()
-            .filter_map(|instance| instance.instance_id().map(str::to_owned))
+            .filter_map(|instance| {
+                let state = instance
+                    .lifecycle_state()
+                    .map_or("unknown", |state| state.as_str());
+                Some((instance.instance_id()?.to_owned(), state.to_owned()))
+            })
             .collect())
     }
 }

@@ -1,9 +1,10 @@
-//! `cargo xtask audit`, `seal`, `snapshot` and `status`: prove an EC2 instance or an
-//! Auto Scaling pool is sealed, seal an instance, snapshot a verified origin's
-//! secrets, show every host's state, through the EC2 and Auto Scaling APIs. Exit
-//! status: 0 when every audit check passes (or the snapshot is done, or every host
-//! is ready with one fingerprint), 1 when one fails (or the origin is refused, or a
-//! host is not well), 2 when the task could not run.
+//! `cargo xtask audit`, `seal`, `snapshot`, `status` and `clients push`: prove an EC2
+//! instance or an Auto Scaling pool is sealed, seal an instance, snapshot a verified
+//! origin's secrets, show every host's state, push a signed clients document to every
+//! host, through the EC2 and Auto Scaling APIs. Exit status: 0 when every audit check
+//! passes (or the snapshot is done, or every host is ready with one fingerprint, or
+//! took the document), 1 when one fails (or the origin is refused, or a host is not
+//! well or refused the document), 2 when the task could not run.
 
 use std::process::ExitCode;
 
@@ -16,8 +17,10 @@ mod asg;
 mod audit;
 mod ec2;
 mod facts;
+mod host_http;
 mod plan;
 mod pool;
+mod push;
 mod ready;
 mod rules;
 mod snapshot;
@@ -104,6 +107,50 @@ enum Command {
         #[arg(long, requires = "ca", value_name = "NAME")]
         tls_server_name: Option<String>,
     },
+    /// Change the clients of running hosts with a signed document
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Send a signed clients document (F.signed: `minisign -S -s KEY -m F && cat
+    /// F.minisig F > F.signed`) to PUT /admin/clients of each host; prints the serial
+    /// each host now holds, or its refusal; exit 0 only if every host took it
+    Push {
+        /// The signed document
+        #[arg(long, value_name = "F.signed")]
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        what: PushTarget,
+        #[command(flatten)]
+        connection: Connection,
+        /// With --asg: the cryptoserver port of the replicas
+        #[arg(long, default_value_t = 8080, value_parser = service_port, conflicts_with = "url")]
+        port: u16,
+        /// HTTPS, trusting these PEM certificates (the hosts' pinned certificate);
+        /// required by https:// URLs
+        #[arg(long, value_name = "PEM")]
+        ca: Option<std::path::PathBuf>,
+        /// The name in the hosts' certificate (the modules' tls_server_name output);
+        /// required with --asg and --ca; default for --url: the URL's host
+        #[arg(long, requires = "ca", value_name = "NAME")]
+        tls_server_name: Option<String>,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct PushTarget {
+    /// A server, e.g. https://10.0.1.5:8080; repeatable
+    #[arg(long, value_name = "URL")]
+    url: Vec<url::Url>,
+    /// An Auto Scaling group: every InService instance, at its private address (run
+    /// from a machine inside the VPC)
+    #[arg(long, value_name = "NAME")]
+    asg: Option<String>,
 }
 
 #[derive(Args)]
@@ -260,9 +307,26 @@ fn main() -> ExitCode {
                     port,
                     tls: ca
                         .zip(tls_server_name)
-                        .map(|(ca, server_name)| status::TlsProbe { ca, server_name }),
+                        .map(|(ca, server_name)| host_http::HostTls { ca, server_name }),
                 });
                 run_status(&connection, what, probe.as_ref()).await
+            }
+            Command::Clients {
+                command:
+                    ClientsCommand::Push {
+                        file,
+                        what,
+                        connection,
+                        port,
+                        ca,
+                        tls_server_name,
+                    },
+            } => {
+                let tls = ca.map(|ca| host_http::HostTls {
+                    ca,
+                    server_name: tls_server_name.unwrap_or_default(),
+                });
+                run_push(&connection, &file, what, port, tls.as_ref()).await
             }
         }
     });
@@ -427,6 +491,118 @@ async fn run_status(
         (None, None) => unreachable!("clap requires --instance-id or --asg"),
     };
     status::run(&ec2, &instance_ids, probe).await
+}
+
+async fn run_push(
+    connection: &Connection,
+    file: &std::path::Path,
+    what: PushTarget,
+    port: u16,
+    tls: Option<&host_http::HostTls>,
+) -> anyhow::Result<ExitCode> {
+    let document = push::read_signed_document(file)?;
+    let connector = tls.map(host_http::tls_connector).transpose()?;
+    let targets = match what.asg {
+        None => what
+            .url
+            .iter()
+            .map(|url| url_target(url, tls))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        Some(group) => {
+            let tls = match tls {
+                Some(tls) if tls.server_name.is_empty() => anyhow::bail!(
+                    "--asg with --ca needs --tls-server-name: the name in the replicas' \
+                     certificate (the pool module's tls_server_name output)"
+                ),
+                tls => tls,
+            };
+            replica_targets(connection, &group, port, tls).await?
+        }
+    };
+    Ok(push::run(&document, &targets, connector.as_ref()).await)
+}
+
+/// The server at `url` (http:// or, with --ca, https://).
+fn url_target(url: &url::Url, tls: Option<&host_http::HostTls>) -> anyhow::Result<push::Target> {
+    let address = url
+        .host_str()
+        .ok_or_else(|| anyhow::anyhow!("--url {url} names no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let server_name = match (url.scheme(), tls) {
+        ("http", None) => None,
+        ("https", Some(tls)) if tls.server_name.is_empty() => {
+            Some(host_http::server_name(&address)?)
+        }
+        ("https", Some(tls)) => Some(host_http::server_name(&tls.server_name)?),
+        ("https", None) => anyhow::bail!(
+            "--url {url} is HTTPS: pass --ca with the hosts' pinned certificate (PEM)"
+        ),
+        ("http", Some(_)) => {
+            anyhow::bail!("--url {url} is plain HTTP but --ca was given: write https:// to use TLS")
+        }
+        (scheme, _) => anyhow::bail!(
+            "--url {url}: scheme {scheme} is not http or https, e.g. https://10.0.1.5:8080"
+        ),
+    };
+    Ok(push::Target {
+        label: url.as_str().trim_end_matches('/').to_owned(),
+        host: host_http::Host {
+            address,
+            port: url
+                .port_or_known_default()
+                .expect("http and https have default ports"),
+            server_name,
+        },
+    })
+}
+
+/// Every InService instance of `group` at its private address; the others are
+/// named and left alone (they start with the launch template's clients).
+async fn replica_targets(
+    connection: &Connection,
+    group: &str,
+    port: u16,
+    tls: Option<&host_http::HostTls>,
+) -> anyhow::Result<Vec<push::Target>> {
+    let server_name = tls
+        .map(|tls| host_http::server_name(&tls.server_name))
+        .transpose()?;
+    let config = connection.config().await?;
+    let endpoint = connection.endpoint_url.as_deref();
+    let ec2 = Ec2::new(&config, endpoint);
+    let mut targets = Vec::new();
+    for (instance_id, state) in AutoScaling::new(&config, endpoint)
+        .lifecycle_states(group)
+        .await?
+    {
+        if state != "InService" {
+            println!(
+                "{instance_id}: not pushed: {state}, not InService (it starts with the clients \
+                 of the launch template's user data: `terraform apply` gives it the same serial)"
+            );
+            continue;
+        }
+        let instance = ec2.describe_instance(&instance_id).await?;
+        let Some(address) = instance.private_ip_address() else {
+            println!("{instance_id}: not pushed: it has no private address");
+            continue;
+        };
+        targets.push(push::Target {
+            label: format!("{instance_id} ({address})"),
+            host: host_http::Host {
+                address: address.to_owned(),
+                port,
+                server_name: server_name.clone(),
+            },
+        });
+    }
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "Auto Scaling group {group} has no InService instance to push to"
+    );
+    Ok(targets)
 }
 
 /// An EC2 client of `region`, otherwise configured as `config`.

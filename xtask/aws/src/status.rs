@@ -4,34 +4,23 @@
 //! reaches the hosts (`--probe`), `GET /readyz`. The fleet is well when every host
 //! is running, passes both checks, reports ready and all report one fingerprint.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
 use aws_sdk_ec2::types::SummaryStatus;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::ec2::Ec2;
+use crate::host_http::{exchange, tls_connector, Answer, Host, HostTls, Request};
 use crate::ready::{last_ready, Ready};
 
 /// How long one /readyz probe may take, connection included.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Larger answers are not /readyz's.
-const MAX_ANSWER: u64 = 64 * 1024;
 
 /// How to ask the hosts' /readyz, if at all.
 pub struct Probe {
     pub port: u16,
     /// HTTPS, verified against these certificates under this name.
-    pub tls: Option<TlsProbe>,
-}
-
-pub struct TlsProbe {
-    pub ca: PathBuf,
-    pub server_name: String,
+    pub tls: Option<HostTls>,
 }
 
 /// What `/readyz` answered.
@@ -60,9 +49,12 @@ pub async fn run(
     instance_ids: &[String],
     probe: Option<&Probe>,
 ) -> anyhow::Result<ExitCode> {
-    let connector = match probe.and_then(|probe| probe.tls.as_ref()) {
-        Some(tls) => Some(tls_connector(tls)?),
-        None => None,
+    let (connector, server_name) = match probe.and_then(|probe| probe.tls.as_ref()) {
+        Some(tls) => (
+            Some(tls_connector(tls)?),
+            Some(crate::host_http::server_name(&tls.server_name)?),
+        ),
+        None => (None, None),
     };
     // Each instance first: one that does not exist is named as such.
     let mut instances = Vec::new();
@@ -88,7 +80,14 @@ pub async fn run(
             Some(probe) => Some(match instance.private_ip_address() {
                 None => Err("no private address".to_owned()),
                 Some(_) if state != "running" => Err(format!("not probed: {state}")),
-                Some(address) => ask_readyz(address, probe, connector.as_ref()).await,
+                Some(address) => {
+                    let host = Host {
+                        address: address.to_owned(),
+                        port: probe.port,
+                        server_name: server_name.clone(),
+                    };
+                    ask_readyz(&host, connector.as_ref()).await
+                }
             }),
         };
         hosts.push(HostStatus {
@@ -273,114 +272,29 @@ impl Ec2 {
     }
 }
 
-fn tls_connector(tls: &TlsProbe) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-
-    let mut roots = rustls::RootCertStore::empty();
-    let certificates = CertificateDer::pem_file_iter(&tls.ca)
-        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-        .map_err(|error| {
-            anyhow!(
-                "cannot read certificates from {}: {error}",
-                tls.ca.display()
-            )
-        })?;
-    anyhow::ensure!(
-        !certificates.is_empty(),
-        "{} holds no PEM certificate",
-        tls.ca.display()
-    );
-    for certificate in certificates {
-        roots
-            .add(certificate)
-            .with_context(|| format!("{} holds a certificate rustls refuses", tls.ca.display()))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("rustls has no TLS version for ring")?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-/// `GET /readyz` on `address`, within [`PROBE_TIMEOUT`].
+/// `GET /readyz` on `host`, within [`PROBE_TIMEOUT`].
 async fn ask_readyz(
-    address: &str,
-    probe: &Probe,
+    host: &Host,
     tls: Option<&tokio_rustls::TlsConnector>,
 ) -> Result<Readyz, String> {
-    let ask = async {
-        let stream = TcpStream::connect((address, probe.port))
-            .await
-            .map_err(|error| format!("cannot connect to {address}:{}: {error}", probe.port))?;
-        match (tls, &probe.tls) {
-            (Some(connector), Some(settings)) => {
-                let name = rustls::pki_types::ServerName::try_from(settings.server_name.clone())
-                    .map_err(|error| {
-                        format!("--tls-server-name {}: {error}", settings.server_name)
-                    })?;
-                let stream = connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|error| format!("TLS with {address}:{}: {error}", probe.port))?;
-                get_readyz(stream, address, probe.port).await
-            }
-            _ => get_readyz(stream, address, probe.port).await,
-        }
+    let request = Request {
+        method: "GET",
+        path: "/readyz",
+        body: b"",
+        user_agent: "cargo-xtask-status",
+        timeout: PROBE_TIMEOUT,
     };
-    tokio::time::timeout(PROBE_TIMEOUT, ask)
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "no answer from {address}:{} within {} s",
-                probe.port,
-                PROBE_TIMEOUT.as_secs()
-            ))
-        })
+    let answer = exchange(host, tls, &request).await?;
+    readyz(&answer).map_err(|reason| format!("{}:{} answered {reason}", host.address, host.port))
 }
 
-async fn get_readyz<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    address: &str,
-    port: u16,
-) -> Result<Readyz, String> {
-    let request = format!(
-        "GET /readyz HTTP/1.1\r\nHost: {address}:{port}\r\nUser-Agent: cargo-xtask-status\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|error| format!("cannot send to {address}:{port}: {error}"))?;
-    let mut answer = Vec::new();
-    stream
-        .take(MAX_ANSWER)
-        .read_to_end(&mut answer)
-        .await
-        .map_err(|error| format!("cannot read {address}:{port}'s answer: {error}"))?;
-    parse_readyz(&answer).map_err(|reason| format!("{address}:{port} answered {reason}"))
-}
-
-/// The status and body of a `/readyz` answer (`Content-Length`-delimited: the
-/// server sends its JSON whole).
-pub fn parse_readyz(answer: &[u8]) -> Result<Readyz, String> {
-    let text = String::from_utf8_lossy(answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("something that is not an HTTP response")?;
-    let status: u16 = head
-        .strip_prefix("HTTP/1.1 ")
-        .or_else(|| head.strip_prefix("HTTP/1.0 "))
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .ok_or("something that is not an HTTP response")?;
-    let json: serde_json::Value = serde_json::from_str(body.trim())
-        .map_err(|_| format!("{status} with a body that is not /readyz's JSON"))?;
+/// What a `/readyz` answer says.
+pub fn readyz(answer: &Answer) -> Result<Readyz, String> {
+    let json: serde_json::Value = serde_json::from_str(&answer.body)
+        .map_err(|_| format!("{} with a body that is not /readyz's JSON", answer.status))?;
     Ok(Readyz {
-        status,
-        ready: status == 200 && json.get("ready") == Some(&serde_json::Value::Bool(true)),
+        status: answer.status,
+        ready: answer.status == 200 && json.get("ready") == Some(&serde_json::Value::Bool(true)),
         fingerprint: json
             .get("fingerprint")
             .and_then(|value| value.as_str())
@@ -391,6 +305,7 @@ pub fn parse_readyz(answer: &[u8]) -> Result<Readyz, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host_http::parse_answer;
 
     const FINGERPRINT: &str = "0123456789abcdef0123456789abcdef";
 
@@ -476,6 +391,10 @@ mod tests {
                 "i-3: /readyz: cannot connect",
             ]
         );
+    }
+
+    fn parse_readyz(answer: &[u8]) -> Result<Readyz, String> {
+        readyz(&parse_answer(answer)?)
     }
 
     #[test]
