@@ -21,8 +21,9 @@ pub fn free_address() -> anyhow::Result<SocketAddr> {
 pub struct Server {
     pub name: String,
     pub address: SocketAddr,
-    /// The token requests to it carry, if it has a clients file.
-    pub bearer: Option<String>,
+    /// The headers (names and values) requests to it carry beside the body:
+    /// its token, if it has a clients file.
+    pub headers: Vec<(String, String)>,
     child: Child,
 }
 
@@ -54,7 +55,7 @@ impl Server {
         let mut server = Server {
             name: name.to_owned(),
             address,
-            bearer: None,
+            headers: Vec::new(),
             child,
         };
         let deadline = started + Duration::from_secs(60);
