@@ -8,8 +8,16 @@ pub type TokenDigest = [u8; 32];
 /// The SHA-256 of the bearer token in an `Authorization` header, if it holds one.
 pub fn presented_digest(authorization: &[u8]) -> Option<TokenDigest> {
     let (scheme, token) = authorization.split_at_checked(7)?;
-    (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty())
-        .then(|| Sha256::digest(token.trim_ascii()).into())
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token_digest(token))?
+}
+
+/// The SHA-256 of a token sent bare (as Vault's `X-Vault-Token`), surrounding
+/// whitespace ignored; `None` for an empty one.
+pub fn token_digest(token: &[u8]) -> Option<TokenDigest> {
+    let token = token.trim_ascii();
+    (!token.is_empty()).then(|| Sha256::digest(token).into())
 }
 
 /// A new random token (32 bytes from the OS CSPRNG, as 64 hex digits) and the
@@ -34,6 +42,8 @@ mod tests {
         assert_ne!(presented_digest(b"Bearer s3cret-tokem"), Some(digest));
         assert_eq!(presented_digest(b"Basic czNjcmV0LXRva2Vu"), None);
         assert_eq!(presented_digest(b"Bearer "), None);
+        assert_eq!(token_digest(b" s3cret-token\t"), Some(digest));
+        assert_eq!(token_digest(b"  "), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
-use crate::access::{presented_digest, TokenDigest};
+use crate::access::TokenDigest;
 use crate::limits::{ClientId, RateLimit, RateLimiter};
 use crate::metrics::ClientCounters;
 
@@ -48,12 +48,16 @@ impl Route {
         }
     }
 
-    /// The route a request path is served by, if it is one a client may be refused.
+    /// The route a request path is served by, if it is one a client may be
+    /// refused. Vault's transit paths are `hmac` and `verify` (a `batch_input`
+    /// to `hmac` is also `batch`, which only its body tells).
     pub fn of_path(path: &str) -> Option<Route> {
         match path {
             "/hmac" => Some(Route::Hmac),
             "/hmac/batch" => Some(Route::Batch),
             "/verify" => Some(Route::Verify),
+            _ if path.starts_with("/v1/transit/hmac/") => Some(Route::Hmac),
+            _ if path.starts_with("/v1/transit/verify/") => Some(Route::Verify),
             _ => None,
         }
     }
@@ -345,10 +349,9 @@ impl Clients {
         Ok(Clients { digests, clients })
     }
 
-    /// The client whose token the `Authorization` header presents. Every
-    /// allowed digest is compared, in constant time, whatever matches.
-    pub fn check(&self, authorization: Option<&[u8]>) -> Option<&Arc<Client>> {
-        let presented = presented_digest(authorization?)?;
+    /// The client whose token has this SHA-256. Every allowed digest is
+    /// compared, in constant time, whatever matches.
+    pub fn check_digest(&self, presented: TokenDigest) -> Option<&Arc<Client>> {
         let mut matched = subtle::Choice::from(0);
         let mut found = 0u32;
         for (allowed, index) in &self.digests {
@@ -474,9 +477,14 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
+    use crate::access::presented_digest;
 
     fn digest_of(token: &str) -> String {
         hex::encode(Sha256::digest(token.as_bytes()))
+    }
+
+    fn check<'a>(clients: &'a Clients, authorization: Option<&[u8]>) -> Option<&'a Arc<Client>> {
+        clients.check_digest(presented_digest(authorization?)?)
     }
 
     fn bearer(token: &str) -> Vec<u8> {
@@ -494,18 +502,18 @@ mod tests {
     fn a_tokens_file_of_digests_alone_keeps_working() {
         let digest = digest_of("s3cret-token");
         let clients = Clients::parse(&format!("# ops team\n\n{digest}\n")).unwrap();
-        let client = clients.check(Some(&bearer("s3cret-token"))).unwrap();
+        let client = check(&clients, Some(&bearer("s3cret-token"))).unwrap();
         assert_eq!(client.label, digest[..8]);
         assert!(!client.named);
         assert_eq!(
             (&client.namespace, client.routes, client.rate),
             (&None, Routes::ALL, None)
         );
-        assert!(clients.check(Some(b"bearer s3cret-token")).is_some());
-        assert!(clients.check(Some(&bearer("s3cret-tokem"))).is_none());
-        assert!(clients.check(Some(b"Basic czNjcmV0LXRva2Vu")).is_none());
-        assert!(clients.check(Some(b"Bearer ")).is_none());
-        assert!(clients.check(None).is_none());
+        assert!(check(&clients, Some(b"bearer s3cret-token")).is_some());
+        assert!(check(&clients, Some(&bearer("s3cret-tokem"))).is_none());
+        assert!(check(&clients, Some(b"Basic czNjcmV0LXRva2Vu")).is_none());
+        assert!(check(&clients, Some(b"Bearer ")).is_none());
+        assert!(check(&clients, None).is_none());
         assert!(clients.namespaces().is_empty());
     }
 
@@ -520,8 +528,8 @@ mod tests {
             digest_of("new"),
         );
         let clients = Clients::parse(&text).unwrap();
-        let old = clients.check(Some(&bearer("old"))).unwrap();
-        let new = clients.check(Some(&bearer("new"))).unwrap();
+        let old = check(&clients, Some(&bearer("old"))).unwrap();
+        let new = check(&clients, Some(&bearer("new"))).unwrap();
         assert!(Arc::ptr_eq(old, new), "a rotating client is one client");
         assert_eq!(old.label, "billing");
         assert_eq!(old.namespace.as_deref(), Some("billing"));
@@ -534,7 +542,7 @@ mod tests {
                 burst: 20.0
             })
         );
-        let auth = clients.check(Some(&bearer("a"))).unwrap();
+        let auth = check(&clients, Some(&bearer("a"))).unwrap();
         assert_eq!((auth.routes, auth.rate), (Routes::ALL, None));
         assert_eq!(clients.namespaces(), ["billing", "auth"]);
         assert_eq!(clients.iter().count(), 2);
@@ -624,20 +632,20 @@ mod tests {
         let line = |token: &str, rest: &str| format!("{} {rest}\n", digest_of(token));
         std::fs::write(file.path(), line("a", "app rate=1:1") + &line("b", "gone")).unwrap();
         let live = LiveClients::load(file.path()).unwrap();
-        let app = Arc::clone(live.current().check(Some(&bearer("a"))).unwrap());
+        let app = Arc::clone(check(&live.current(), Some(&bearer("a"))).unwrap());
         app.counters
             .macs
             .fetch_add(3, std::sync::atomic::Ordering::Relaxed);
         app.limiter.as_ref().unwrap().take(app.id, 1).unwrap();
         live.replace(Clients::parse(&(line("a2", "app rate=1:1") + &line("c", "new"))).unwrap());
         let current = live.current();
-        assert!(current.check(Some(&bearer("b"))).is_none());
-        assert!(current.check(Some(&bearer("a"))).is_none());
-        let renewed = current.check(Some(&bearer("a2"))).unwrap();
+        assert!(check(&current, Some(&bearer("b"))).is_none());
+        assert!(check(&current, Some(&bearer("a"))).is_none());
+        let renewed = check(&current, Some(&bearer("a2"))).unwrap();
         assert!(Arc::ptr_eq(&renewed.counters, &app.counters));
         assert!(renewed.limiter.as_ref().unwrap().take(app.id, 1).is_err());
         live.replace(Clients::parse(&line("a2", "app rate=2:2")).unwrap());
-        let faster = Arc::clone(live.current().check(Some(&bearer("a2"))).unwrap());
+        let faster = Arc::clone(check(&live.current(), Some(&bearer("a2"))).unwrap());
         assert!(Arc::ptr_eq(&faster.counters, &app.counters));
         assert!(faster.limiter.as_ref().unwrap().take(app.id, 1).is_ok());
     }
@@ -695,7 +703,7 @@ mod tests {
             }
             let text = format!("{} {name} {}\n", digest_of("t"), options.join(" "));
             let clients = Clients::parse(&text).unwrap();
-            let client = clients.check(Some(&bearer("t"))).unwrap();
+            let client = check(&clients, Some(&bearer("t"))).unwrap();
             prop_assert_eq!(&client.label, &name);
             prop_assert_eq!(&client.namespace, &namespace);
             prop_assert_eq!(client.routes, routes);
@@ -725,10 +733,10 @@ mod tests {
             let text: String = tokens.iter().map(|token| digest_of(token) + "\n").collect();
             let clients = Clients::parse(&text).unwrap();
             for token in &tokens {
-                let client = clients.check(Some(&bearer(token))).unwrap();
+                let client = check(&clients, Some(&bearer(token))).unwrap();
                 prop_assert_eq!(&client.label, &digest_of(token)[..8]);
             }
-            prop_assert!(clients.check(Some(&bearer(&other))).is_none());
+            prop_assert!(check(&clients, Some(&bearer(&other))).is_none());
         }
     }
 }

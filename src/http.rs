@@ -7,6 +7,7 @@
 //! - [`body`]: reading a request body within its size and time limits.
 //! - [`leftover`]: the rest of a body the app answered without reading.
 //! - [`error`]: every failure as a response, in one place.
+//! - [`vault`]: Vault's transit HMAC API over the same keys and limits.
 //!
 //! No response or log line ever carries a message body, a MAC or key material.
 
@@ -28,6 +29,7 @@ mod handlers;
 mod leftover;
 mod observe;
 mod state;
+mod vault;
 
 pub use error::{ApiError, ROUTES};
 pub use handlers::MAC_HEADER;
@@ -66,6 +68,7 @@ impl App {
         }
         let router = Router::new()
             .merge(guarded)
+            .nest("/v1", vault_router(&state))
             .route("/healthz", get(handlers::healthz))
             .route("/readyz", get(handlers::readyz))
             .fallback(|| async { ApiError::NotFound })
@@ -87,6 +90,34 @@ impl Service<Request> for App {
     fn call(&mut self, request: Request) -> Observed {
         Observed::start(&self.state, &mut self.router, request)
     }
+}
+
+/// Vault's routes, guarded as the others but with Vault's token header and
+/// errors; `/v1/sys/health` needs no token, as in Vault.
+fn vault_router(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    let mut guarded = Router::new()
+        .route("/transit/hmac/{name}", post(vault::hmac).put(vault::hmac))
+        .route(
+            "/transit/hmac/{name}/{algorithm}",
+            post(vault::hmac).put(vault::hmac),
+        )
+        .route(
+            "/transit/verify/{name}",
+            post(vault::verify).put(vault::verify),
+        )
+        .route(
+            "/transit/verify/{name}/{algorithm}",
+            post(vault::verify).put(vault::verify),
+        );
+    if state.clients.is_some() || state.rate_limiter.is_some() {
+        guarded = guarded.route_layer(from_fn_with_state(Arc::clone(state), vault::authorize));
+    }
+    guarded
+        .route("/sys/health", get(vault::health))
+        .fallback(|| async { vault::VaultError::from(ApiError::NotFound) })
+        .method_not_allowed_fallback(|| async {
+            vault::VaultError::from(ApiError::MethodNotAllowed)
+        })
 }
 
 /// Only `GET /metrics`, for CRYPTOSERVER_METRICS_BIND. Not observed: a scrape

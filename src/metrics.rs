@@ -53,7 +53,7 @@ impl Histogram {
 
 /// Route patterns, the only values the `route` label takes: a path a client
 /// chose never becomes a label.
-const ROUTES: [&str; 8] = [
+const ROUTES: [&str; 11] = [
     "/hmac",
     "/hmac/batch",
     "/verify",
@@ -61,8 +61,14 @@ const ROUTES: [&str; 8] = [
     "/healthz",
     "/readyz",
     "/metrics",
+    VAULT_HMAC,
+    VAULT_VERIFY,
+    "/v1/sys/health",
     "unmatched",
 ];
+/// Vault's transit routes, whatever key name and algorithm the path holds.
+const VAULT_HMAC: &str = "/v1/transit/hmac/:name";
+const VAULT_VERIFY: &str = "/v1/transit/verify/:name";
 
 /// Every status code `http` can represent has its own counter per route.
 const STATUS_CODES: std::ops::RangeInclusive<u16> = 100..=999;
@@ -73,14 +79,21 @@ const STATUS_SLOTS: usize = (*STATUS_CODES.end() - *STATUS_CODES.start() + 1) as
 pub struct Route(usize);
 
 impl Route {
-    /// The route a request path is served by; the routes have no parameters,
-    /// so this is the path itself when it is one of them.
+    /// The route a request path is served by: the path itself when it is one
+    /// of the routes without parameters.
     pub fn of_path(path: &str) -> Route {
         let unmatched = ROUTES.len() - 1;
+        let pattern = if path.starts_with("/v1/transit/hmac/") {
+            VAULT_HMAC
+        } else if path.starts_with("/v1/transit/verify/") {
+            VAULT_VERIFY
+        } else {
+            path
+        };
         Route(
             ROUTES[..unmatched]
                 .iter()
-                .position(|route| *route == path)
+                .position(|route| *route == pattern)
                 .unwrap_or(unmatched),
         )
     }
@@ -89,9 +102,15 @@ impl Route {
         ROUTES[self.0]
     }
 
-    /// `/healthz` and `/readyz`, which load balancers and health checkers ask.
+    /// `/healthz`, `/readyz` and Vault's `/v1/sys/health`, which load
+    /// balancers and health checkers ask.
     pub fn is_health(self) -> bool {
-        matches!(self.label(), "/healthz" | "/readyz")
+        matches!(self.label(), "/healthz" | "/readyz" | "/v1/sys/health")
+    }
+
+    /// Vault's routes, whose refusals take Vault's shape.
+    pub fn is_vault(self) -> bool {
+        self.label().starts_with("/v1/")
     }
 }
 

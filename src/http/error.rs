@@ -16,7 +16,7 @@ use crate::keystore::KeyError;
 use crate::limits::Refusal;
 
 /// Every route the server answers, as the 404 text lists them.
-pub const ROUTES: [(&str, &str); 7] = [
+pub const ROUTES: [(&str, &str); 10] = [
     ("POST", "/hmac"),
     ("POST", "/hmac/batch"),
     ("POST", "/verify"),
@@ -24,6 +24,9 @@ pub const ROUTES: [(&str, &str); 7] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("POST", "/v1/transit/hmac/:name"),
+    ("POST", "/v1/transit/verify/:name"),
+    ("GET", "/v1/sys/health"),
 ];
 
 #[derive(Debug)]
@@ -56,7 +59,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             ApiError::UnknownEncoding
             | ApiError::MissingMacHeader
@@ -78,7 +81,7 @@ impl ApiError {
     }
 
     /// What the client reads: what went wrong and what to do, never its data.
-    fn message(&self) -> String {
+    pub(super) fn message(&self) -> String {
         match self {
             ApiError::UnknownEncoding => {
                 "unknown encoding: use ?encoding=hex or ?encoding=base64".into()
@@ -142,7 +145,7 @@ impl ApiError {
         }
     }
 
-    fn header(&self) -> Option<(HeaderName, HeaderValue)> {
+    pub(super) fn header(&self) -> Option<(HeaderName, HeaderValue)> {
         match self {
             // The client may still be sending, and closing is the only way to
             // stop it; or the body's framing broke, and nothing after it on the

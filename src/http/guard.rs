@@ -9,42 +9,74 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::state::AppState;
+use crate::access::{presented_digest, TokenDigest};
 use crate::clients::{Client, Route};
 use crate::limits::{client_address, ClientId};
 use crate::metrics;
+
+/// Where a route's callers present their token, and how its refusals read:
+/// cryptoserver's own routes and Vault's differ in both, and in nothing else.
+pub(super) trait Dialect {
+    /// The SHA-256 of the token the request presents, if it presents one.
+    fn presented(request: &Request) -> Option<TokenDigest>;
+    fn refuse(error: ApiError) -> Response;
+}
+
+/// cryptoserver's routes: `Authorization: Bearer`, errors as [`ApiError`] renders them.
+pub(super) struct Native;
+
+impl Dialect for Native {
+    fn presented(request: &Request) -> Option<TokenDigest> {
+        presented_digest(request.headers().get(AUTHORIZATION)?.as_bytes())
+    }
+
+    fn refuse(error: ApiError) -> Response {
+        error.into_response()
+    }
+}
+
+/// [`admit`] for cryptoserver's own routes.
+pub(super) async fn authorize(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    admit::<Native>(state, request, next).await
+}
 
 /// Finds the client (by its token, else its address), checks it may call
 /// this route and takes one request from its rate limit. The handlers find
 /// the [`ClientId`] and, with a clients file, the [`Client`] in the
 /// request's extensions, and the response carries the [`Client`] out to be
 /// counted.
-pub(super) async fn authorize(
-    State(state): State<Arc<AppState>>,
+pub(super) async fn admit<D: Dialect>(
+    state: Arc<AppState>,
     mut request: Request,
     next: Next,
-) -> Result<Response, ApiError> {
+) -> Response {
     let Some(clients) = &state.clients else {
         let client = by_address(request.extensions().get::<ConnectInfo<SocketAddr>>());
-        take_rate(&state, None, client, 1)?;
+        if let Err(refusal) = take_rate(&state, None, client, 1) {
+            return D::refuse(refusal);
+        }
         request.extensions_mut().insert(client);
-        return Ok(next.run(request).await);
+        return next.run(request).await;
     };
-    let authorization = request
-        .headers()
-        .get(AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
     let label = metrics::Route::of_path(request.uri().path());
     let route = Route::of_path(request.uri().path());
-    let Some(client) = clients.current().check(authorization).cloned() else {
+    let current = clients.current();
+    let Some(client) =
+        D::presented(&request).and_then(|digest| current.check_digest(digest).cloned())
+    else {
         state.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
         audit(&state, None, label, StatusCode::UNAUTHORIZED);
-        return Err(ApiError::Unauthorized);
+        return D::refuse(ApiError::Unauthorized);
     };
     let allowed = match route {
         Some(route) if !client.routes.allows(route) => Err(ApiError::RouteNotAllowed(route)),
@@ -61,13 +93,13 @@ pub(super) async fn authorize(
             response
         }
         Err(refusal) => {
-            let response = refusal.into_response();
+            let response = D::refuse(refusal);
             audit(&state, Some(&client), label, response.status());
             response
         }
     };
     response.extensions_mut().insert(client);
-    Ok(response)
+    response
 }
 
 /// One line at `info` for a refused request, as many a second as

@@ -3,10 +3,11 @@
 //! namespace: the one its line in the clients file names, if any.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
@@ -57,7 +58,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Encoding {
 }
 
 /// The client the guard found, when there is a clients file.
-type Caller = Option<Extension<Arc<Client>>>;
+pub(super) type Caller = Option<Extension<Arc<Client>>>;
 
 fn namespace(caller: &Caller) -> Option<&str> {
     caller
@@ -81,9 +82,7 @@ pub(super) async fn hmac(
     })
 }
 
-/// Nothing is computed unless the whole body frames correctly; each message
-/// counts against the rate limit (the request itself took one). The client
-/// (its token, else its address) is who the batch's key reads are shared by.
+/// Nothing is computed unless the whole body frames correctly.
 pub(super) async fn hmac_batch(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -93,11 +92,29 @@ pub(super) async fn hmac_batch(
 ) -> Result<Response, ApiError> {
     let body = read_message(body, &state).await?;
     let frames = parse_frames(&body).map_err(ApiError::MalformedBatch)?;
+    let macs = batch_macs(&state, &caller, (client, peer), body, frames).await?;
+    Ok(macs.into_response())
+}
+
+/// The MACs of the messages at `frames` in `body`, concatenated in order: each
+/// message counts against the rate limit (the request itself took one). The
+/// client (its token, else its address) is who the batch's key reads are
+/// shared by.
+pub(super) async fn batch_macs(
+    state: &AppState,
+    caller: &Caller,
+    (client, peer): (
+        Option<Extension<ClientId>>,
+        Option<Extension<ConnectInfo<SocketAddr>>>,
+    ),
+    body: Bytes,
+    frames: Vec<Range<usize>>,
+) -> Result<Vec<u8>, ApiError> {
     let client = match client {
         Some(Extension(client)) => {
             let cost = frames.len().saturating_sub(1) as u32;
             let own = caller.as_ref().map(|Extension(caller)| &**caller);
-            take_rate(&state, own, client, cost)?;
+            take_rate(state, own, client, cost)?;
             client
         }
         None => by_address(peer.as_ref().map(|Extension(peer)| peer)),
@@ -106,10 +123,10 @@ pub(super) async fn hmac_batch(
     let count = frames.len();
     let macs = state
         .keys
-        .mac_batch(client, namespace(&caller), body, frames)
+        .mac_batch(client, namespace(caller), body, frames)
         .await?;
-    record_macs(&state, &caller, count, hashed);
-    Ok(macs.into_response())
+    record_macs(state, caller, count, hashed);
+    Ok(macs)
 }
 
 pub(super) async fn verify(
@@ -124,7 +141,11 @@ pub(super) async fn verify(
     Ok(Json(serde_json::json!({ "valid": macs_equal(&expected, &presented) })).into_response())
 }
 
-async fn mac_of(state: &AppState, caller: &Caller, message: &[u8]) -> Result<Mac, ApiError> {
+pub(super) async fn mac_of(
+    state: &AppState,
+    caller: &Caller,
+    message: &[u8],
+) -> Result<Mac, ApiError> {
     let mac = state.keys.mac(namespace(caller), message).await?;
     record_macs(state, caller, 1, message.len());
     Ok(mac)

@@ -21,6 +21,7 @@ use tower_service::Service;
 
 use super::error::ApiError;
 use super::state::AppState;
+use super::vault::VaultError;
 use crate::clients::Client;
 use crate::metrics::Route;
 
@@ -63,7 +64,11 @@ impl Observed {
             }
         } else {
             state.metrics.shed.fetch_add(1, Ordering::Relaxed);
-            Stage::Shed(ApiError::Shed.into_response())
+            Stage::Shed(if route.is_vault() {
+                VaultError::from(ApiError::Shed).into_response()
+            } else {
+                ApiError::Shed.into_response()
+            })
         };
         Observed {
             stage: Some(stage),
