@@ -2,9 +2,11 @@
 //! would run instead, the transit engine of OpenBao (the open fork of
 //! HashiCorp Vault), on the same machine under the same load generator:
 //! - one 64-byte HMAC a request, 64 connections: OpenBao's
-//!   `/v1/transit/hmac/:name` against a namespaced MODE16 client's `POST /hmac`;
+//!   `/v1/transit/hmac/:name` against a namespaced MODE16 client's same Vault
+//!   route and its `POST /hmac`;
 //! - 400 messages a request, 4 connections: OpenBao's `batch_input` against
-//!   `POST /hmac/batch` (OpenBao's default JSON limits refuse 600 items);
+//!   the Vault route's and `POST /hmac/batch` (OpenBao's default JSON limits
+//!   refuse 600 items);
 //! - OpenBao with a file audit device, as Vault users run in production,
 //!   beside the one without.
 //!
@@ -31,7 +33,7 @@ use super::report::{thousands, Goal, Report, Row};
 use super::scratch;
 use super::server::{
     median, median_ratio, millis, random_messages, Bench, BATCH_LOAD, CONCURRENCY, MESSAGES,
-    NAMESPACE, PER_REQUEST_LOAD, WARM_UP,
+    NAMESPACE, NAMESPACED_TOKEN, PER_REQUEST_LOAD, WARM_UP,
 };
 use super::tools::{free_address, Server};
 use super::wrk::{Load, LoadResult, Wrk};
@@ -69,33 +71,38 @@ impl Bench {
 
         let openbao = self.start_openbao(&bao, false)?;
         let audited = self.start_openbao(&bao, true)?;
-        let cryptoserver = self.start_namespaced_server(&self.secrets(Mode::Mode16)?)?;
-        for peer in [&openbao, &audited] {
-            bao.check_answers(&peer.server, &json, 1)?;
-            bao.check_answers(&peer.server, &json_batches, BATCH_LEN)?;
+        let cryptoserver = TransitServer {
+            server: self.start_namespaced_server(&self.secrets(Mode::Mode16)?)?,
+            token: NAMESPACED_TOKEN,
+            audit_log: None,
+        };
+        for vault in [&openbao, &audited, &cryptoserver] {
+            bao.check_answers(vault, &json, 1)?;
+            bao.check_answers(vault, &json_batches, BATCH_LEN)?;
         }
-        let vault = |peer: &OpenBao, bodies: &Bodies| Target {
-            name: peer.server.name.clone(),
-            url: peer.server.url(&format!("/v1/transit/hmac/{KEY_NAME}")),
+        let vault = |vault: &TransitServer, bodies: &Bodies| Target {
+            name: format!("{} transit", vault.server.name),
+            url: vault.server.url(&format!("/v1/transit/hmac/{KEY_NAME}")),
             headers: vec![
-                ("X-Vault-Token".to_owned(), ROOT_TOKEN.to_owned()),
+                ("X-Vault-Token".to_owned(), vault.token.to_owned()),
                 ("Content-Type".to_owned(), "application/json".to_owned()),
             ],
             bodies: bodies.clone(),
-            audit_log: peer.audit_log.clone(),
+            audit_log: vault.audit_log.clone(),
         };
         let native = |path: &str, bodies: &Bodies| Target {
-            name: format!("MODE16 {path}"),
-            url: cryptoserver.url(path),
-            headers: cryptoserver.headers.clone(),
+            name: format!("{} {path}", cryptoserver.server.name),
+            url: cryptoserver.server.url(path),
+            headers: cryptoserver.server.headers.clone(),
             bodies: bodies.clone(),
             audit_log: None,
         };
 
-        let [openbao_single, audited_single, hmac] = self.side_by_side(
+        let [openbao_single, audited_single, vault_single, hmac] = self.side_by_side(
             [
                 vault(&openbao, &json),
                 vault(&audited, &json),
+                vault(&cryptoserver, &json),
                 native("/hmac", &raw),
             ],
             PER_REQUEST_LOAD,
@@ -107,10 +114,11 @@ impl Bench {
             openbao: &openbao_single.results,
             audited: &audited_single.results,
         };
-        let [openbao_batch, audited_batch, hmac_batch] = self.side_by_side(
+        let [openbao_batch, audited_batch, vault_batch, hmac_batch] = self.side_by_side(
             [
                 vault(&openbao, &json_batches),
                 vault(&audited, &json_batches),
+                vault(&cryptoserver, &json_batches),
                 native("/hmac/batch", &frames),
             ],
             BATCH_LOAD,
@@ -125,6 +133,11 @@ impl Bench {
         let rows = [
             single.rows(&bao.version, &format!("64 B, {CONCURRENCY} connections")),
             single.against(
+                &format!("MODE16 POST /v1/transit/hmac/{KEY_NAME} (Vault's API)"),
+                &vault_single.results,
+                Some(5.0),
+            ),
+            single.against(
                 "MODE16 POST /hmac (a client in a namespace)",
                 &hmac.results,
                 Some(8.0),
@@ -132,6 +145,11 @@ impl Bench {
             batch.rows(
                 &bao.version,
                 &format!("{BATCH_LEN} x 64 B, {} connections", BATCH_LOAD.connections),
+            ),
+            batch.against(
+                &format!("MODE16 POST /v1/transit/hmac/{KEY_NAME}, batch_input"),
+                &vault_batch.results,
+                Some(5.0),
             ),
             batch.against("MODE16 POST /hmac/batch", &hmac_batch.results, Some(8.0)),
             vec![
@@ -166,7 +184,7 @@ impl Bench {
     /// HMAC key named [`KEY_NAME`]; with a file audit device in the work
     /// directory when `audited`. The audit log holds no message: only their
     /// HMACs under the device's own salt.
-    fn start_openbao(&self, bao: &Bao, audited: bool) -> anyhow::Result<OpenBao> {
+    fn start_openbao(&self, bao: &Bao, audited: bool) -> anyhow::Result<TransitServer> {
         let address = free_address_pair()?;
         let (name, audit_log) = if audited {
             (
@@ -176,7 +194,7 @@ impl Bench {
         } else {
             ("OpenBao", None)
         };
-        let mut command = bao.command(address);
+        let mut command = bao.command(address, ROOT_TOKEN);
         command.args([
             "server",
             "-dev",
@@ -196,8 +214,11 @@ impl Bench {
             .join(format!("{}.log", name.to_lowercase().replace(' ', "-")));
         let (server, _) = Server::start(name, &mut command, address, &log)?;
         bao.wait_until_unsealed(address)?;
-        output(bao.command(address).args(["secrets", "enable", "transit"]))?;
-        output(bao.command(address).args([
+        output(
+            bao.command(address, ROOT_TOKEN)
+                .args(["secrets", "enable", "transit"]),
+        )?;
+        output(bao.command(address, ROOT_TOKEN).args([
             "write",
             "-f",
             &format!("transit/keys/{KEY_NAME}"),
@@ -205,10 +226,18 @@ impl Bench {
             "key_size=32",
         ]))?;
         if let Some(audit_log) = &audit_log {
-            let devices = output(bao.command(address).args(["audit", "list", "-format=json"]))?;
+            let devices =
+                output(
+                    bao.command(address, ROOT_TOKEN)
+                        .args(["audit", "list", "-format=json"]),
+                )?;
             check_file_audit_device(&devices, audit_log)?;
         }
-        Ok(OpenBao { server, audit_log })
+        Ok(TransitServer {
+            server,
+            token: ROOT_TOKEN,
+            audit_log,
+        })
     }
 
     /// Each of `targets` under `load`, in interleaved rounds after a warm-up.
@@ -223,7 +252,7 @@ impl Bench {
         let rounds = self.interleaved(|index, round| {
             let (result, audit_bytes) = targets[index].run(&self.wrk, load, self.seconds())?;
             eprintln!(
-                "  round {round}: {:<20} {:>7.0} req/s, p99 {:.2} ms",
+                "  round {round}: {:<24} {:>7.0} req/s, p99 {:.2} ms",
                 targets[index].name,
                 result.per_second(),
                 millis(result.p99)
@@ -243,9 +272,11 @@ impl Bench {
     }
 }
 
-/// An OpenBao dev server, and its audit log if it has one.
-struct OpenBao {
+/// A server of Vault's transit API, OpenBao's or cryptoserver's, the token
+/// its requests carry, and its audit log if it has one.
+struct TransitServer {
     server: Server,
+    token: &'static str,
     audit_log: Option<PathBuf>,
 }
 
@@ -432,15 +463,15 @@ impl Bao {
         })
     }
 
-    /// `bao` talking to the server at `address` with the root token, in an
+    /// `bao` talking to the server at `address` with `token`, in an
     /// environment of its own.
-    fn command(&self, address: SocketAddr) -> Command {
+    fn command(&self, address: SocketAddr, token: &str) -> Command {
         let mut command = Command::new(&self.path);
         command
             .env_clear()
             .env("HOME", &self.home)
             .env("BAO_ADDR", format!("http://{address}"))
-            .env("BAO_TOKEN", ROOT_TOKEN);
+            .env("BAO_TOKEN", token);
         command
     }
 
@@ -450,7 +481,7 @@ impl Bao {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             // `bao status` exits with 0 once unsealed, 2 while sealed.
-            let status = output(self.command(address).arg("status"));
+            let status = output(self.command(address, ROOT_TOKEN).arg("status"));
             match status {
                 Ok(_) => return Ok(()),
                 Err(error) if Instant::now() > deadline => {
@@ -463,11 +494,17 @@ impl Bao {
         }
     }
 
-    /// Sends the first body of `bodies` with `bao write` to `server`'s transit
+    /// Sends the first body of `bodies` with `bao write` to `vault`'s transit
     /// key and checks that each of its `count` messages got a MAC: a batch
     /// item that fails leaves its request a success (200), which wrk cannot
     /// tell from one that worked.
-    fn check_answers(&self, server: &Server, bodies: &Bodies, count: usize) -> anyhow::Result<()> {
+    fn check_answers(
+        &self,
+        vault: &TransitServer,
+        bodies: &Bodies,
+        count: usize,
+    ) -> anyhow::Result<()> {
+        let server = &vault.server;
         let content = std::fs::read(&bodies.path)
             .with_context(|| format!("cannot read {}", bodies.path.display()))?;
         let first = bodies.path.with_extension("first.json");
@@ -476,7 +513,7 @@ impl Bao {
         let mut at_first = std::ffi::OsString::from("@");
         at_first.push(&first);
         let printed = output(
-            self.command(server.address)
+            self.command(server.address, vault.token)
                 .args(["write", "-format=json", &format!("transit/hmac/{KEY_NAME}")])
                 .arg(at_first),
         )?;
