@@ -80,19 +80,10 @@ impl Bench {
             bao.check_answers(vault, &json, 1)?;
             bao.check_answers(vault, &json_batches, BATCH_LEN)?;
         }
-        let vault = |vault: &TransitServer, bodies: &Bodies| Target {
-            name: format!("{} transit", vault.server.name),
-            url: vault.server.url(&format!("/v1/transit/hmac/{KEY_NAME}")),
-            headers: vec![
-                ("X-Vault-Token".to_owned(), vault.token.to_owned()),
-                ("Content-Type".to_owned(), "application/json".to_owned()),
-            ],
-            bodies: bodies.clone(),
-            audit_log: vault.audit_log.clone(),
-        };
         let native = |path: &str, bodies: &Bodies| Target {
             name: format!("{} {path}", cryptoserver.server.name),
-            url: cryptoserver.server.url(path),
+            server: &cryptoserver.server,
+            path: path.to_owned(),
             headers: cryptoserver.server.headers.clone(),
             bodies: bodies.clone(),
             audit_log: None,
@@ -100,9 +91,9 @@ impl Bench {
 
         let [openbao_single, audited_single, vault_single, hmac] = self.side_by_side(
             [
-                vault(&openbao, &json),
-                vault(&audited, &json),
-                vault(&cryptoserver, &json),
+                transit(&openbao, &json),
+                transit(&audited, &json),
+                transit(&cryptoserver, &json),
                 native("/hmac", &raw),
             ],
             PER_REQUEST_LOAD,
@@ -111,14 +102,14 @@ impl Bench {
             what: "transit HMAC",
             unit: "requests/s",
             macs_per_request: 1,
-            openbao: &openbao_single.results,
-            audited: &audited_single.results,
+            openbao: &openbao_single,
+            audited: &audited_single,
         };
         let [openbao_batch, audited_batch, vault_batch, hmac_batch] = self.side_by_side(
             [
-                vault(&openbao, &json_batches),
-                vault(&audited, &json_batches),
-                vault(&cryptoserver, &json_batches),
+                transit(&openbao, &json_batches),
+                transit(&audited, &json_batches),
+                transit(&cryptoserver, &json_batches),
                 native("/hmac/batch", &frames),
             ],
             BATCH_LOAD,
@@ -127,19 +118,19 @@ impl Bench {
             what: "transit batch_input",
             unit: "MACs/s",
             macs_per_request: BATCH_LEN,
-            openbao: &openbao_batch.results,
-            audited: &audited_batch.results,
+            openbao: &openbao_batch,
+            audited: &audited_batch,
         };
         let rows = [
             single.rows(&bao.version, &format!("64 B, {CONCURRENCY} connections")),
             single.against(
                 &format!("MODE16 POST /v1/transit/hmac/{KEY_NAME} (Vault's API)"),
-                &vault_single.results,
+                &vault_single,
                 Some(5.0),
             ),
             single.against(
                 "MODE16 POST /hmac (a client in a namespace)",
-                &hmac.results,
+                &hmac,
                 Some(8.0),
             ),
             batch.rows(
@@ -148,10 +139,10 @@ impl Bench {
             ),
             batch.against(
                 &format!("MODE16 POST /v1/transit/hmac/{KEY_NAME}, batch_input"),
-                &vault_batch.results,
+                &vault_batch,
                 Some(5.0),
             ),
-            batch.against("MODE16 POST /hmac/batch", &hmac_batch.results, Some(8.0)),
+            batch.against("MODE16 POST /hmac/batch", &hmac_batch, Some(8.0)),
             vec![
                 audit_row("HMAC request", &audited_single),
                 audit_row(&format!("batch of {BATCH_LEN}"), &audited_batch),
@@ -243,32 +234,24 @@ impl Bench {
     /// Each of `targets` under `load`, in interleaved rounds after a warm-up.
     fn side_by_side<const N: usize>(
         &self,
-        targets: [Target; N],
+        targets: [Target<'_>; N],
         load: Load,
     ) -> anyhow::Result<[Measured; N]> {
         for target in &targets {
             target.run(&self.wrk, load, WARM_UP)?;
         }
         let rounds = self.interleaved(|index, round| {
-            let (result, audit_bytes) = targets[index].run(&self.wrk, load, self.seconds())?;
+            let run = targets[index].run(&self.wrk, load, self.seconds())?;
             eprintln!(
-                "  round {round}: {:<24} {:>7.0} req/s, p99 {:.2} ms",
+                "  round {round}: {:<24} {:>7.0} req/s, p99 {:.2} ms, server CPU {:.0} µs a request",
                 targets[index].name,
-                result.per_second(),
-                millis(result.p99)
+                run.result.per_second(),
+                millis(run.result.p99),
+                run.cpu_seconds / run.result.requests.max(1) as f64 * 1e6
             );
-            Ok((result, audit_bytes))
+            Ok(run)
         })?;
-        Ok(rounds.map(|rounds| {
-            let (results, audit_bytes): (Vec<LoadResult>, Vec<u64>) = rounds.into_iter().unzip();
-            let requests: u64 = results.iter().map(|result| result.requests).sum();
-            let audit_bytes: u64 = audit_bytes.iter().sum();
-            Measured {
-                audit_bytes_per_request: (audit_bytes > 0)
-                    .then(|| audit_bytes as f64 / requests as f64),
-                results,
-            }
-        }))
+        Ok(rounds.map(Measured::new))
     }
 }
 
@@ -288,46 +271,83 @@ struct Bodies {
 }
 
 /// One server's route, with the headers and bodies its requests carry.
-struct Target {
+struct Target<'a> {
     name: String,
-    url: String,
+    server: &'a Server,
+    path: String,
     headers: Vec<(String, String)>,
     bodies: Bodies,
     /// The server's audit log, if it has one.
     audit_log: Option<PathBuf>,
 }
 
-impl Target {
-    /// One wrk run, and what it added to the audit log. The log is emptied
-    /// after every run, so the disk does not fill up and every run appends to
-    /// a file of the same size.
-    fn run(&self, wrk: &Wrk, load: Load, duration: Duration) -> anyhow::Result<(LoadResult, u64)> {
+/// What one wrk run measured, and what the server spent on it.
+struct Run {
+    result: LoadResult,
+    /// The server's CPU seconds during the run.
+    cpu_seconds: f64,
+    /// What the run added to the server's audit log.
+    audit_bytes: u64,
+}
+
+impl Target<'_> {
+    /// One wrk run. The audit log is emptied after every run, so the disk
+    /// does not fill up and every run appends to a file of the same size.
+    fn run(&self, wrk: &Wrk, load: Load, duration: Duration) -> anyhow::Result<Run> {
+        let cpu_before = self.server.cpu_seconds()?;
         let result = wrk.run(
-            (&self.url, &self.headers),
+            (&self.server.url(&self.path), &self.headers),
             &self.bodies.path,
             self.bodies.len,
             load,
             duration,
         )?;
+        let cpu_seconds = self.server.cpu_seconds()? - cpu_before;
         let Some(audit_log) = &self.audit_log else {
-            return Ok((result, 0));
+            return Ok(Run {
+                result,
+                cpu_seconds,
+                audit_bytes: 0,
+            });
         };
         let log = std::fs::OpenOptions::new()
             .write(true)
             .open(audit_log)
             .with_context(|| format!("cannot open {}", audit_log.display()))?;
-        let written = log.metadata()?.len();
+        let audit_bytes = log.metadata()?.len();
         log.set_len(0)
             .with_context(|| format!("cannot empty {}", audit_log.display()))?;
-        Ok((result, written))
+        Ok(Run {
+            result,
+            cpu_seconds,
+            audit_bytes,
+        })
     }
 }
 
 /// One target's rounds.
 struct Measured {
     results: Vec<LoadResult>,
+    /// The server's CPU seconds per request, each round's.
+    cpu_per_request: Vec<f64>,
     /// What each request added to the audit log, for a server with one.
     audit_bytes_per_request: Option<f64>,
+}
+
+impl Measured {
+    fn new(runs: Vec<Run>) -> Measured {
+        let requests: u64 = runs.iter().map(|run| run.result.requests).sum();
+        let audit_bytes: u64 = runs.iter().map(|run| run.audit_bytes).sum();
+        Measured {
+            cpu_per_request: runs
+                .iter()
+                .map(|run| run.cpu_seconds / run.result.requests.max(1) as f64)
+                .collect(),
+            audit_bytes_per_request: (audit_bytes > 0)
+                .then(|| audit_bytes as f64 / requests as f64),
+            results: runs.into_iter().map(|run| run.result).collect(),
+        }
+    }
 }
 
 /// The OpenBao rounds of one measurement, which the others are set against.
@@ -337,20 +357,24 @@ struct Compared<'a> {
     /// What the rows count: requests/s, or MACs/s of batches.
     unit: &'a str,
     macs_per_request: usize,
-    openbao: &'a [LoadResult],
-    audited: &'a [LoadResult],
+    openbao: &'a Measured,
+    audited: &'a Measured,
 }
 
 impl Compared<'_> {
-    /// The median rate of `results`, in the rows' unit.
-    fn rate(&self, results: &[LoadResult]) -> String {
-        thousands(median(results.iter().map(LoadResult::per_second)) * self.macs_per_request as f64)
+    /// The median rate of `measured`, in the rows' unit.
+    fn rate(&self, measured: &Measured) -> String {
+        thousands(
+            median(measured.results.iter().map(LoadResult::per_second))
+                * self.macs_per_request as f64,
+        )
     }
 
     /// OpenBao's own rows under `load` (connections and bodies): its figure,
     /// and the audited server against it.
     fn rows(&self, version: &str, load: &str) -> Vec<Row> {
         let (what, unit) = (self.what, self.unit);
+        let audited = format!("OpenBao {what} with a file audit device");
         vec![
             Row {
                 what: format!("{version} {what}, no audit device, {unit} ({load})"),
@@ -359,33 +383,32 @@ impl Compared<'_> {
                 goal: Goal::None,
             },
             Row {
-                what: format!("OpenBao {what} with a file audit device, {unit}"),
+                what: format!("{audited}, {unit}"),
                 value: self.rate(self.audited),
                 baseline: format!("OpenBao {}", self.rate(self.openbao)),
                 goal: Goal::Ratio(median_ratio(
-                    self.audited,
-                    self.openbao,
+                    &self.audited.results,
+                    &self.openbao.results,
                     LoadResult::per_second,
                 )),
             },
-            p99_row(
-                &format!("OpenBao {what} with a file audit device"),
-                self.audited,
-                self.openbao,
-            ),
+            p99_row(&audited, self.audited, self.openbao),
+            self.cpu_row(&audited, self.audited),
         ]
     }
 
-    /// `results` of `route` against OpenBao without and with its audit
+    /// `measured` on `route` against OpenBao without and with its audit
     /// device, with the goal of at least `minimum` times OpenBao's rate where
-    /// there is one; and their p99 latency.
-    fn against(&self, route: &str, results: &[LoadResult], minimum: Option<f64>) -> Vec<Row> {
+    /// there is one; its p99 latency, and its server's CPU per MAC.
+    fn against(&self, route: &str, measured: &Measured, minimum: Option<f64>) -> Vec<Row> {
         let unit = self.unit;
-        let ratio = |baseline| median_ratio(results, baseline, LoadResult::per_second);
+        let ratio = |baseline: &Measured| {
+            median_ratio(&measured.results, &baseline.results, LoadResult::per_second)
+        };
         vec![
             Row {
                 what: format!("{route}, {unit}, against OpenBao"),
-                value: self.rate(results),
+                value: self.rate(measured),
                 baseline: format!("OpenBao {}", self.rate(self.openbao)),
                 goal: match minimum {
                     Some(minimum) => Goal::AtLeast {
@@ -398,23 +421,57 @@ impl Compared<'_> {
             },
             Row {
                 what: format!("{route}, {unit}, against OpenBao with a file audit device"),
-                value: self.rate(results),
+                value: self.rate(measured),
                 baseline: format!("OpenBao audited {}", self.rate(self.audited)),
                 goal: Goal::Ratio(ratio(self.audited)),
             },
-            p99_row(route, results, self.openbao),
+            p99_row(route, measured, self.openbao),
+            self.cpu_row(route, measured),
         ]
+    }
+
+    /// The CPU its server spent per MAC of `measured` against OpenBao's: what
+    /// sets the rates on a machine with no other work, whatever the other
+    /// work does to them here.
+    fn cpu_row(&self, what: &str, measured: &Measured) -> Row {
+        let micros_per_mac = |measured: &Measured| {
+            median(measured.cpu_per_request.iter().copied()) * 1e6 / self.macs_per_request as f64
+        };
+        let (value, openbao) = (micros_per_mac(measured), micros_per_mac(self.openbao));
+        Row {
+            what: format!("{what}, server CPU per MAC"),
+            value: format!("{value:.2} µs"),
+            baseline: format!("OpenBao {openbao:.2} µs"),
+            goal: Goal::Ratio(value / openbao),
+        }
     }
 }
 
-/// The p99 latency of `results` against OpenBao's.
-fn p99_row(what: &str, results: &[LoadResult], openbao: &[LoadResult]) -> Row {
-    let p99 = |results: &[LoadResult]| median(results.iter().map(|r| millis(r.p99)));
+/// The p99 latency of `measured` against OpenBao's.
+fn p99_row(what: &str, measured: &Measured, openbao: &Measured) -> Row {
+    let p99 = |measured: &Measured| median(measured.results.iter().map(|r| millis(r.p99)));
     Row {
         what: format!("{what}, p99 latency"),
-        value: format!("{:.2} ms", p99(results)),
+        value: format!("{:.2} ms", p99(measured)),
         baseline: format!("OpenBao {:.2} ms", p99(openbao)),
-        goal: Goal::Ratio(median_ratio(results, openbao, |r| millis(r.p99))),
+        goal: Goal::Ratio(median_ratio(&measured.results, &openbao.results, |r| {
+            millis(r.p99)
+        })),
+    }
+}
+
+/// The transit route of `vault`, with its token and `bodies`.
+fn transit<'a>(vault: &'a TransitServer, bodies: &Bodies) -> Target<'a> {
+    Target {
+        name: format!("{} transit", vault.server.name),
+        server: &vault.server,
+        path: format!("/v1/transit/hmac/{KEY_NAME}"),
+        headers: vec![
+            ("X-Vault-Token".to_owned(), vault.token.to_owned()),
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+        ],
+        bodies: bodies.clone(),
+        audit_log: vault.audit_log.clone(),
     }
 }
 
@@ -640,25 +697,31 @@ fn free_address_pair() -> anyhow::Result<SocketAddr> {
 mod tests {
     use super::*;
 
-    fn rounds(per_second: &[u64], p99_ms: u64) -> Vec<LoadResult> {
-        per_second
-            .iter()
-            .map(|&requests| LoadResult {
-                requests,
-                elapsed: Duration::from_secs(1),
-                p50: Duration::from_millis(1),
-                p99: Duration::from_millis(p99_ms),
-                errors: 0,
-                repeated: 0,
-            })
-            .collect()
+    /// Rounds of one second each at `per_second`, with a p99 latency of
+    /// `p99_ms` and the server spending `cpu_micros` per request.
+    fn measured(per_second: &[u64], p99_ms: u64, cpu_micros: f64) -> Measured {
+        Measured {
+            results: per_second
+                .iter()
+                .map(|&requests| LoadResult {
+                    requests,
+                    elapsed: Duration::from_secs(1),
+                    p50: Duration::from_millis(1),
+                    p99: Duration::from_millis(p99_ms),
+                    errors: 0,
+                    repeated: 0,
+                })
+                .collect(),
+            cpu_per_request: vec![cpu_micros / 1e6; per_second.len()],
+            audit_bytes_per_request: None,
+        }
     }
 
     #[test]
     fn ratios_are_medians_of_the_rounds_and_goals_judge_them() {
         // OpenBao's rounds move with the machine; cryptoserver's move with them.
-        let openbao = rounds(&[10_000, 5_000, 8_000], 20);
-        let audited = rounds(&[5_000, 2_500, 4_000], 40);
+        let openbao = measured(&[10_000, 5_000, 8_000], 20, 400.0);
+        let audited = measured(&[5_000, 2_500, 4_000], 40, 800.0);
         let compared = |macs_per_request| Compared {
             what: "transit HMAC",
             unit: "requests/s",
@@ -666,7 +729,7 @@ mod tests {
             openbao: &openbao,
             audited: &audited,
         };
-        let fast = rounds(&[90_000, 45_000, 72_000], 2);
+        let fast = measured(&[90_000, 45_000, 72_000], 2, 20.0);
         let rows = compared(1).against("fast", &fast, Some(8.0));
         assert_eq!(rows[0].what, "fast, requests/s, against OpenBao");
         assert_eq!(rows[0].value, "72,000");
@@ -675,8 +738,11 @@ mod tests {
             if (ratio - 9.0).abs() < 1e-9 && minimum == 8.0));
         assert!(matches!(rows[1].goal, Goal::Ratio(ratio) if (ratio - 18.0).abs() < 1e-9));
         assert!(matches!(rows[2].goal, Goal::Ratio(ratio) if (ratio - 0.1).abs() < 1e-9));
+        assert_eq!(rows[3].value, "20.00 µs");
+        assert!(matches!(rows[3].goal, Goal::Ratio(ratio) if (ratio - 0.05).abs() < 1e-9));
         let batches = compared(BATCH_LEN).against("batches", &fast, None);
         assert_eq!(batches[0].value, thousands(72_000.0 * BATCH_LEN as f64));
+        assert_eq!(batches[3].value, "0.05 µs");
         let own = compared(1).rows("OpenBao v2.7.2", "64 B, 64 connections");
         assert_eq!(
             own[0].what,
@@ -684,6 +750,7 @@ mod tests {
         );
         assert!(matches!(own[1].goal, Goal::Ratio(ratio) if (ratio - 0.5).abs() < 1e-9));
         assert!(matches!(own[2].goal, Goal::Ratio(ratio) if (ratio - 2.0).abs() < 1e-9));
+        assert!(matches!(own[3].goal, Goal::Ratio(ratio) if (ratio - 2.0).abs() < 1e-9));
 
         let mut met = Report::start();
         for row in rows {
@@ -691,7 +758,7 @@ mod tests {
         }
         assert!(met.finish().is_ok());
         let mut missed = Report::start();
-        let slow = rounds(&[70_000, 35_000, 56_000], 2);
+        let slow = measured(&[70_000, 35_000, 56_000], 2, 20.0);
         for row in compared(1).against("slow", &slow, Some(8.0)) {
             missed.row(row);
         }
