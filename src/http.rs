@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use axum::extract::Request;
+use axum::http::Uri;
 use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -68,11 +70,13 @@ impl App {
         }
         let router = Router::new()
             .merge(guarded)
-            .nest("/v1", vault_router(&state))
+            .merge(vault_router(&state))
             .route("/healthz", get(handlers::healthz))
             .route("/readyz", get(handlers::readyz))
-            .fallback(|| async { ApiError::NotFound })
-            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+            .fallback(|uri: Uri| async move { refuse(&uri, ApiError::NotFound) })
+            .method_not_allowed_fallback(|uri: Uri| async move {
+                refuse(&uri, ApiError::MethodNotAllowed)
+            })
             .with_state(Arc::clone(&state));
         App { router, state }
     }
@@ -92,32 +96,39 @@ impl Service<Request> for App {
     }
 }
 
+/// A refusal in the shape of the API the path is under: Vault's below `/v1/`.
+fn refuse(uri: &Uri, error: ApiError) -> Response {
+    if uri.path().starts_with("/v1/") {
+        vault::VaultError::from(error).into_response()
+    } else {
+        error.into_response()
+    }
+}
+
 /// Vault's routes, guarded as the others but with Vault's token header and
 /// errors; `/v1/sys/health` needs no token, as in Vault.
 fn vault_router(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let mut guarded = Router::new()
-        .route("/transit/hmac/{name}", post(vault::hmac).put(vault::hmac))
         .route(
-            "/transit/hmac/{name}/{algorithm}",
+            "/v1/transit/hmac/{name}",
             post(vault::hmac).put(vault::hmac),
         )
         .route(
-            "/transit/verify/{name}",
+            "/v1/transit/hmac/{name}/{algorithm}",
+            post(vault::hmac).put(vault::hmac),
+        )
+        .route(
+            "/v1/transit/verify/{name}",
             post(vault::verify).put(vault::verify),
         )
         .route(
-            "/transit/verify/{name}/{algorithm}",
+            "/v1/transit/verify/{name}/{algorithm}",
             post(vault::verify).put(vault::verify),
         );
     if state.clients.is_some() || state.rate_limiter.is_some() {
         guarded = guarded.route_layer(from_fn_with_state(Arc::clone(state), vault::authorize));
     }
-    guarded
-        .route("/sys/health", get(vault::health))
-        .fallback(|| async { vault::VaultError::from(ApiError::NotFound) })
-        .method_not_allowed_fallback(|| async {
-            vault::VaultError::from(ApiError::MethodNotAllowed)
-        })
+    guarded.route("/v1/sys/health", get(vault::health))
 }
 
 /// Only `GET /metrics`, for CRYPTOSERVER_METRICS_BIND. Not observed: a scrape

@@ -16,7 +16,7 @@ use crate::keystore::KeyError;
 use crate::limits::Refusal;
 
 /// Every route the server answers, as the 404 text lists them.
-pub const ROUTES: [(&str, &str); 10] = [
+pub const ROUTES: [(&str, &str); 16] = [
     ("POST", "/hmac"),
     ("POST", "/hmac/batch"),
     ("POST", "/verify"),
@@ -24,8 +24,14 @@ pub const ROUTES: [(&str, &str); 10] = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
-    ("POST", "/v1/transit/hmac/:name"),
-    ("POST", "/v1/transit/verify/:name"),
+    ("POST", "/v1/transit/hmac/{name}"),
+    ("PUT", "/v1/transit/hmac/{name}"),
+    ("POST", "/v1/transit/hmac/{name}/{algorithm}"),
+    ("PUT", "/v1/transit/hmac/{name}/{algorithm}"),
+    ("POST", "/v1/transit/verify/{name}"),
+    ("PUT", "/v1/transit/verify/{name}"),
+    ("POST", "/v1/transit/verify/{name}/{algorithm}"),
+    ("PUT", "/v1/transit/verify/{name}/{algorithm}"),
     ("GET", "/v1/sys/health"),
 ];
 
@@ -132,13 +138,7 @@ impl ApiError {
                 "server is at its concurrency limit (CRYPTOSERVER_MAX_CONCURRENT); retry shortly"
                     .into()
             }
-            ApiError::NotFound => {
-                let routes: Vec<String> = ROUTES
-                    .iter()
-                    .map(|(method, path)| format!("{method} {path}"))
-                    .collect();
-                format!("no such route: use {}", routes.join(", "))
-            }
+            ApiError::NotFound => format!("no such route: use {}", routes_under("/")),
             ApiError::MethodNotAllowed => {
                 "method not allowed on this route (see the Allow header)".into()
             }
@@ -167,6 +167,16 @@ impl ApiError {
             _ => None,
         }
     }
+}
+
+/// The routes whose path starts with `prefix`, as `METHOD /path, ...`.
+pub(super) fn routes_under(prefix: &str) -> String {
+    let routes: Vec<String> = ROUTES
+        .iter()
+        .filter(|(_, path)| path.starts_with(prefix))
+        .map(|(method, path)| format!("{method} {path}"))
+        .collect();
+    routes.join(", ")
 }
 
 impl fmt::Display for ApiError {

@@ -10,6 +10,7 @@
 //! same mistakes (docs/vault.md lists where cryptoserver differs).
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -18,8 +19,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -29,13 +31,13 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::body::read_message;
-use super::error::ApiError;
+use super::error::{routes_under, ApiError};
 use super::guard::{admit, Dialect};
 use super::handlers::{batch_macs, mac_of, Caller};
 use super::state::AppState;
 use crate::access::{presented_digest, token_digest, TokenDigest};
 use crate::batch::MAX_FRAMES;
-use crate::clients::Route;
+use crate::clients::{Client, Route};
 use crate::limits::ClientId;
 use crate::mac::{macs_equal, Mac, BASE64};
 
@@ -119,9 +121,15 @@ impl IntoResponse for VaultError {
             ),
             VaultError::Api(ApiError::NotFound) => (
                 StatusCode::NOT_FOUND,
-                "unsupported path: cryptoserver serves Vault's POST or PUT \
-                 /v1/transit/hmac/:name[/:algorithm] and /v1/transit/verify/:name[/:algorithm], \
-                 and GET /v1/sys/health"
+                format!(
+                    "unsupported path: cryptoserver serves Vault's {}",
+                    routes_under("/v1/")
+                ),
+                None,
+            ),
+            VaultError::Api(ApiError::MethodNotAllowed) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "unsupported operation: the transit routes take POST or PUT, /v1/sys/health GET"
                     .to_owned(),
                 None,
             ),
@@ -155,33 +163,27 @@ pub(super) struct KeyPath {
 }
 
 /// A transit request body; Vault's fields of both `hmac` and `verify`. Unknown
-/// fields are ignored, as Vault ignores them.
+/// fields are ignored, as Vault ignores them. Every field is optional and
+/// borrows from the body where it can.
 #[derive(Deserialize, Default)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct TransitRequest<'a> {
     /// Absent is not null: Vault MACs a null input as the empty message.
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(deserialize_with = "present")]
     input: Option<Option<Text<'a>>>,
-    #[serde(default, borrow)]
     hmac: Option<Text<'a>>,
-    #[serde(default, borrow)]
     signature: Option<Text<'a>>,
-    #[serde(default, borrow)]
     algorithm: Option<Text<'a>>,
-    #[serde(default, borrow)]
     key_version: Option<Text<'a>>,
-    #[serde(default, borrow)]
     batch_input: Option<Vec<BatchItem<'a>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct BatchItem<'a> {
-    #[serde(default, borrow)]
     input: Option<Text<'a>>,
-    #[serde(default, borrow)]
     hmac: Option<Text<'a>>,
-    #[serde(default, borrow)]
     signature: Option<Text<'a>>,
-    #[serde(default, borrow)]
     reference: Option<Text<'a>>,
 }
 
@@ -295,12 +297,32 @@ struct ItemResult<'a> {
     reference: Cow<'a, str>,
 }
 
-/// What the handlers of both transit routes work with.
-struct Transit {
+/// What the handlers of both transit routes work with: the state and who calls.
+pub(super) struct Transit {
     state: Arc<AppState>,
     caller: Caller,
     client: Option<Extension<ClientId>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+}
+
+impl FromRequestParts<Arc<AppState>> for Transit {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Transit, Infallible> {
+        let extensions = &parts.extensions;
+        Ok(Transit {
+            state: Arc::clone(state),
+            caller: extensions.get::<Arc<Client>>().cloned().map(Extension),
+            client: extensions.get::<ClientId>().copied().map(Extension),
+            peer: extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .copied()
+                .map(Extension),
+        })
+    }
 }
 
 impl Transit {
@@ -337,10 +359,17 @@ impl Transit {
         }
     }
 
-    /// The body, once the key name is the caller's to use.
-    async fn read(&self, key: &KeyPath, body: Body) -> Result<Bytes, VaultError> {
+    /// The key path and the body, once the key name is the caller's to use.
+    async fn read(
+        &self,
+        key: Result<Path<KeyPath>, PathRejection>,
+        body: Body,
+    ) -> Result<(KeyPath, Bytes), VaultError> {
+        let Path(key) = key.map_err(|_| {
+            VaultError::bad("the key name or algorithm in the path is not valid UTF-8")
+        })?;
         self.check_name(&key.name)?;
-        Ok(read_message(body, &self.state).await?)
+        Ok((key, read_message(body, &self.state).await?))
     }
 
     /// The MACs of `messages` (ranges of `buffer`), through the batch path.
@@ -367,25 +396,13 @@ impl Transit {
     }
 }
 
-const BAD_PATH: &str = "the key name or algorithm in the path is not valid UTF-8";
-
 /// `POST`/`PUT /v1/transit/hmac/:name[/:algorithm]`.
 pub(super) async fn hmac(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    client: Option<Extension<ClientId>>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    transit: Transit,
     key: Result<Path<KeyPath>, PathRejection>,
     body: Body,
 ) -> Result<Response, VaultError> {
-    let transit = Transit {
-        state,
-        caller,
-        client,
-        peer,
-    };
-    let key = key.map_err(|_| VaultError::bad(BAD_PATH))?.0;
-    let body = transit.read(&key, body).await?;
+    let (key, body) = transit.read(key, body).await?;
     let request = parse(&body)?;
     check_algorithm(&key, &request)?;
     check_key_version(request.key_version.as_ref())?;
@@ -402,53 +419,24 @@ pub(super) async fn hmac(
     };
     check_batch_size(&items)?;
     transit.allows(Route::Batch)?;
-    let mut results: Vec<ItemResult> = Vec::with_capacity(items.len());
-    let mut buffer = Vec::new();
-    let mut messages = Vec::with_capacity(items.len());
-    for item in &items {
-        let message = match &item.input {
-            None => Err("missing input for HMAC".to_owned()),
-            Some(input) => decode_input(Some(input)),
-        };
-        results.push(ItemResult {
-            reference: reference(item),
-            ..ItemResult::default()
-        });
-        match message {
-            Ok(message) => {
-                let start = buffer.len();
-                buffer.extend_from_slice(&message);
-                messages.push(start..buffer.len());
-            }
-            Err(error) => results.last_mut().expect("just pushed").error = Some(error),
-        }
-    }
-    let mut macs = transit.macs(buffer, messages).await?.into_iter();
-    for result in results.iter_mut().filter(|result| result.error.is_none()) {
-        result.hmac = Some(prefixed(&macs.next().expect("a MAC per message")));
-    }
-    Ok(answer(BatchData {
-        batch_results: results,
-    }))
+    let checked = Checked::of(&items, |item| match &item.input {
+        None => Err("missing input for HMAC".to_owned()),
+        Some(input) => Ok((decode_input(Some(input))?, ())),
+    });
+    checked
+        .finish(&transit, |result, mac, ()| {
+            result.hmac = Some(prefixed(mac))
+        })
+        .await
 }
 
 /// `POST`/`PUT /v1/transit/verify/:name[/:algorithm]`: compared in constant time.
 pub(super) async fn verify(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    client: Option<Extension<ClientId>>,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    transit: Transit,
     key: Result<Path<KeyPath>, PathRejection>,
     body: Body,
 ) -> Result<Response, VaultError> {
-    let transit = Transit {
-        state,
-        caller,
-        client,
-        peer,
-    };
-    let key = key.map_err(|_| VaultError::bad(BAD_PATH))?.0;
-    let body = transit.read(&key, body).await?;
+    let (key, body) = transit.read(key, body).await?;
     let request = parse(&body)?;
     check_algorithm(&key, &request)?;
     let Some(items) = request.batch_input else {
@@ -478,41 +466,81 @@ pub(super) async fn verify(
             "some elements of batch_input are missing 'hmac': give every item its MAC",
         ));
     }
-    let mut results: Vec<ItemResult> = Vec::with_capacity(items.len());
-    let mut presented_macs = Vec::with_capacity(items.len());
-    let mut buffer = Vec::new();
-    let mut messages = Vec::with_capacity(items.len());
-    for item in &items {
-        let checked = match &item.input {
-            None => Err("missing input".to_owned()),
-            Some(input) => decode_input(Some(input)).and_then(|message| {
-                let presented = parse_prefixed(item.hmac.as_ref().expect("checked above"))?;
-                Ok((message, presented))
-            }),
-        };
-        results.push(ItemResult {
-            reference: reference(item),
-            ..ItemResult::default()
-        });
-        match checked {
-            Ok((message, presented)) => {
-                let start = buffer.len();
-                buffer.extend_from_slice(&message);
-                messages.push(start..buffer.len());
-                presented_macs.push(presented);
-            }
-            Err(error) => results.last_mut().expect("just pushed").error = Some(error),
+    let checked = Checked::of(&items, |item| match (&item.input, &item.hmac) {
+        (Some(input), Some(presented)) => {
+            Ok((decode_input(Some(input))?, parse_prefixed(presented)?))
         }
+        _ => Err("missing input".to_owned()),
+    });
+    checked
+        .finish(&transit, |result, expected, presented| {
+            result.valid = same_mac(expected, &presented)
+        })
+        .await
+}
+
+/// A batch's items once checked: a result for each, and the messages of the
+/// good ones in one buffer, each with what its MAC is to meet (`T`).
+struct Checked<'a, T> {
+    results: Vec<ItemResult<'a>>,
+    buffer: Vec<u8>,
+    messages: Vec<Range<usize>>,
+    presented: Vec<T>,
+}
+
+impl<'a, T> Checked<'a, T> {
+    /// `check` gives an item's message, or the error its result carries.
+    fn of(
+        items: &[BatchItem<'a>],
+        check: impl Fn(&BatchItem<'a>) -> Result<(Vec<u8>, T), String>,
+    ) -> Checked<'a, T> {
+        let mut checked = Checked {
+            results: Vec::with_capacity(items.len()),
+            buffer: Vec::new(),
+            messages: Vec::with_capacity(items.len()),
+            presented: Vec::with_capacity(items.len()),
+        };
+        for item in items {
+            let mut result = ItemResult {
+                reference: reference(item),
+                ..ItemResult::default()
+            };
+            match check(item) {
+                Ok((message, presented)) => {
+                    let start = checked.buffer.len();
+                    checked.buffer.extend_from_slice(&message);
+                    checked.messages.push(start..checked.buffer.len());
+                    checked.presented.push(presented);
+                }
+                Err(error) => result.error = Some(error),
+            }
+            checked.results.push(result);
+        }
+        checked
     }
-    let macs = transit.macs(buffer, messages).await?;
-    let mut checked = macs.iter().zip(&presented_macs);
-    for result in results.iter_mut().filter(|result| result.error.is_none()) {
-        let (expected, presented) = checked.next().expect("a MAC per message");
-        result.valid = same_mac(expected, presented);
+
+    /// Computes the good items' MACs in one batch and lets `fill` write each
+    /// into its result.
+    async fn finish(
+        self,
+        transit: &Transit,
+        mut fill: impl FnMut(&mut ItemResult<'a>, &Mac, T),
+    ) -> Result<Response, VaultError> {
+        let Checked {
+            mut results,
+            buffer,
+            messages,
+            presented,
+        } = self;
+        let macs = transit.macs(buffer, messages).await?;
+        let good = results.iter_mut().filter(|result| result.error.is_none());
+        for ((result, mac), presented) in good.zip(&macs).zip(presented) {
+            fill(result, mac, presented);
+        }
+        Ok(answer(BatchData {
+            batch_results: results,
+        }))
     }
-    Ok(answer(BatchData {
-        batch_results: results,
-    }))
 }
 
 fn reference<'a>(item: &BatchItem<'a>) -> Cow<'a, str> {
@@ -710,9 +738,16 @@ pub(super) async fn health(
             "bad query: activecode and sealedcode are HTTP status codes (standbyok and the other codes are accepted and never apply)",
         ));
     };
+    // A 1xx status cannot end a response.
     let code = |code: u16| {
         StatusCode::from_u16(code)
-            .map_err(|_| VaultError::bad("activecode and sealedcode must be HTTP status codes"))
+            .ok()
+            .filter(|code| (200..600).contains(&code.as_u16()))
+            .ok_or_else(|| {
+                VaultError::bad(
+                    "activecode and sealedcode must be HTTP status codes from 200 to 599",
+                )
+            })
     };
     let (active, sealed) = (code(query.activecode)?, code(query.sealedcode)?);
     let ready = state.keys.is_ready().await;
@@ -738,4 +773,88 @@ pub(super) async fn health(
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(text: &str) -> Text<'_> {
+        Text(Cow::Borrowed(text))
+    }
+
+    #[test]
+    fn base64_is_read_as_go_reads_it() {
+        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
+        // Go skips line breaks and allows stray bits in the last symbol.
+        assert_eq!(decode_base64("aGVs\r\nbG8=\n").unwrap(), b"hello");
+        assert_eq!(decode_base64("aGVsbG9=").unwrap(), b"hello");
+        assert_eq!(decode_base64("").unwrap(), b"");
+        assert!(decode_base64("aGVsbG8").is_err(), "padding is required");
+        assert!(decode_base64("aGVsbA===").is_err());
+        assert_eq!(
+            decode_base64("aGVs_G8=").unwrap_err(),
+            "illegal base64 data at input byte 4"
+        );
+    }
+
+    #[test]
+    fn prefixed_macs_get_vaults_answer_for_each_mistake() {
+        let mac: Mac = std::array::from_fn(|i| i as u8);
+        let written = prefixed(&mac);
+        assert!(written.starts_with("vault:v1:"));
+        assert_eq!(parse_prefixed(&text(&written)).unwrap(), mac);
+        assert_eq!(parse_prefixed(&text("vault:v1:")).unwrap(), b"");
+        let bare = written.trim_start_matches("vault:v1:").to_owned();
+        for (hmac, error) in [
+            (bare.clone(), "no prefix"),
+            ("vault:".to_owned(), "no prefix"),
+            (format!("foo:v1:{bare}"), "no prefix"),
+            ("vault:v1".to_owned(), "wrong number of fields"),
+            (format!("vault:vx:{bare}"), "could not be decoded"),
+            (format!("vault:v2:{bare}"), "too new"),
+            (format!("vault:v0:{bare}"), "too old"),
+            ("vault:v1:!!".to_owned(), "verification HMAC as base64"),
+        ] {
+            let answer = parse_prefixed(&text(&hmac)).unwrap_err();
+            assert!(answer.contains(error), "{hmac}: {answer}");
+            assert!(!answer.contains(&bare), "the MAC is never echoed");
+        }
+        assert!(same_mac(&mac, &mac));
+        assert!(!same_mac(&mac, &mac[..31]));
+        assert!(!same_mac(&mac, &[0; 32]));
+    }
+
+    #[test]
+    fn key_versions_zero_and_one_only() {
+        for ok in [None, Some("0"), Some("1")] {
+            assert!(check_key_version(ok.map(text).as_ref()).is_ok(), "{ok:?}");
+        }
+        for bad in ["2", "-1", "x", "1.5"] {
+            assert!(check_key_version(Some(&text(bad))).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_errors_say_where_never_what() {
+        let secret = "c2VjcmV0LWlucHV0";
+        for body in [
+            format!(r#"{{"input": "{secret}""#),
+            format!(r#"{{"batch_input": "{secret}"}}"#),
+            format!(r#"{{"input": ["{secret}"]}}"#),
+        ] {
+            let Err(VaultError::BadRequest(message)) = parse(body.as_bytes()) else {
+                panic!("{body} parsed");
+            };
+            assert!(
+                message.starts_with("failed to decode JSON input"),
+                "{message}"
+            );
+            assert!(message.contains("line 1 column"), "{message}");
+            assert!(!message.contains(secret), "{message}");
+        }
+        let request = parse(br#"{"input": 5, "key_version": "1", "reference": true}"#).unwrap();
+        assert_eq!(request.input.unwrap().unwrap().0, "5");
+        assert!(parse(b" ").unwrap().input.is_none());
+    }
 }
