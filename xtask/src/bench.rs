@@ -17,6 +17,7 @@ use server::{Bench, ServerBenchArgs};
 mod ebs;
 mod gen;
 mod mode32;
+mod peers;
 mod report;
 mod scratch;
 mod server;
@@ -40,6 +41,9 @@ enum Benchmark {
     /// MODE32: startup, idle memory, and key reads from a cold page cache against fio on the same blocks
     /// and the CPU-cost ceiling; with --ebs-iops, on an EBS-shaped volume and a hot copy instead
     Mode32(Mode32Args),
+    /// cryptoserver MODE16 against OpenBao's transit engine on the same machine: single HMACs,
+    /// 400-message batches, and OpenBao with a file audit device
+    Peers(ServerBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +67,7 @@ pub fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         Some(Benchmark::Gen(args)) => gen::run(args),
         Some(Benchmark::Http(args)) => run_parts(&[Part::Http], args),
         Some(Benchmark::Batch(args)) => run_parts(&[Part::Batch], args),
+        Some(Benchmark::Peers(args)) => run_parts(&[Part::Peers], args),
         Some(Benchmark::Mode32(args)) => {
             let part = match args.ebs.shape() {
                 Some(shape) => {
@@ -85,10 +90,11 @@ enum Part {
     Mode32,
     /// MODE32 on an EBS-shaped volume and a hot copy (`mode32 --ebs-iops`).
     Ebs(EbsShape),
+    Peers,
 }
 
 impl Part {
-    const ALL: [Part; 3] = [Part::Http, Part::Batch, Part::Mode32];
+    const ALL: [Part; 4] = [Part::Http, Part::Batch, Part::Mode32, Part::Peers];
 }
 
 /// Runs `parts`, prints one table of their results and fails if a goal was missed.
@@ -101,6 +107,7 @@ fn run_parts(parts: &[Part], args: &ServerBenchArgs) -> anyhow::Result<()> {
             Part::Batch => bench.batch(&mut report)?,
             Part::Mode32 => bench.mode32(&mut report)?,
             Part::Ebs(shape) => bench.ebs(&mut report, *shape)?,
+            Part::Peers => bench.peers(&mut report)?,
         }
     }
     report.finish()
@@ -111,7 +118,7 @@ fn run_all() -> anyhow::Result<()> {
     let results = [
         ("gen", gen::run(&default_args())),
         (
-            "http, batch, mode32",
+            "http, batch, mode32, peers",
             run_parts(&Part::ALL, &default_args()),
         ),
     ];

@@ -71,7 +71,7 @@ fn has_nextest() -> bool {
 /// Creates the virtual environment `venv` with `python` and installs `requirements`
 /// into it, again only when the requirements (or one of the `also_watched` files)
 /// changed since the last install.
-fn prepare_venv(
+pub(crate) fn prepare_venv(
     python: &Path,
     venv: &Path,
     requirements: &Path,

@@ -44,7 +44,7 @@ pub(super) const CONCURRENCY: usize = 64;
 /// One wrk thread keeps the connections busy while taking as little CPU from the
 /// server as the load generator can; more threads add load only where cores are
 /// to spare.
-const PER_REQUEST_LOAD: Load = Load {
+pub(super) const PER_REQUEST_LOAD: Load = Load {
     connections: CONCURRENCY,
     threads: 1,
 };
@@ -53,9 +53,11 @@ pub(super) const MESSAGES: usize = 4096;
 /// Messages per `/hmac/batch` request.
 const BATCH_LEN: usize = 4096;
 /// The token of the namespaced server's one client: a benchmark's, never a secret.
-const NAMESPACED_TOKEN: &str = "cryptoserver-bench-namespaced-client";
+pub(super) const NAMESPACED_TOKEN: &str = "cryptoserver-bench-namespaced-client";
+/// That client's namespace.
+pub(super) const NAMESPACE: &str = "bench";
 /// Batches in flight: enough to keep every core busy while bodies travel.
-const BATCH_LOAD: Load = Load {
+pub(super) const BATCH_LOAD: Load = Load {
     connections: 4,
     threads: 1,
 };
@@ -91,7 +93,7 @@ pub struct ServerBenchArgs {
 
 pub(super) struct Bench {
     pub(super) work: Scratch,
-    wrk: Wrk,
+    pub(super) wrk: Wrk,
     pub(super) args: ServerBenchArgs,
 }
 
@@ -136,11 +138,8 @@ impl Bench {
         for target in targets {
             self.post_hmac(target, &messages, WARM_UP)?;
         }
-        let mut results: [Vec<LoadResult>; 4] = Default::default();
-        for round in 1..=self.args.rounds {
-            // Each round starts with the next server, so none is always measured
-            // first or last.
-            for index in (0..targets.len()).map(|step| (round + step) % targets.len()) {
+        let [floor_results, mode0_results, mode16_results, namespaced_results] = &self
+            .interleaved(|index, round| {
                 let target = targets[index];
                 let result = self.post_hmac(target, &messages, self.seconds())?;
                 eprintln!(
@@ -150,10 +149,8 @@ impl Bench {
                     millis(result.p50),
                     millis(result.p99)
                 );
-                results[index].push(result);
-            }
-        }
-        let [floor_results, mode0_results, mode16_results, namespaced_results] = &results;
+                Ok(result)
+            })?;
         let floor_rate = median(floor_results.iter().map(LoadResult::per_second));
         let floor_p50 = median(floor_results.iter().map(|r| millis(r.p50)));
         let floor_p99 = median(floor_results.iter().map(|r| millis(r.p99)));
@@ -162,16 +159,8 @@ impl Bench {
             ("MODE16", mode16_results),
             ("MODE16, a client in a namespace,", namespaced_results),
         ] {
-            // A ratio is the median of the rounds' ratios: the two figures of a
-            // round were measured seconds apart, under the same load from elsewhere.
-            let ratio = |figure: fn(&LoadResult) -> f64| {
-                median(
-                    results
-                        .iter()
-                        .zip(floor_results)
-                        .map(|(server, floor)| figure(server) / figure(floor)),
-                )
-            };
+            let ratio =
+                |figure: fn(&LoadResult) -> f64| median_ratio(results, floor_results, figure);
             let rate = median(results.iter().map(LoadResult::per_second));
             let p50 = median(results.iter().map(|r| millis(r.p50)));
             let p99 = median(results.iter().map(|r| millis(r.p99)));
@@ -226,7 +215,7 @@ impl Bench {
         let (server, _) = self.start_server(Mode::Mode16, &dir)?;
         let post_batches = |duration| {
             self.wrk.run(
-                (&server.url("/hmac/batch"), None),
+                (&server.url("/hmac/batch"), &[]),
                 &body_file,
                 body.len(),
                 BATCH_LOAD,
@@ -460,19 +449,16 @@ impl Bench {
         for target in targets {
             self.post_hmac(target, mode32.warm_up_file, WARM_UP)?;
         }
-        let mut rates: [Vec<f64>; 2] = Default::default();
-        for round in 1..=self.args.rounds {
-            for index in (0..targets.len()).map(|step| (round + step) % targets.len()) {
-                let result = self.post_hmac(targets[index], mode32.warm_up_file, self.seconds())?;
-                eprintln!(
-                    "  round {round}: {:<8} warm {:>7.0} req/s",
-                    targets[index].name,
-                    result.per_second()
-                );
-                rates[index].push(result.per_second());
-            }
-        }
-        let [mode32_warm, mode32x_warm] = &rates;
+        let [mode32_warm, mode32x_warm] = &self.interleaved(|index, round| {
+            let rate = self
+                .post_hmac(targets[index], mode32.warm_up_file, self.seconds())?
+                .per_second();
+            eprintln!(
+                "  round {round}: {:<8} warm {rate:>7.0} req/s",
+                targets[index].name
+            );
+            Ok(rate)
+        })?;
         let warm_ratio = median(mode32x_warm.iter().zip(mode32_warm).map(|(x, m)| x / m));
         report.row(Row {
             what: format!(
@@ -508,7 +494,7 @@ impl Bench {
             .write_file("mode32x-cold-batches.bin", &batches.concat())?;
         dir.evict()?;
         let batch = self.wrk.run(
-            (&server.url("/hmac/batch"), None),
+            (&server.url("/hmac/batch"), &[]),
             &batch_file,
             batches[0].len(),
             BATCH_LOAD,
@@ -554,6 +540,22 @@ impl Bench {
         Ok(())
     }
 
+    /// `measure(index, round)` for each of `N` targets in `--rounds`
+    /// interleaved rounds, each round starting with the next target so that
+    /// none is always measured first or last; each target's results in order.
+    pub(super) fn interleaved<T, const N: usize>(
+        &self,
+        mut measure: impl FnMut(usize, usize) -> anyhow::Result<T>,
+    ) -> anyhow::Result<[Vec<T>; N]> {
+        let mut results = std::array::from_fn(|_| Vec::new());
+        for round in 1..=self.args.rounds {
+            for index in (0..N).map(|step| (round + step) % N) {
+                results[index].push(measure(index, round)?);
+            }
+        }
+        Ok(results)
+    }
+
     /// `POST /hmac` with the 64-byte messages of `messages` in turn, at the
     /// per-request load.
     pub(super) fn post_hmac(
@@ -574,7 +576,7 @@ impl Bench {
         duration: Duration,
     ) -> anyhow::Result<LoadResult> {
         self.wrk.run(
-            (&server.url("/hmac"), server.bearer.as_deref()),
+            (&server.url("/hmac"), &server.headers),
             messages,
             MESSAGE_LEN,
             load,
@@ -594,7 +596,7 @@ impl Bench {
     }
 
     /// Development secrets of `mode`, made on first use in the work directory.
-    fn secrets(&self, mode: Mode) -> anyhow::Result<PathBuf> {
+    pub(super) fn secrets(&self, mode: Mode) -> anyhow::Result<PathBuf> {
         let dir = self.work.path().join(mode.name().to_ascii_lowercase());
         secrets::make_quietly(mode, &dir)?;
         Ok(dir)
@@ -616,18 +618,21 @@ impl Bench {
 
     /// The release MODE16 server with a clients file of one client, in a
     /// namespace, whose token the requests to it carry.
-    fn start_namespaced_server(&self, dir: &Path) -> anyhow::Result<Server> {
+    pub(super) fn start_namespaced_server(&self, dir: &Path) -> anyhow::Result<Server> {
         let digest = hex::encode(Sha256::digest(NAMESPACED_TOKEN));
         let clients = self.work.write_file(
             "clients",
-            format!("{digest} bench namespace=bench\n").as_bytes(),
+            format!("{digest} bench namespace={NAMESPACE}\n").as_bytes(),
         )?;
         let address = free_address()?;
         let mut command = self.server_command(Mode::Mode16, dir, address);
         command.env("CRYPTOSERVER_CLIENTS_FILE", clients);
         let log = self.work.path().join("mode16-namespaced.log");
         let (mut server, _) = Server::start("MODE16 ns", &mut command, address, &log)?;
-        server.bearer = Some(NAMESPACED_TOKEN.to_owned());
+        server.headers = vec![(
+            "Authorization".to_owned(),
+            format!("Bearer {NAMESPACED_TOKEN}"),
+        )];
         Ok(server)
     }
 
@@ -800,7 +805,7 @@ struct Mode32Baselines<'a> {
 }
 
 /// `count` random messages of MESSAGE_LEN bytes, concatenated.
-fn random_messages(count: usize) -> anyhow::Result<Vec<u8>> {
+pub(super) fn random_messages(count: usize) -> anyhow::Result<Vec<u8>> {
     let mut messages = vec![0u8; count * MESSAGE_LEN];
     fill_secret(&mut messages)?;
     Ok(messages)
@@ -833,7 +838,7 @@ fn completed<F: Future>(future: F) -> F::Output {
 
 const MIB: f64 = (1 << 20) as f64;
 
-fn millis(duration: Duration) -> f64 {
+pub(super) fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
@@ -841,7 +846,23 @@ fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB)
 }
 
-fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+/// The median of the rounds' ratios of `figure` between `results` and
+/// `baselines`: the two figures of a round were measured seconds apart, under
+/// the same load from elsewhere, where the medians of each were not.
+pub(super) fn median_ratio(
+    results: &[LoadResult],
+    baselines: &[LoadResult],
+    figure: impl Fn(&LoadResult) -> f64,
+) -> f64 {
+    median(
+        results
+            .iter()
+            .zip(baselines)
+            .map(|(result, baseline)| figure(result) / figure(baseline)),
+    )
+}
+
+pub(super) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.into_iter().collect();
     assert!(!values.is_empty(), "a median needs at least one value");
     values.sort_by(f64::total_cmp);

@@ -21,8 +21,9 @@ pub fn free_address() -> anyhow::Result<SocketAddr> {
 pub struct Server {
     pub name: String,
     pub address: SocketAddr,
-    /// The token requests to it carry, if it has a clients file.
-    pub bearer: Option<String>,
+    /// The headers (names and values) requests to it carry beside the body:
+    /// its token, if it has a clients file.
+    pub headers: Vec<(String, String)>,
     child: Child,
 }
 
@@ -54,7 +55,7 @@ impl Server {
         let mut server = Server {
             name: name.to_owned(),
             address,
-            bearer: None,
+            headers: Vec::new(),
             child,
         };
         let deadline = started + Duration::from_secs(60);
@@ -85,6 +86,16 @@ impl Server {
         let status =
             std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
         parse_vm_rss(&status).with_context(|| format!("no VmRSS line in {path}"))
+    }
+
+    /// CPU seconds (user and system, all its threads) the server has spent
+    /// since it started, from /proc/PID/stat.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        parse_process_ticks(&stat)
+            .map(|ticks| ticks as f64 / USER_HZ)
+            .with_context(|| format!("no utime and stime in {path}: {stat}"))
     }
 
     /// How many files under `dir` the server holds open, from /proc/PID/fd.
@@ -180,6 +191,18 @@ fn ended_children_cpu_seconds() -> anyhow::Result<f64> {
     Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
+/// utime + stime, in clock ticks, of a `/proc/PID/stat` line: its 14th and
+/// 15th fields, counted after the command name's closing parenthesis (the
+/// name may hold spaces and parentheses).
+fn parse_process_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // The first field after the name is the 3rd (the state).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// `VmRSS:   12345 kB` in bytes.
 fn parse_vm_rss(status: &str) -> Option<u64> {
     let kib: u64 = status
@@ -213,6 +236,16 @@ mod tests {
         .unwrap();
         assert!(spent.ended_children > 0.05, "{spent:?}");
         assert!(spent.all >= spent.ended_children * 0.5, "{spent:?}");
+    }
+
+    #[test]
+    fn reads_a_process_cpu_ticks() {
+        let stat =
+            "4841 (bao (dev) x) S 1 4841 4841 0 -1 4194560 9021 0 0 0 1234 567 0 0 20 0 9 0 0\n";
+        assert_eq!(parse_process_ticks(stat), Some(1234 + 567));
+        assert_eq!(parse_process_ticks("4841 (bao) S 1 2 3"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_process_ticks(&own).is_some(), "{own}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP load generator: `wrk`, with a Lua script that POSTs request bodies
-//! taken in turn from a file and prints one machine-readable summary line.
+//! taken in turn from a file, with the headers it is given, and prints one
+//! machine-readable summary line.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +14,8 @@ use crate::process::{ensure_installed, output};
 /// share of the bodies (every `threads`-th body of the file). `rounds` counts
 /// how often a thread started its share over, so a caller that needs every
 /// request to carry a fresh body (cold keys) can see whether any body repeated.
+/// The arguments after the thread count are header names and values in turn;
+/// the content type is raw bytes unless one of them says otherwise.
 const SCRIPT: &str = r#"
 local threads = {}
 
@@ -23,13 +26,13 @@ end
 
 function init(args)
   local path, file_name = args[1], args[2]
-  local body_len, thread_count, bearer = tonumber(args[3]), tonumber(args[4]), args[5]
+  local body_len, thread_count = tonumber(args[3]), tonumber(args[4])
   local file = assert(io.open(file_name, "rb"))
   local data = file:read("*a")
   file:close()
   local headers = { ["Content-Type"] = "application/octet-stream" }
-  if bearer then
-    headers["Authorization"] = "Bearer " .. bearer
+  for index = 5, #args - 1, 2 do
+    headers[args[index]] = args[index + 1]
   end
   bodies = {}
   for index = wrk.thread:get("id"), #data / body_len - 1, thread_count do
@@ -106,11 +109,11 @@ impl Wrk {
     }
 
     /// POSTs the `body_len`-byte bodies of `bodies` to `url` for `duration`,
-    /// with `bearer`'s token when there is one. Any failed request fails the
+    /// each with `headers` (names and values). Any failed request fails the
     /// run: a benchmark of errors measures nothing.
     pub fn run(
         &self,
-        (url, bearer): (&str, Option<&str>),
+        (url, headers): (&str, &[(String, String)]),
         bodies: &Path,
         body_len: usize,
         load: Load,
@@ -131,7 +134,7 @@ impl Wrk {
                 .arg(bodies)
                 .arg(body_len.to_string())
                 .arg(load.threads.to_string())
-                .args(bearer),
+                .args(headers.iter().flat_map(|(name, value)| [name, value])),
         )?;
         let result = parse_summary(&stdout)
             .with_context(|| format!("wrk against {url} printed no summary: {stdout}"))?;
