@@ -795,10 +795,10 @@ mod tests {
         assert!(count_macs(r#"{"data": {"hmac": "B4tk"}}"#).is_err());
         assert!(count_macs("Error writing data").is_err());
 
-        let devices = r#"{"bench/": {"type": "file", "description": "", "options": {"file_path": "/tmp/x/audit.log"}, "local": false, "path": "bench/"}}"#;
-        assert!(check_file_audit_device(devices, Path::new("/tmp/x/audit.log")).is_ok());
-        assert!(check_file_audit_device(devices, Path::new("/tmp/y/audit.log")).is_err());
-        assert!(check_file_audit_device("{}", Path::new("/tmp/x/audit.log")).is_err());
+        let devices = r#"{"bench/": {"type": "file", "description": "", "options": {"file_path": "scratch-a/audit.log"}, "local": false, "path": "bench/"}}"#;
+        assert!(check_file_audit_device(devices, Path::new("scratch-a/audit.log")).is_ok());
+        assert!(check_file_audit_device(devices, Path::new("scratch-b/audit.log")).is_err());
+        assert!(check_file_audit_device("{}", Path::new("scratch-a/audit.log")).is_err());
     }
 
     #[test]
